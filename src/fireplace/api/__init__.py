@@ -1,0 +1,1 @@
+"""HTTP edge: app assembly, error mapping (one place), auth, list/filter helpers."""

@@ -1,0 +1,62 @@
+"""The one place where errors become HTTP responses.
+
+Control plane body (grpc-gateway): {"code": <gRPC int>, "message": str, "details": []}.
+Non-retryable 4xx also carry `x-should-retry: false` so the SDK does not retry them
+(it retries 408/409/429/5xx by default).
+"""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fireplace.errors import FireplaceError
+
+log = logging.getLogger("fireplace.api")
+
+HTTP_TO_GRPC = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 409: 6, 413: 3, 415: 3, 422: 3, 429: 8,
+                500: 13, 501: 12, 503: 14, 504: 4}
+
+
+def error_response(http_status: int, grpc_code: int, message: str, details: list | None = None,
+                   retryable: bool = False, headers: dict | None = None) -> JSONResponse:
+    hdrs = dict(headers or {})
+    if 400 <= http_status < 500 and not retryable:
+        hdrs["x-should-retry"] = "false"
+    return JSONResponse({"code": grpc_code, "message": message, "details": details or []},
+                        status_code=http_status, headers=hdrs)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:10]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FireplaceError)
+    async def _fireplace(_req: Request, exc: FireplaceError):
+        return error_response(exc.http_status, exc.grpc_code, exc.message, exc.details,
+                              exc.retryable, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError):
+        return error_response(400, 3, _describe_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such path or resource"
+        return error_response(exc.status_code, HTTP_TO_GRPC.get(exc.status_code, 2), message,
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(req: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", req.method, req.url.path)
+        return error_response(500, 13, "internal error", retryable=True)

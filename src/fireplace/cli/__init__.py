@@ -1,0 +1,1 @@
+"""The `fireplace` command line."""

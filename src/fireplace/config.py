@@ -1,0 +1,66 @@
+"""Settings, from the environment (FIREPLACE_*) and CLI flags. Unknown keys are refused.
+
+Data directory layout (FIREPLACE_HOME, default ~/.fireplace):
+    fireplace.db      SQLite metadata database (when FIREPLACE_DATABASE_URL is unset)
+    blobs/            blob store root (when FIREPLACE_BLOB_URL is unset)
+    credentials       the first admin's API key, mode 0600
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Limits(BaseSettings):
+    """Explicit bounds on what one request may ask for (documented in the README)."""
+    model_config = SettingsConfigDict(env_prefix="FIREPLACE_LIMIT_", extra="forbid")
+
+    max_body_bytes: int = 1 << 20             # JSON request bodies
+    max_string_chars: int = 4096              # any one string field (descriptions, names)
+    max_page_size: int = 200
+    default_page_size: int = 50
+    max_filter_chars: int = 1024
+    max_dataset_bytes: int = 150 << 20        # one dataset upload (Fireworks: 150 MB)
+    max_model_file_bytes: int = 20 << 30      # one model file upload
+    max_dataset_errors: int = 100             # errors listed for a bad JSONL upload
+    min_dataset_examples: int = 3
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FIREPLACE_", extra="forbid")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".fireplace")
+    database_url: str | None = None           # default: sqlite:///<home>/fireplace.db
+    blob_url: str | None = None               # default: <home>/blobs ; s3://bucket/prefix accepted
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None             # base URL put in upload/download links
+    api_key: str | None = None                # the first admin key (else generated)
+    admin_email: str = "admin@localhost"
+    allow_signup: bool = False
+    log_level: str = "info"
+    workers_enabled: bool = True              # controller / job runners in this process
+    limits: Limits = Field(default_factory=Limits)
+
+    @field_validator("home")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return Path(v).expanduser()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'fireplace.db'}"
+
+    @property
+    def resolved_blob_url(self) -> str:
+        return self.blob_url or str(self.home / "blobs")
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.home / "credentials"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

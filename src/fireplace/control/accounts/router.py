@@ -1,0 +1,4 @@
+"""HTTP routes: written by the resource owner."""
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,1 @@
+"""Tables: written by the resource owner."""

@@ -1,0 +1,1 @@
+"""Metadata database: SQLAlchemy 2 tables (one tables.py per resource), Alembic migrations."""

@@ -1,0 +1,132 @@
+"""The Llama family (llama, SmolLM2, mistral, qwen2, qwen3) over the paged KV cache.
+
+Module and parameter names mirror the HF checkpoints (model.layers.N.self_attn.q_proj, ...),
+so loading is name-for-name and LoRA adapters (which PEFT names after the same modules) find
+their targets. q/k/v and gate/up stay separate `Linear`s on purpose: adapters target each one.
+
+Variants, all from ModelConfig: attention biases (qwen2: q/k/v; llama/qwen3: attention_bias),
+per-head q/k RMSNorm before RoPE (qwen3), tied embeddings (SmolLM2, small qwen), RoPE scaling.
+Mistral's sliding window is not applied; ModelConfig.max_model_len keeps sequences within it.
+
+All activations are flattened: x: [T, hidden], T = the step's new tokens of every sequence.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fireplace.engine.forward_context import ForwardContext
+from fireplace.engine.kv_cache import KVCaches
+from fireplace.engine.layers.attention import paged_attention
+from fireplace.engine.layers.linear import Linear
+from fireplace.engine.layers.norm import RMSNorm
+from fireplace.engine.layers.rotary import RotaryEmbedding, apply_rotary
+from fireplace.engine.model_config import ModelConfig
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        hidden, q_size, kv_size = config.hidden_size, config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+        self.q_proj = Linear(hidden, q_size, bias=config.qkv_bias, dtype=dtype, device=device)
+        self.k_proj = Linear(hidden, kv_size, bias=config.qkv_bias, dtype=dtype, device=device)
+        self.v_proj = Linear(hidden, kv_size, bias=config.qkv_bias, dtype=dtype, device=device)
+        self.o_proj = Linear(q_size, hidden, bias=config.o_bias, dtype=dtype, device=device)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype=dtype, device=device)
+            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype=dtype, device=device)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                kv_cache: tuple[torch.Tensor, torch.Tensor], ctx: ForwardContext) -> torch.Tensor:
+        """x: [T, hidden] -> [T, hidden]."""
+        num_tokens = x.shape[0]
+        q = self.q_proj(x, ctx).view(num_tokens, self.num_heads, self.head_dim)  # [T, H, D]
+        k = self.k_proj(x, ctx).view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        v = self.v_proj(x, ctx).view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], ctx)  # [T, H, D]
+        return self.o_proj(out.reshape(num_tokens, -1).to(x.dtype), ctx)
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device):
+        super().__init__()
+        hidden, inter, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = Linear(hidden, inter, bias=bias, dtype=dtype, device=device)
+        self.up_proj = Linear(hidden, inter, bias=bias, dtype=dtype, device=device)
+        self.down_proj = Linear(inter, hidden, bias=bias, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """SwiGLU. x: [T, hidden] -> [T, hidden]."""
+        return self.down_proj(F.silu(self.gate_proj(x, ctx)) * self.up_proj(x, ctx), ctx)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device):
+        super().__init__()
+        self.self_attn = LlamaAttention(config, dtype, device)
+        self.mlp = LlamaMLP(config, dtype, device)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                kv_cache: tuple[torch.Tensor, torch.Tensor], ctx: ForwardContext) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, ctx)
+        return x + self.mlp(self.post_attention_layernorm(x), ctx)
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device):
+        super().__init__()
+        # _weight=empty skips the random init: the loader overwrites every weight anyway.
+        self.embed_tokens = nn.Embedding(
+            config.vocab_size, config.hidden_size,
+            _weight=torch.empty(config.vocab_size, config.hidden_size, dtype=dtype, device=device),
+            _freeze=True)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, dtype, device) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device)
+        self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling, device=device)
+
+    def forward(self, ctx: ForwardContext, kv_caches: KVCaches) -> torch.Tensor:
+        x = self.embed_tokens(ctx.input_ids)  # [T, hidden]
+        cos, sin = self.rotary_emb.cos_sin(ctx.positions, x.dtype)  # [T, 1, D/2], shared by all layers
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            x = layer(x, cos, sin, kv_cache, ctx)
+        return self.norm(x)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu"):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, dtype, device)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype, device=device)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @torch.inference_mode()
+    def forward(self, ctx: ForwardContext, kv_caches: KVCaches) -> torch.Tensor:
+        """Run the step; store its K/V in kv_caches. Returns final-norm hidden states [T, hidden]."""
+        return self.model(ctx, kv_caches)
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [L, hidden] (rows picked by ctx.logits_indices) -> logits [L, vocab] fp32."""
+        return self.lm_head(hidden).float()

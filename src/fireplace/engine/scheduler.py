@@ -1,0 +1,345 @@
+"""Continuous batching: each step decides which sequences run and how many new tokens each.
+
+Policy, in order, for one step (token budget = max_num_batched_tokens):
+ 1. Running sequences: decodes first (1 token each, in arrival order), then prefills in progress
+    (chunks of at most the remaining budget). When KV blocks run out, the most recently arrived
+    running sequence is preempted by recompute: its blocks are freed and it goes back to the
+    front of the waiting queue, keeping its output tokens (a later prefill covers prompt + output).
+ 2. Admission (skipped in a step that preempted): waiting sequences in FCFS order take
+    prefix-cache hits and a prefill chunk while the budget, max_num_seqs and KV blocks allow. The
+    first one that does not fit stops admission, so none starves. With max_loras, one needing an
+    adapter slot while all are taken is passed over by requests for active adapters at most
+    max_adapter_bypass times, then it blocks admission until a slot frees.
+ A sequence that can never run (prompt >= max_model_len, or more blocks than the pool) is
+ rejected at admission with a FINISHED_REJECTED status rather than blocking the queue.
+
+After the model ran, update() appends the sampled tokens, forks n > 1 requests after prefill,
+applies EOS / stop token / length limits and frees finished sequences' blocks. Stop strings are
+the detokenizer's job; the engine then calls finish().
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from fireplace.engine.block_manager import BlockManager
+from fireplace.engine.errors import ContextLengthExceededError, InvalidRequestError
+from fireplace.engine.scheduler_config import SchedulerConfig
+from fireplace.engine.sequence import Sequence, SequenceStatus
+
+__all__ = ["ScheduledSeq", "Scheduler", "SchedulerOutput"]
+
+
+@dataclass(frozen=True)
+class ScheduledSeq:
+    """One sequence's share of a step: tokens [start_pos, start_pos + num_new_tokens)."""
+
+    seq: Sequence
+    start_pos: int
+    num_new_tokens: int
+    needs_logits: bool  # the chunk ends at the last known token: sample the next one
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.seq.token_ids[self.start_pos:self.start_pos + self.num_new_tokens]
+
+    @property
+    def positions(self) -> range:
+        return range(self.start_pos, self.start_pos + self.num_new_tokens)
+
+    @property
+    def context_len(self) -> int:
+        """Tokens in KV once this step ran (cached prefix + earlier chunks + this chunk)."""
+        return self.start_pos + self.num_new_tokens
+
+    @property
+    def block_table(self) -> list[int]:
+        return self.seq.block_table
+
+    @property
+    def adapter_id(self) -> str | None:
+        return self.seq.adapter_id
+
+    @property
+    def is_decode(self) -> bool:
+        return self.num_new_tokens == 1 and self.needs_logits
+
+    def slot_mapping(self, block_size: int) -> list[int]:
+        table = self.seq.block_table
+        return [table[p // block_size] * block_size + p % block_size for p in self.positions]
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledSeq] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)  # now waiting, KV freed
+    rejected: list[Sequence] = field(default_factory=list)  # finished: can never run
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+    @property
+    def logits_seqs(self) -> list[ScheduledSeq]:
+        """The entries update() expects a sampled token for, in this order."""
+        return [s for s in self.scheduled if s.needs_logits]
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        """Tokens computed in prefill chunks (prompts, forks and recomputes)."""
+        return sum(s.num_new_tokens for s in self.scheduled if not s.is_decode)
+
+    @property
+    def num_generated_tokens(self) -> int:
+        return sum(1 for s in self.scheduled if s.needs_logits)
+
+    @property
+    def is_decode_only(self) -> bool:
+        return bool(self.scheduled) and all(s.is_decode for s in self.scheduled)
+
+    @property
+    def adapter_ids(self) -> list[str]:
+        """Distinct adapters in this step, in order of first appearance (None = base model omitted)."""
+        return list(dict.fromkeys(s.adapter_id for s in self.scheduled if s.adapter_id is not None))
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, *, eos_token_ids: Iterable[int] = ()):
+        self.config = config
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.block_manager = BlockManager(
+            config.num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self._requests: dict[str, list[Sequence]] = {}  # live sequences of each request
+        self._num_bypassed: dict[int, int] = {}  # seq_id -> admissions that passed it (adapter limit)
+        self.num_preemptions = 0
+
+    # -- requests --------------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        """Queue a new request's (parent) sequence. Raises InvalidRequestError for bad input."""
+        if seq.request_id in self._requests:
+            raise InvalidRequestError(f"request {seq.request_id!r} is already running", "request_id")
+        if seq.num_prompt_tokens < 1:
+            raise InvalidRequestError("the prompt must contain at least one token", "prompt")
+        if seq.status is not SequenceStatus.WAITING or seq.block_table:
+            raise ValueError(f"only a fresh sequence can be added: {seq!r}")
+        seq.params.validate()
+        if seq.params.n > self.config.max_num_seqs:
+            raise InvalidRequestError(
+                f"n must be at most {self.config.max_num_seqs} on this deployment", "n")
+        self._requests[seq.request_id] = [seq]
+        self.waiting.append(seq)
+
+    def abort(self, request_id: str) -> list[Sequence]:
+        """Finish every live sequence of the request and free its KV now; unknown ids are a no-op."""
+        seqs = list(self._requests.get(request_id, ()))
+        for seq in seqs:
+            self.finish(seq, SequenceStatus.FINISHED_ABORTED)
+        return seqs
+
+    def finish(self, seq: Sequence, status: SequenceStatus, stop_reason: int | str | None = None) -> None:
+        """End a sequence (stop string found, abort, ...) and release its blocks."""
+        if not status.is_finished:
+            raise ValueError(f"{status} is not a finished status")
+        if seq.is_finished:
+            return
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+            self.block_manager.free(seq)
+        else:
+            self.waiting.remove(seq)
+        seq.status = status
+        seq.stop_reason = stop_reason
+        self._num_bypassed.pop(seq.seq_id, None)
+        live = self._requests.get(seq.request_id)
+        if live is not None and seq in live:
+            live.remove(seq)
+            if not live:
+                del self._requests[seq.request_id]
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    @property
+    def active_adapter_ids(self) -> set[str]:
+        return {s.adapter_id for s in self.running if s.adapter_id is not None}
+
+    def sequences(self, request_id: str) -> list[Sequence]:
+        """The request's live sequences (children appear once forked)."""
+        return list(self._requests.get(request_id, ()))
+
+    # -- one step --------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        scheduled: dict[int, ScheduledSeq] = {}
+        budget = self.config.max_num_batched_tokens
+        bm = self.block_manager
+
+        # 1. running: decodes, then prefills in progress; arrival order within each
+        for seq in sorted(self.running, key=lambda s: (s.is_prefill, s.sort_key)):
+            if budget == 0:
+                break
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # preempted as a victim earlier in this loop
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            while not bm.can_allocate(seq, num_new):
+                victim = max(self.running, key=lambda s: s.sort_key)
+                self._preempt(victim)
+                out.preempted.append(victim)
+                undone = scheduled.pop(victim.seq_id, None)
+                if undone is not None:
+                    budget += undone.num_new_tokens
+                if victim is seq:
+                    break
+            if seq.status is not SequenceStatus.RUNNING:
+                continue
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            bm.allocate(seq, num_new)
+            scheduled[seq.seq_id] = self._entry(seq, num_new)
+            budget -= num_new
+
+        # 2. admission, FCFS
+        if not out.preempted:
+            budget = self._admit(budget, scheduled, out)
+
+        out.scheduled = list(scheduled.values())
+        return out
+
+    def _admit(self, budget: int, scheduled: dict[int, ScheduledSeq], out: SchedulerOutput) -> int:
+        cfg, bm = self.config, self.block_manager
+        num_seq_slots = sum(1 + s.num_pending_forks for s in self.running)
+        adapters = self.active_adapter_ids
+        passed_over: list[Sequence] = []  # waiting for an adapter slot, ahead of later admissions
+        i = 0
+        while i < len(self.waiting) and budget > 0:
+            seq = self.waiting[i]
+            if self._can_never_run(seq):
+                del self.waiting[i]
+                self._reject(seq)
+                out.rejected.append(seq)
+                continue
+            if num_seq_slots + 1 + seq.num_pending_forks > cfg.max_num_seqs:
+                break
+            if (cfg.max_loras is not None and seq.adapter_id is not None
+                    and seq.adapter_id not in adapters and len(adapters) >= cfg.max_loras):
+                if self._num_bypassed.get(seq.seq_id, 0) >= cfg.max_adapter_bypass:
+                    break
+                passed_over.append(seq)
+                i += 1
+                continue
+            hits = bm.lookup_prefix(seq)
+            num_cached = len(hits) * bm.block_size
+            num_new = min(seq.num_tokens - num_cached, budget)
+            if not bm.can_allocate(seq, num_new, hits):
+                break
+            bm.allocate(seq, num_new, hits)
+            bm.record_admission(seq, num_cached)
+            del self.waiting[i]
+            for other in passed_over:
+                self._num_bypassed[other.seq_id] = self._num_bypassed.get(other.seq_id, 0) + 1
+            self._num_bypassed.pop(seq.seq_id, None)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            num_seq_slots += 1 + seq.num_pending_forks
+            if seq.adapter_id is not None:
+                adapters.add(seq.adapter_id)
+            scheduled[seq.seq_id] = self._entry(seq, num_new)
+            budget -= num_new
+        return budget
+
+    def _entry(self, seq: Sequence, num_new: int) -> ScheduledSeq:
+        start = seq.num_computed_tokens
+        return ScheduledSeq(seq, start, num_new, needs_logits=start + num_new == seq.num_tokens)
+
+    def _can_never_run(self, seq: Sequence) -> bool:
+        return (seq.num_prompt_tokens >= self.config.max_model_len
+                or self.block_manager.num_blocks_for(seq.num_tokens) > self.config.num_blocks)
+
+    def _reject(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.FINISHED_REJECTED
+        seq.error = ContextLengthExceededError(
+            f"the prompt has {seq.num_prompt_tokens} tokens; this deployment fits at most "
+            f"{self.config.max_model_len - 1} prompt tokens", "prompt")
+        self._num_bypassed.pop(seq.seq_id, None)
+        self._requests.pop(seq.request_id, None)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.PREEMPTED
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    # -- after the model ran ---------------------------------------------------------------
+    def update(self, output: SchedulerOutput, sampled_token_ids: Iterable[int]) -> list[Sequence]:
+        """Record a step's results; sampled_token_ids align with output.logits_seqs.
+
+        Returns the sequences that finished (their blocks are already free). Sequences aborted
+        while the step ran are skipped. Children forked here are scheduled from the next step.
+        """
+        tokens = list(sampled_token_ids)
+        if len(tokens) != output.num_generated_tokens:
+            raise ValueError(f"expected {output.num_generated_tokens} sampled tokens, got {len(tokens)}")
+        finished: list[Sequence] = []
+        next_token = iter(tokens)
+        for entry in output.scheduled:
+            token = int(next(next_token)) if entry.needs_logits else None
+            seq = entry.seq
+            if seq.status is not SequenceStatus.RUNNING:
+                continue
+            seq.num_computed_tokens = entry.context_len
+            self.block_manager.cache_computed_blocks(seq)
+            if token is None:
+                continue
+            seq.append_token(token)
+            if seq.num_pending_forks:
+                self._fork(seq)
+            status, stop_reason = self._check_finished(seq, token)
+            if status is not None:
+                self.finish(seq, status, stop_reason)
+                finished.append(seq)
+        return finished
+
+    def _fork(self, parent: Sequence) -> None:
+        # Children share the full prompt blocks and recompute the rest (1..block_size tokens)
+        # themselves, so the last, partly filled block is never shared and needs no copy.
+        num_shared = (parent.num_prompt_tokens - 1) // self.config.block_size
+        live = self._requests.setdefault(parent.request_id, [])
+        for index in range(1, parent.params.n):
+            child = parent.fork(index)
+            self.block_manager.fork(parent, child, num_shared)
+            child.status = SequenceStatus.RUNNING
+            self.running.append(child)
+            live.append(child)
+        parent.num_pending_forks = 0
+
+    def _check_finished(self, seq: Sequence, token: int) -> tuple[SequenceStatus | None, int | None]:
+        """(status, stop_reason): stop_reason is the stop token id, None for EOS or length."""
+        params = seq.params
+        if seq.num_output_tokens > params.min_tokens:  # the token was sampled after min_tokens
+            if token in params.stop_token_ids:
+                return SequenceStatus.FINISHED_STOPPED, token
+            if not params.ignore_eos and token in self.eos_token_ids:
+                return SequenceStatus.FINISHED_STOPPED, None
+        if params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
+            return SequenceStatus.FINISHED_LENGTH, None
+        if seq.num_tokens >= self.config.max_model_len:
+            return SequenceStatus.FINISHED_LENGTH, None
+        return None, None

@@ -1,0 +1,139 @@
+"""Blob store over fsspec: a local directory by default, `s3://bucket/prefix` accepted.
+
+Writes are atomic: bytes stream into a temporary object, then a rename (local) or the
+completion of the upload (S3: an object appears whole or not at all) publishes them.
+Every write is hashed (SHA-256) and size-limited while streaming. Keys are built only
+from validated IDs and file names (`blob_key`), so no path can escape the root.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import fsspec
+
+from fireplace.errors import InvalidArgument, NotFound, PayloadTooLarge
+from fireplace.ids import is_valid_id
+
+CHUNK = 1 << 20
+_FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+
+
+def safe_filename(name: str) -> str:
+    """A flat file name: letters, digits, '.', '_', '-'; no path parts, no leading dot."""
+    if not isinstance(name, str) or not _FILENAME_RE.fullmatch(name) or ".." in name:
+        raise InvalidArgument(f"invalid file name {str(name)[:100]!r}: use letters, digits, '.', '_' "
+                              "and '-' (no directories), up to 255 characters")
+    return name
+
+
+def blob_key(*parts: str) -> str:
+    """Join validated parts: every part but the last must be an ID or a fixed collection
+    word; the last may be a file name."""
+    if not parts:
+        raise ValueError("empty blob key")
+    for part in parts[:-1]:
+        if not (is_valid_id(part) or part in {"models", "datasets", "jobs", "checkpoints", "files", "uploads"}):
+            raise InvalidArgument(f"invalid path component {part[:100]!r}")
+    last = parts[-1]
+    if not is_valid_id(last):
+        safe_filename(last)
+    return "/".join(parts)
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    key: str
+    size: int
+    sha256: str
+
+
+class BlobStore:
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.is_local = self.fs.protocol in ("file", "local") or self.fs.protocol == ("file", "local")
+        if self.is_local:
+            os.makedirs(self.root, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def write_stream(self, key: str, chunks: Iterable[bytes], max_bytes: int) -> BlobInfo:
+        """Stream chunks to `key` atomically; over max_bytes -> 413 and nothing published."""
+        final = self._path(key)
+        tmp = self._path(f".tmp/{uuid.uuid4().hex}")
+        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.makedirs(tmp.rsplit("/", 1)[0], exist_ok=True)
+        digest, size = hashlib.sha256(), 0
+        try:
+            with self.fs.open(tmp, "wb") as out:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise PayloadTooLarge(f"file is larger than the limit of {max_bytes} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+                if self.is_local:
+                    out.flush()
+                    os.fsync(out.fileno())
+            self.fs.mv(tmp, final)
+        except BaseException:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
+            raise
+        return BlobInfo(key, size, digest.hexdigest())
+
+    def write_bytes(self, key: str, data: bytes, max_bytes: int | None = None) -> BlobInfo:
+        return self.write_stream(key, [data], max_bytes if max_bytes is not None else len(data))
+
+    def write_file(self, key: str, fileobj: BinaryIO, max_bytes: int) -> BlobInfo:
+        return self.write_stream(key, iter(lambda: fileobj.read(CHUNK), b""), max_bytes)
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self._path(key))
+
+    def size(self, key: str) -> int:
+        try:
+            return int(self.fs.size(self._path(key)))
+        except FileNotFoundError:
+            raise NotFound(f"blob {key!r} not found") from None
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return self.fs.open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise NotFound(f"blob {key!r} not found") from None
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open(key) as f:
+            return f.read()
+
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        with self.open(key) as f:
+            while chunk := f.read(CHUNK):
+                yield chunk
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys under a prefix (relative to the root)."""
+        base = self._path(prefix).rstrip("/")
+        if not self.fs.exists(base):
+            return []
+        return sorted(p[len(self.root) + 1:] for p in self.fs.find(base))
+
+    def delete(self, key: str) -> None:
+        if self.fs.exists(self._path(key)):
+            self.fs.rm(self._path(key), recursive=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        self.delete(prefix)
+
+    def local_path(self, key: str) -> str | None:
+        """A filesystem path for local stores (engines load safetensors from it directly)."""
+        return self._path(key) if self.is_local else None
+
