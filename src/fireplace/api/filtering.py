@@ -133,12 +133,20 @@ class _Parser:
                                   " (supported: = != < > <= >=)")
         kind, raw = self.take()
         if kind == "str":
-            value: Any = bytes(raw[1:-1], "utf-8").decode("unicode_escape") if "\\" in raw else raw[1:-1]
+            value: Any = _unquote(raw)
         elif kind == "word":
             value = raw
         else:
             raise InvalidArgument(f"invalid filter: expected a value after {field} {op}")
         return Comparison(field, op, value)
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
+
+
+def _unquote(raw: str) -> str:
+    """'"a\\"b"' -> 'a"b': backslash escapes a quote, a backslash, n, t, r; any other char as itself."""
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), raw[1:-1], flags=re.S)
 
 
 def parse_filter(text: str | None, max_chars: int = 1024):

@@ -52,6 +52,8 @@ class Timestamps:
 
 
 class AccountScoped(Timestamps):
-    account_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    # sort_order: account_id comes first in the table and the primary key, so
+    # session.get(Row, (account_id, resource_id)) (control.common.fetch) finds the row.
+    account_id: Mapped[str] = mapped_column(String(63), primary_key=True, sort_order=-1)
     display_name: Mapped[str] = mapped_column(String(4096), default="", nullable=False)
     created_by: Mapped[str] = mapped_column(String(320), default="", nullable=False)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from fireplace.engine.sequence import Sequence
 
-__all__ = ["BlockManager", "PrefixCacheStats"]
+__all__ = ["BlockManager", "PrefixCacheStats", "hash_block"]
 
 
 @dataclass

@@ -11,6 +11,7 @@ after it are dropped, and `stop_string` says which one ended the sequence.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +32,9 @@ class IncrementalDetokenizer:
     def __init__(
         self,
         tokenizer: Any,  # a transformers tokenizer: decode(ids, skip_special_tokens=...)
-        prompt_token_ids: list[int] = (),
+        prompt_token_ids: Sequence[int] = (),
         *,
-        stop: list[str] = (),
+        stop: Sequence[str] = (),
         skip_special_tokens: bool = True,
         min_tokens: int = 0,
     ):

@@ -197,19 +197,20 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted as a victim earlier in this loop
-            num_new = min(seq.num_uncomputed_tokens, budget)
-            while not bm.can_allocate(seq, num_new):
+            while True:
+                num_new = min(seq.num_uncomputed_tokens, budget)
+                if bm.can_allocate(seq, num_new):
+                    break
                 victim = max(self.running, key=lambda s: s.sort_key)
                 self._preempt(victim)
                 out.preempted.append(victim)
                 undone = scheduled.pop(victim.seq_id, None)
                 if undone is not None:
-                    budget += undone.num_new_tokens
+                    budget += undone.num_new_tokens  # an already scheduled decode gives back its token
                 if victim is seq:
                     break
             if seq.status is not SequenceStatus.RUNNING:
                 continue
-            num_new = min(seq.num_uncomputed_tokens, budget)
             bm.allocate(seq, num_new)
             scheduled[seq.seq_id] = self._entry(seq, num_new)
             budget -= num_new
@@ -238,12 +239,13 @@ class Scheduler:
                 break
             if (cfg.max_loras is not None and seq.adapter_id is not None
                     and seq.adapter_id not in adapters and len(adapters) >= cfg.max_loras):
-                if self._num_bypassed.get(seq.seq_id, 0) >= cfg.max_adapter_bypass:
-                    break
                 passed_over.append(seq)
                 i += 1
                 continue
-            hits = bm.lookup_prefix(seq)
+            if any(self._num_bypassed.get(o.seq_id, 0) >= cfg.max_adapter_bypass for o in passed_over):
+                break  # an older request waited long enough for an adapter slot
+            # prompt logprobs need every prompt position computed, so no prefix hits then
+            hits = bm.lookup_prefix(seq) if seq.params.prompt_logprobs is None else []
             num_cached = len(hits) * bm.block_size
             num_new = min(seq.num_tokens - num_cached, budget)
             if not bm.can_allocate(seq, num_new, hits):

@@ -95,6 +95,12 @@ class BlobStore:
     def write_file(self, key: str, fileobj: BinaryIO, max_bytes: int) -> BlobInfo:
         return self.write_stream(key, iter(lambda: fileobj.read(CHUNK), b""), max_bytes)
 
+    def move(self, src: str, dst: str) -> None:
+        """Publish a staged blob under another key (local: atomic rename; S3: copy + delete)."""
+        final = self._path(dst)
+        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.mv(self._path(src), final)
+
     def exists(self, key: str) -> bool:
         return self.fs.exists(self._path(key))
 

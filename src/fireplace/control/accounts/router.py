@@ -1,4 +1,47 @@
-"""HTTP routes: written by the resource owner."""
-from fastapi import APIRouter
+"""/v1/accounts: list, get, and `POST /v1/accounts` (our extension: platform admin, or anyone
+when the server runs with --allow-signup)."""
+from __future__ import annotations
 
-router = APIRouter()
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from fireplace.api.auth import CallerDep, Principal, authenticate
+from fireplace.api.deps import SessionDep, SettingsDep
+from fireplace.api.listing import ListQuery
+from fireplace.control.accounts import service
+from fireplace.control.accounts.schemas import Account, AccountCreate, ListAccountsResponse
+
+router = APIRouter(tags=["accounts"])
+OUT = {"response_model_exclude_none": True}
+
+
+def optional_caller(request: Request, session: SessionDep) -> Principal | None:
+    """No key at all: anonymous (allowed only for open sign-up). A key that is sent must be valid."""
+    if not request.headers.get("authorization") and not request.headers.get("x-api-key"):
+        return None
+    return authenticate(request, session)
+
+
+@router.get("/v1/accounts", response_model=ListAccountsResponse, **OUT,
+            summary="List the caller's account (a platform admin sees every account)")
+def list_accounts(caller: CallerDep, session: SessionDep, params: ListQuery) -> ListAccountsResponse:
+    rows, token, total = service.list_accounts(session, caller, params)
+    return ListAccountsResponse(accounts=[Account.of(r) for r in rows], next_page_token=token, total_size=total)
+
+
+@router.post("/v1/accounts", response_model=Account, **OUT,
+             summary="Create an account and its admin user (Fireplace extension)",
+             description="Platform admin only, or anyone when sign-up is open (`--allow-signup`). "
+                         "A DEVELOPER account's ID is generated from the email; an ENTERPRISE "
+                         "account may choose it with `accountId`. The same email twice is 409.")
+def create_account(body: AccountCreate, session: SessionDep, settings: SettingsDep,
+                   caller: Annotated[Principal | None, Depends(optional_caller)],
+                   account_id: Annotated[str | None, Query(alias="accountId", max_length=63)] = None) -> Account:
+    return Account.of(service.create_account(session, caller, settings, body, account_id))
+
+
+@router.get("/v1/accounts/{account_id}", response_model=Account, **OUT, summary="Get an account")
+def get_account(account_id: str, caller: CallerDep, session: SessionDep,
+                read_mask: Annotated[str | None, Query(alias="readMask", max_length=1024)] = None) -> Account:
+    return Account.of(service.get_account(session, caller, account_id))

@@ -1,4 +1,39 @@
-"""HTTP routes: written by the resource owner."""
+"""/v1/accounts/{a}/users/{u}/apiKeys: create (secret once), list, and the `:delete` verb."""
+from __future__ import annotations
+
 from fastapi import APIRouter
 
-router = APIRouter()
+from fireplace.api.auth import CallerDep
+from fireplace.api.deps import SessionDep
+from fireplace.api.listing import ListQuery
+from fireplace.api.wire import Empty
+from fireplace.control.api_keys import service
+from fireplace.control.api_keys.schemas import ApiKey, ApiKeyCreate, ApiKeyDelete, ListApiKeysResponse
+
+router = APIRouter(tags=["apiKeys"])
+OUT = {"response_model_exclude_none": True}
+BASE = "/v1/accounts/{account_id}/users/{user_id}/apiKeys"
+
+
+# The verb route first, so `apiKeys:delete` is never read as anything else.
+@router.post(BASE + ":delete", response_model=Empty, summary="Revoke an API key (immediate)")
+def delete_api_key(account_id: str, user_id: str, body: ApiKeyDelete, caller: CallerDep,
+                   session: SessionDep) -> Empty:
+    service.delete_key(session, caller, account_id, user_id, body.key_id)
+    return Empty()
+
+
+@router.post(BASE, response_model=ApiKey, **OUT,
+             summary="Create an API key; the secret `key` is returned only here")
+def create_api_key(account_id: str, user_id: str, body: ApiKeyCreate, caller: CallerDep,
+                   session: SessionDep) -> ApiKey:
+    row, user, key = service.create_key(session, caller, account_id, user_id, body.api_key)
+    return ApiKey.of(row, email=user.email, secret=key.secret)
+
+
+@router.get(BASE, response_model=ListApiKeysResponse, **OUT, summary="List a user's API keys (no secrets)")
+def list_api_keys(account_id: str, user_id: str, caller: CallerDep, session: SessionDep,
+                  params: ListQuery) -> ListApiKeysResponse:
+    rows, user, token, total = service.list_keys(session, caller, account_id, user_id, params)
+    return ListApiKeysResponse(api_keys=[ApiKey.of(r, email=user.email) for r in rows],
+                               next_page_token=token, total_size=total)

@@ -1,4 +1,61 @@
-"""HTTP routes: written by the resource owner."""
-from fastapi import APIRouter
+"""HTTP routes for supervised fine-tuning jobs (fireworks/resources/supervised_fine_tuning_jobs.py).
+Verb routes come before the plain `{job_id}` routes."""
+from __future__ import annotations
 
-router = APIRouter()
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query
+
+from fireplace.api.auth import CallerDep
+from fireplace.api.deps import SessionDep
+from fireplace.api.listing import ListQuery
+from fireplace.api.wire import Empty
+from fireplace.control.fine_tuning import service
+from fireplace.control.fine_tuning.schemas import ListSftJobsResponse, SftJobCreate, SupervisedFineTuningJob, job_out
+
+router = APIRouter(tags=["supervised fine-tuning jobs"])
+COLLECTION = "/v1/accounts/{account_id}/supervisedFineTuningJobs"
+ITEM = COLLECTION + "/{job_id:path}"  # an ID or a full name
+OUT = {"response_model": SupervisedFineTuningJob, "response_model_exclude_none": True}
+
+
+@router.post(ITEM + ":cancel", summary="Cancel a job (PENDING -> CANCELLED, RUNNING -> CANCELLING)", **OUT)
+def cancel_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep,
+               body: Annotated[dict | None, Body()] = None):
+    return job_out(service.cancel_job(session, caller, account_id, job_id))
+
+
+@router.post(ITEM + ":resume", summary="Resume a FAILED, CANCELLED or PAUSED job (back to PENDING)", **OUT)
+def resume_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep,
+               body: Annotated[dict | None, Body()] = None):
+    return job_out(service.resume_job(session, caller, account_id, job_id))
+
+
+@router.post(COLLECTION, summary="Create a supervised fine-tuning job (queued in JOB_STATE_PENDING)", **OUT)
+def create_job(
+    account_id: str, body: SftJobCreate, caller: CallerDep, session: SessionDep,
+    job_id: Annotated[str | None, Query(alias="supervisedFineTuningJobId", max_length=63)] = None,
+):
+    return job_out(service.create_job(session, caller, account_id, body, job_id))
+
+
+@router.get(COLLECTION, response_model=ListSftJobsResponse, response_model_exclude_none=True,
+            summary="List supervised fine-tuning jobs; filter fields: state, display_name, dataset, base_model, "
+                    "warm_start_from, output_model, create_time, update_time, completed_time")
+def list_jobs(account_id: str, params: ListQuery, caller: CallerDep, session: SessionDep):
+    rows, next_token, total = service.list_jobs(session, caller, account_id, params)
+    return ListSftJobsResponse(supervised_fine_tuning_jobs=[job_out(r) for r in rows], next_page_token=next_token,
+                               total_size=total)
+
+
+@router.get(ITEM, summary="Get a supervised fine-tuning job", **OUT)
+def get_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep,
+            read_mask: Annotated[str | None, Query(alias="readMask", max_length=1024)] = None):
+    return job_out(service.get_job(session, caller, account_id, job_id))
+
+
+@router.delete(ITEM, response_model=Empty,
+               summary="Delete a job that is PENDING, PAUSED or finished (cancel a running one first)")
+def delete_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep):
+    service.delete_job(session, caller, account_id, job_id)
+    return {}

@@ -1,4 +1,41 @@
-"""HTTP routes: written by the resource owner."""
-from fastapi import APIRouter
+"""/v1/accounts/{a}/users: create (?userId=), list, get, update (PATCH merges present fields)."""
+from __future__ import annotations
 
-router = APIRouter()
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from fireplace.api.auth import CallerDep
+from fireplace.api.deps import SessionDep
+from fireplace.api.listing import ListQuery
+from fireplace.control.users import service
+from fireplace.control.users.schemas import ListUsersResponse, User, UserCreate, UserUpdate
+
+router = APIRouter(tags=["users"])
+OUT = {"response_model_exclude_none": True}
+ReadMask = Annotated[str | None, Query(alias="readMask", max_length=1024)]
+
+
+@router.post("/v1/accounts/{account_id}/users", response_model=User, **OUT, summary="Create a user (admin)")
+def create_user(account_id: str, body: UserCreate, caller: CallerDep, session: SessionDep,
+                user_id: Annotated[str | None, Query(alias="userId", max_length=63)] = None) -> User:
+    return User.of(service.create_user(session, caller, account_id, body, user_id))
+
+
+@router.get("/v1/accounts/{account_id}/users", response_model=ListUsersResponse, **OUT, summary="List users")
+def list_users(account_id: str, caller: CallerDep, session: SessionDep, params: ListQuery) -> ListUsersResponse:
+    rows, token, total = service.list_users(session, caller, account_id, params)
+    return ListUsersResponse(users=[User.of(r) for r in rows], next_page_token=token, total_size=total)
+
+
+@router.get("/v1/accounts/{account_id}/users/{user_id}", response_model=User, **OUT, summary="Get a user")
+def get_user(account_id: str, user_id: str, caller: CallerDep, session: SessionDep,
+             read_mask: ReadMask = None) -> User:
+    return User.of(service.get_user(session, caller, account_id, user_id))
+
+
+@router.patch("/v1/accounts/{account_id}/users/{user_id}", response_model=User, **OUT,
+              summary="Update a user's role or display name (admin; anyone may rename themself)")
+def update_user(account_id: str, user_id: str, body: UserUpdate, caller: CallerDep, session: SessionDep,
+                update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None) -> User:
+    return User.of(service.update_user(session, caller, account_id, user_id, body, update_mask))

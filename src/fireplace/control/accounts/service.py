@@ -1,0 +1,110 @@
+"""Accounts: list (the caller's; a platform admin sees all), get, and create (our extension).
+
+Creating an account also creates that email's admin user, in the same transaction.
+"""
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from fireplace.api.auth import Action, Principal, authorize
+from fireplace.api.filtering import FieldMap, as_str, as_time
+from fireplace.api.listing import ListParams, paginate
+from fireplace.config import Settings
+from fireplace.control.accounts.schemas import AccountCreate, normalize_email
+from fireplace.control.accounts.tables import AccountRow
+from fireplace.errors import AlreadyExists, InvalidArgument, PermissionDenied, Unauthenticated, not_found
+from fireplace.ids import account_id_from_email, validate_id
+
+FIELDS: FieldMap = {
+    "name": (AccountRow.account_id, lambda v: str(v).rsplit("/", 1)[-1]),
+    "email": (AccountRow.email, as_str),
+    "display_name": (AccountRow.display_name, as_str),
+    "account_type": (AccountRow.account_type, as_str),
+    "state": (AccountRow.state, as_str),
+    "create_time": (AccountRow.create_time, as_time),
+    "update_time": (AccountRow.update_time, as_time),
+}
+
+
+def account_id_of(value: str) -> str:
+    """'accounts/a' or 'a' -> 'a' (validated)."""
+    if value.startswith("accounts/"):
+        value = value[len("accounts/"):]
+    return validate_id(value, "account id")
+
+
+def get_account(session: Session, caller: Principal, account_id: str) -> AccountRow:
+    """Any member may read their own account (inference users too); everyone may read the
+    public catalog; another account answers like a missing one."""
+    account_id = account_id_of(account_id)
+    authorize(caller, account_id, Action.INFERENCE, kind="account", name=f"accounts/{account_id}")
+    row = session.get(AccountRow, account_id)
+    if row is None:
+        raise not_found("account", f"accounts/{account_id}")
+    return row
+
+
+def require_account(session: Session, account_id: str) -> AccountRow:
+    """For paths under an account the caller may already act in (a platform admin may name
+    any): the account must exist."""
+    row = session.get(AccountRow, account_id)
+    if row is None:
+        raise not_found("account", f"accounts/{account_id}")
+    return row
+
+
+def list_accounts(session: Session, caller: Principal, params: ListParams) -> tuple[list[AccountRow], str, int]:
+    stmt = select(AccountRow)
+    if not caller.is_platform_admin:
+        stmt = stmt.where(AccountRow.account_id == caller.account_id)
+    scope = "accounts" if caller.is_platform_admin else f"accounts/{caller.account_id}"
+    return paginate(session, stmt, params, FIELDS, [AccountRow.account_id], scope)
+
+
+def _free_account_id(session: Session, email: str) -> str:
+    taken: set[str] = set()
+    while True:
+        candidate = account_id_from_email(email, taken)
+        if session.get(AccountRow, candidate) is None:
+            return candidate
+        taken.add(candidate)
+
+
+def create_account(session: Session, caller: Principal | None, settings: Settings, body: AccountCreate,
+                   requested_id: str | None) -> AccountRow:
+    from fireplace.bootstrap import user_id_from_email
+    from fireplace.control.users.tables import UserRow
+
+    if not settings.allow_signup:
+        if caller is None:
+            raise Unauthenticated("creating an account needs a platform admin's API key (sign-up is closed)")
+        if not caller.is_platform_admin:
+            raise PermissionDenied("only a platform admin may create accounts (sign-up is closed)")
+    email = normalize_email(body.email)
+    account_type = "ENTERPRISE" if body.account_type == "ENTERPRISE" else "DEVELOPER"
+    if session.scalar(select(AccountRow.account_id).where(AccountRow.email == email)) is not None:
+        raise AlreadyExists(f"an account for email {email!r} already exists")
+    if requested_id:
+        if account_type != "ENTERPRISE":
+            raise InvalidArgument("accountId: only an ENTERPRISE account may choose its ID; "
+                                  "a DEVELOPER account's ID is generated from its email")
+        account_id = validate_id(requested_id, "accountId")
+        if session.get(AccountRow, account_id) is not None:
+            raise AlreadyExists(f"account 'accounts/{account_id}' already exists")
+    else:
+        account_id = _free_account_id(session, email)
+    row = AccountRow(account_id=account_id, email=email, display_name=body.display_name or email,
+                     account_type=account_type)
+    session.add(row)
+    try:
+        session.flush()
+        session.add(UserRow(account_id=account_id, user_id=user_id_from_email(email), email=email,
+                            display_name=body.display_name or email, role="admin"))
+        session.commit()
+    except IntegrityError:
+        # A concurrent create with the same email or ID won.
+        session.rollback()
+        raise AlreadyExists(f"an account for email {email!r} or with ID {account_id!r} already exists") from None
+    return row

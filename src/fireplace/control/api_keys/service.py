@@ -1,0 +1,87 @@
+"""API keys: create (the secret is returned once; only its SHA-256 is stored), list, revoke.
+
+Account admins manage every user's keys; any user manages their own. Revocation is immediate:
+authentication reads the key row on every request.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from fireplace.api.auth import Action, Principal
+from fireplace.api.filtering import FieldMap, as_str, as_time
+from fireplace.api.listing import ListParams, paginate
+from fireplace.control.api_keys.schemas import ApiKeySpec
+from fireplace.control.api_keys.secrets import NewKey, new_key, new_key_id
+from fireplace.control.api_keys.tables import ApiKeyRow
+from fireplace.control.common import touch
+from fireplace.control.users.service import fetch_user
+from fireplace.control.users.tables import UserRow
+from fireplace.errors import InvalidArgument, ResourceExhausted, not_found
+from fireplace.ids import validate_id
+
+MAX_ACTIVE_KEYS_PER_USER = 100
+
+FIELDS: FieldMap = {
+    "key_id": (ApiKeyRow.key_id, as_str),
+    "name": (ApiKeyRow.key_id, lambda v: str(v).rsplit("/", 1)[-1]),
+    "display_name": (ApiKeyRow.display_name, as_str),
+    "prefix": (ApiKeyRow.prefix, as_str),
+    "create_time": (ApiKeyRow.create_time, as_time),
+    "expire_time": (ApiKeyRow.expire_time, as_time),
+}
+
+
+def _key_owner(session: Session, caller: Principal, account_id: str, user_id: str) -> UserRow:
+    return fetch_user(session, caller, account_id, user_id, Action.ADMIN, allow_self=True)
+
+
+def _active(account_id: str, user_id: str):
+    return (ApiKeyRow.account_id == account_id, ApiKeyRow.user_id == user_id, ApiKeyRow.revoked.is_(False))
+
+
+def create_key(session: Session, caller: Principal, account_id: str, user_id: str,
+               spec: ApiKeySpec) -> tuple[ApiKeyRow, UserRow, NewKey]:
+    user = _key_owner(session, caller, account_id, user_id)
+    expire = spec.expire_time
+    if expire is not None:
+        expire = expire if expire.tzinfo else expire.replace(tzinfo=timezone.utc)
+        if expire <= datetime.now(timezone.utc):
+            raise InvalidArgument("apiKey.expireTime must be in the future")
+    active = session.scalar(select(func.count()).select_from(ApiKeyRow).where(
+        *_active(user.account_id, user.user_id))) or 0
+    if active >= MAX_ACTIVE_KEYS_PER_USER:
+        raise ResourceExhausted(f"user {user.user_id!r} already has {active} API keys "
+                                f"(limit {MAX_ACTIVE_KEYS_PER_USER}); delete one first")
+    key = new_key()
+    row = ApiKeyRow(account_id=user.account_id, key_id=new_key_id(), user_id=user.user_id,
+                    key_hash=key.key_hash, prefix=key.prefix, display_name=spec.display_name or "default",
+                    expire_time=expire)
+    session.add(row)
+    session.commit()
+    return row, user, key
+
+
+def list_keys(session: Session, caller: Principal, account_id: str, user_id: str,
+              params: ListParams) -> tuple[list[ApiKeyRow], UserRow, str, int]:
+    user = _key_owner(session, caller, account_id, user_id)
+    stmt = select(ApiKeyRow).where(*_active(user.account_id, user.user_id))
+    rows, token, total = paginate(session, stmt, params, FIELDS, [ApiKeyRow.key_id],
+                                  f"apiKeys/{user.account_id}/{user.user_id}")
+    return rows, user, token, total
+
+
+def delete_key(session: Session, caller: Principal, account_id: str, user_id: str, key_id: str) -> None:
+    """Revoke: the row stays (for audit) with `revoked`, so the hash can never authenticate again."""
+    user = _key_owner(session, caller, account_id, user_id)
+    prefix = f"accounts/{user.account_id}/users/{user.user_id}/apiKeys/"
+    key_id = validate_id(key_id[len(prefix):] if key_id.startswith(prefix) else key_id, "keyId")
+    name = prefix + key_id
+    row = session.get(ApiKeyRow, (user.account_id, key_id))
+    if row is None or row.user_id != user.user_id or row.revoked:
+        raise not_found("API key", name)
+    row.revoked = True
+    touch(row)
+    session.commit()

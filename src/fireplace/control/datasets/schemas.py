@@ -1,0 +1,81 @@
+"""Wire shapes of datasets (fireworks/types/dataset*.py)."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from fireplace.api.wire import Int64, Status, Wire
+
+Format = Literal["FORMAT_UNSPECIFIED", "CHAT", "COMPLETION", "RL"]
+State = Literal["STATE_UNSPECIFIED", "UPLOADING", "READY"]
+MAX_FILES = 1
+
+
+class Lineage(Wire):
+    """`splitted` / `transformed`: where a derived dataset came from."""
+    source_dataset_id: str = ""
+    original_format: Format | None = None
+
+
+class EvaluationResult(Wire):
+    evaluation_job_id: str = ""
+
+
+class DatasetFields(Wire):
+    """The writable fields (create body's `dataset`, and PATCH). Output-only fields a client
+    echoes back (name, state, createTime, estimatedTokenCount ...) are ignored."""
+    display_name: str | None = None
+    format: Format | None = None
+    example_count: Int64 | None = None
+    user_uploaded: dict[str, Any] | None = None
+    external_url: str | None = None
+    source_job_name: str | None = None
+    eval_protocol: dict[str, Any] | None = None
+    evaluation_result: EvaluationResult | None = None
+    splitted: Lineage | None = None
+    transformed: Lineage | None = None
+
+
+class DatasetCreate(Wire):
+    dataset_id: str = Field(max_length=300)
+    dataset: DatasetFields = Field(default_factory=DatasetFields)
+    source_dataset_id: str | None = Field(default=None, max_length=300)
+
+
+class Dataset(DatasetFields):
+    name: str
+    state: State
+    status: Status = Field(default_factory=Status)
+    create_time: str | None = None
+    update_time: str | None = None
+    created_by: str | None = None
+    estimated_token_count: Int64 | None = None
+    average_turn_count: float | None = None
+
+
+class ListDatasetsResponse(Wire):
+    datasets: list[Dataset]
+    next_page_token: str = ""
+    total_size: int = 0
+
+
+class UploadEndpointRequest(Wire):
+    filename_to_size: dict[str, Int64] = Field(default_factory=dict)
+    read_mask: str | None = None
+
+
+class SignedUrls(Wire):
+    filename_to_signed_urls: dict[str, str]
+
+
+class UploadResponse(Wire):
+    """DatasetUploadResponse: OpenAI-file-like, with snake_case keys as the SDK reads them;
+    the updated dataset rides along."""
+    id: str
+    bytes: int
+    created_at: int = Field(serialization_alias="created_at")
+    filename: str
+    object: str = "file"
+    purpose: str = "fine-tune"
+    dataset: Dataset

@@ -1,0 +1,129 @@
+"""Deployment wire shapes (fireworks/types/deployment.py, deployment_create/update/scale_params.py).
+
+Replica counts, acceleratorCount and maxContextLength are int32 on the wire (JSON numbers);
+durations are proto Duration strings ("30s"); times RFC 3339.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from fireplace.api.wire import Status, Str, Wire
+
+MAX_REPLICAS = 100
+MAX_CONTEXT_LENGTH = 1 << 20
+
+AcceleratorType = Literal[
+    "ACCELERATOR_TYPE_UNSPECIFIED", "NVIDIA_A100_80GB", "NVIDIA_H100_80GB", "AMD_MI300X_192GB",
+    "NVIDIA_A10G_24GB", "NVIDIA_A100_40GB", "NVIDIA_L4_24GB", "NVIDIA_H200_141GB", "NVIDIA_B200_180GB",
+    "AMD_MI325X_256GB", "AMD_MI350X_288GB"]
+Precision = Literal[
+    "PRECISION_UNSPECIFIED", "FP16", "FP8", "FP8_MM", "FP8_AR", "FP8_MM_KV_ATTN", "FP8_KV", "FP8_MM_V2",
+    "FP8_V2", "FP8_MM_KV_ATTN_V2", "NF4", "FP4", "BF16", "FP4_BLOCKSCALED_MM", "FP4_MX_MOE"]
+State = Literal["STATE_UNSPECIFIED", "CREATING", "READY", "DELETING", "FAILED", "UPDATING", "DELETED"]
+
+ReplicaCount = Field(default=None, ge=0, le=MAX_REPLICAS)
+
+
+class AutoscalingPolicy(Wire):
+    scale_up_window: str | None = Field(default=None, max_length=32)       # default 30s, <= 1h
+    scale_down_window: str | None = Field(default=None, max_length=32)     # default 10m, <= 1h
+    scale_to_zero_window: str | None = Field(default=None, max_length=32)  # default 1h, >= 5m
+    load_targets: dict[str, float] | None = Field(default=None, max_length=16)
+
+
+class ReplicaStats(Wire):
+    pending_scheduling_replica_count: int = 0
+    downloading_model_replica_count: int = 0
+    initializing_replica_count: int = 0
+    ready_replica_count: int = 0
+
+
+class DeploymentFields(Wire):
+    """The settable fields, shared by create and update (all optional here)."""
+    display_name: Str | None = Field(default=None, max_length=256)
+    description: Str | None = None
+    min_replica_count: int | None = ReplicaCount
+    max_replica_count: int | None = ReplicaCount
+    autoscaling_policy: AutoscalingPolicy | None = None
+    accelerator_type: AcceleratorType | None = None
+    accelerator_count: int | None = Field(default=None, ge=0, le=64)
+    precision: Precision | None = None
+    enable_addons: bool | None = None
+    max_context_length: int | None = Field(default=None, ge=0, le=MAX_CONTEXT_LENGTH)
+    deployment_shape: str | None = Field(default=None, max_length=300)
+    enable_session_affinity: bool | None = None
+
+
+class DeploymentCreate(DeploymentFields):
+    base_model: str = Field(max_length=300)
+
+
+class DeploymentUpdate(DeploymentFields):
+    # The SDK always sends baseModel on update; it must name the deployment's own base model.
+    base_model: str | None = Field(default=None, max_length=300)
+
+
+class ScaleRequest(Wire):
+    replica_count: int = Field(ge=0, le=MAX_REPLICAS)
+
+
+class Deployment(Wire):
+    name: str
+    base_model: str
+    display_name: str | None = None
+    description: str | None = None
+    state: State
+    status: Status
+    create_time: str | None = None
+    update_time: str | None = None
+    delete_time: str | None = None
+    purge_time: str | None = None
+    created_by: str | None = None
+    min_replica_count: int
+    max_replica_count: int
+    replica_count: int
+    desired_replica_count: int
+    replica_stats: ReplicaStats
+    autoscaling_policy: AutoscalingPolicy
+    accelerator_type: AcceleratorType | None = None
+    accelerator_count: int | None = None
+    precision: Precision | None = None
+    enable_addons: bool
+    max_context_length: int | None = None
+    deployment_shape: str | None = None
+    enable_session_affinity: bool | None = None
+
+
+class ListDeploymentsResponse(Wire):
+    deployments: list[Deployment]
+    next_page_token: str = ""
+    total_size: int = 0
+
+
+DEFAULT_WINDOWS = {"scaleUpWindow": 30.0, "scaleDownWindow": 600.0, "scaleToZeroWindow": 3600.0}
+
+
+def deployment_out(row) -> Deployment:
+    """DeploymentRow -> wire model."""
+    from fireplace.api.wire import duration, rfc3339
+
+    spec = row.spec or {}
+    policy = spec.get("autoscalingPolicy") or {}
+    windows = {k: duration(policy.get(k, v)) for k, v in DEFAULT_WINDOWS.items()}
+    return Deployment(
+        name=f"accounts/{row.account_id}/deployments/{row.deployment_id}",
+        base_model=row.base_model, display_name=row.display_name, description=row.description,
+        state=row.state, status=Status(code=row.status_code, message=row.status_message),
+        create_time=rfc3339(row.create_time), update_time=rfc3339(row.update_time),
+        delete_time=rfc3339(row.delete_time), purge_time=rfc3339(row.purge_time),
+        created_by=row.created_by or None,
+        min_replica_count=row.min_replica_count, max_replica_count=row.max_replica_count,
+        replica_count=row.replica_count, desired_replica_count=row.desired_replica_count,
+        replica_stats=ReplicaStats(**(spec.get("replicaStats") or {})),
+        autoscaling_policy=AutoscalingPolicy(**windows, load_targets=policy.get("loadTargets")),
+        accelerator_type=spec.get("acceleratorType"), accelerator_count=spec.get("acceleratorCount"),
+        precision=spec.get("precision"), enable_addons=row.enable_addons,
+        max_context_length=spec.get("maxContextLength"), deployment_shape=spec.get("deploymentShape"),
+        enable_session_affinity=spec.get("enableSessionAffinity"))

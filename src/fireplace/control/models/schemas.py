@@ -1,0 +1,115 @@
+"""Wire shapes of the Model resource (fireworks.types.Model and the request bodies)."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from fireplace.api.wire import Int64, Status, Wire
+
+
+class ConversationConfig(Wire):
+    style: str = Field(default="", max_length=64)
+    system: str | None = None
+    template: str | None = Field(default=None, max_length=65536)
+
+
+class PeftDetails(Wire):
+    base_model: str = ""                       # full name (an ID means the model's own account)
+    r: int | None = None                       # 4..64; filled from adapter_config.json when absent
+    target_modules: list[str] = Field(default_factory=list, max_length=128)
+    base_model_type: str | None = None         # output: config.json model_type of the base
+    merge_addon_model_name: str | None = None
+
+
+class BaseModelDetails(Wire):
+    checkpoint_format: str | None = None       # output: HUGGINGFACE once validated
+    parameter_count: Int64 | None = None       # output: from the safetensors headers
+    model_type: str | None = None              # output: config.json model_type
+    world_size: int | None = None
+    default_precision: str | None = None
+    moe: bool | None = None
+    tunable: bool | None = None
+    supports_fireattention: bool | None = None
+    supports_mtp: bool | None = None
+
+
+class DeployedModelRef(Wire):
+    name: str
+    deployment: str = ""
+    state: str = ""
+    default: bool = False
+    public: bool = False
+
+
+class ModelFields(Wire):
+    """Fields a client may set (create) or change (update)."""
+    display_name: str | None = Field(default=None, max_length=256)
+    description: str | None = Field(default=None, max_length=1000)
+    context_length: int | None = Field(default=None, ge=0, le=1 << 30)
+    training_context_length: int | None = Field(default=None, ge=0, le=1 << 30)
+    conversation_config: ConversationConfig | None = None
+    supports_lora: bool | None = None
+    supports_tools: bool | None = None
+    supports_image_input: bool | None = None
+    use_hf_apply_chat_template: bool | None = None
+    public: bool | None = None
+    hugging_face_url: str | None = Field(default=None, max_length=2048)
+    github_url: str | None = Field(default=None, max_length=2048)
+
+
+class ModelIn(ModelFields):
+    kind: str | None = None
+    peft_details: PeftDetails | None = None
+    base_model_details: BaseModelDetails | None = None
+
+
+class ModelCreate(Wire):
+    model_id: str = Field(max_length=300)
+    model: ModelIn = Field(default_factory=ModelIn)
+    cluster: str | None = None
+
+
+class ModelUpdate(ModelIn):
+    """PATCH body: mutable fields are merged; kind, peftDetails and baseModelDetails are
+    accepted but ignored (they describe the uploaded files), output-only fields too."""
+
+
+class Model(ModelFields):
+    name: str
+    kind: str
+    state: str
+    status: Status
+    create_time: str
+    update_time: str
+    peft_details: PeftDetails | None = None
+    base_model_details: BaseModelDetails | None = None
+    deployed_model_refs: list[DeployedModelRef] | None = None
+    fine_tuning_job: str | None = None
+    imported_from: str | None = None
+    supports_serverless: bool | None = None
+    tunable: bool | None = None
+    etag: str | None = None
+
+
+class ModelList(Wire):
+    models: list[Model]
+    next_page_token: str = ""
+    total_size: int = 0
+
+
+class UploadEndpointRequest(Wire):
+    filename_to_size: dict[str, Int64] = Field(max_length=512)
+    enable_resumable_upload: bool | None = None
+    read_mask: str | None = None
+
+
+class SignedUrls(Wire):
+    filename_to_signed_urls: dict[str, str] = Field(default_factory=dict)
+
+
+class ValidateUploadResponse(Wire):
+    warnings: list[str] = Field(default_factory=list)
+
+
+class PrepareRequest(Wire):
+    precision: str | None = None
+    read_mask: str | None = None

@@ -1,0 +1,231 @@
+"""Model files through our own signed URLs (what Fireworks' signed GCS URLs are to its SDK).
+
+    POST  .../models/m:getUploadEndpoint  {filenameToSize}  -> {filenameToSignedUrls: PUT URLs}
+    PUT   /v1/uploads/models/{a}/{m}/{filename}?expires&sig  (body: the file's bytes)
+    GET   .../models/m:validateUpload  -> checks the files, UPLOADING -> READY
+    GET   .../models/m:getDownloadEndpoint  -> {filenameToSignedUrls: GET URLs}
+    GET   /v1/downloads/models/{a}/{m}/{filename}?expires&sig
+
+A PUT streams into a staging blob unique to that PUT (hashed, atomic, at most the declared
+size); the file row then points at it. :validateUpload checks exactly the staged blobs the
+rows name and moves them to their final keys, so a PUT that lands late can never change
+bytes that were already validated.
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from fireplace.api.auth import Action, Principal
+from fireplace.control.models.files import CheckResult, check_addon, check_base_model, refuse_pickles
+from fireplace.control.models.service import load_model
+from fireplace.control.models.tables import KIND_ADDON, STATE_READY, STATE_UPLOADING, ModelFileRow, ModelRow
+from fireplace.control.signed_urls import sign, verify
+from fireplace.errors import FailedPrecondition, InvalidArgument, NotFound, PayloadTooLarge, not_found
+from fireplace.ids import validate_id
+from fireplace.storage import BlobStore, blob_key, safe_filename
+
+UPLOAD_PREFIX = "/v1/uploads/models"
+DOWNLOAD_PREFIX = "/v1/downloads/models"
+MAX_FILES_PER_MODEL = 512
+
+
+def file_path(prefix: str, account_id: str, model_id: str, filename: str) -> str:
+    return f"{prefix}/{account_id}/{model_id}/{filename}"
+
+
+def final_key(account_id: str, model_id: str, filename: str) -> str:
+    return blob_key("models", account_id, model_id, filename)
+
+
+def staging_key(account_id: str, model_id: str, filename: str) -> str:
+    return blob_key("uploads", "models", account_id, model_id, "u" + uuid.uuid4().hex, filename)
+
+
+def staging_prefix(account_id: str, model_id: str) -> str:
+    return blob_key("uploads", "models", account_id, model_id)
+
+
+def _file_rows(session: Session, account_id: str, model_id: str) -> list[ModelFileRow]:
+    return list(session.scalars(select(ModelFileRow).where(
+        ModelFileRow.account_id == account_id, ModelFileRow.model_id == model_id)
+        .order_by(ModelFileRow.filename)))
+
+
+# ---- :getUploadEndpoint ---------------------------------------------------------------------
+
+def upload_endpoints(session: Session, caller: Principal, account_id: str, model_id: str,
+                     sizes: dict[str, int], *, base_url: str, max_file_bytes: int) -> dict[str, str]:
+    row = load_model(session, caller, account_id, model_id, action=Action.WRITE, for_update=True)
+    if row.state != STATE_UPLOADING:
+        raise FailedPrecondition(f"model {row.name!r} is {row.state}: its files can no longer change")
+    if not sizes:
+        raise InvalidArgument("filenameToSize: name at least one file and its size in bytes")
+    for filename, size in sizes.items():
+        safe_filename(filename)
+        if size < 0:
+            raise InvalidArgument(f"filenameToSize[{filename!r}]: size must not be negative")
+        if size > max_file_bytes:
+            raise InvalidArgument(f"filenameToSize[{filename!r}]: {size} bytes is larger than the limit "
+                                  f"of {max_file_bytes} bytes per model file")
+    refuse_pickles(sizes)
+    existing = {f.filename: f for f in _file_rows(session, account_id, model_id)}
+    if len(set(existing) | set(sizes)) > MAX_FILES_PER_MODEL:
+        raise InvalidArgument(f"a model may have at most {MAX_FILES_PER_MODEL} files")
+    for filename, size in sizes.items():
+        file = existing.get(filename)
+        if file is None:
+            session.add(ModelFileRow(account_id=account_id, model_id=model_id, filename=filename,
+                                     declared_size=size))
+        elif file.declared_size != size:  # a new size means new bytes: upload again
+            file.declared_size, file.size, file.sha256 = size, None, ""
+    session.commit()
+    urls = {}
+    for filename in sizes:
+        path = file_path(UPLOAD_PREFIX, account_id, model_id, filename)
+        urls[filename] = f"{base_url}{path}?{sign(session, 'PUT', path)}"
+    return urls
+
+
+# ---- the signed PUT -------------------------------------------------------------------------
+
+def _exactly(chunks: Iterable[bytes], declared: int, filename: str) -> Iterator[bytes]:
+    """Pass chunks through, refusing more (413) or fewer (400) bytes than declared."""
+    received = 0
+    for chunk in chunks:
+        received += len(chunk)
+        if received > declared:
+            raise PayloadTooLarge(f"{filename}: body is larger than the declared size of {declared} bytes")
+        yield chunk
+    if received != declared:
+        raise InvalidArgument(f"{filename}: received {received} bytes, but {declared} were declared")
+
+
+def receive_file(factory: sessionmaker[Session], blobs: BlobStore, *, account_id: str, model_id: str,
+                 filename: str, expires: str | None, sig: str | None, content_length: int | None,
+                 chunks: Iterable[bytes], max_file_bytes: int) -> None:
+    """Runs in a worker thread; sessions are short so no transaction spans the transfer."""
+    validate_id(account_id, "account id")
+    validate_id(model_id, "model id")
+    safe_filename(filename)
+    name = f"accounts/{account_id}/models/{model_id}"
+    with factory() as session:
+        verify(session, "PUT", file_path(UPLOAD_PREFIX, account_id, model_id, filename), expires, sig)
+        row = session.get(ModelRow, (account_id, model_id))
+        file = session.get(ModelFileRow, (account_id, model_id, filename))
+        if row is None:
+            raise not_found("model", name)
+        if row.state != STATE_UPLOADING:
+            raise FailedPrecondition(f"model {name!r} is {row.state}: its files can no longer change")
+        if file is None or file.declared_size is None:
+            raise FailedPrecondition(f"{filename}: not declared for {name!r}; call :getUploadEndpoint first")
+        declared = file.declared_size
+    if content_length is not None and content_length > declared:
+        raise PayloadTooLarge(f"{filename}: body of {content_length} bytes is larger than the declared "
+                              f"size of {declared} bytes")
+    key = staging_key(account_id, model_id, filename)
+    info = blobs.write_stream(key, _exactly(chunks, declared, filename), min(declared, max_file_bytes))
+    with factory() as session:
+        row = session.get(ModelRow, (account_id, model_id), with_for_update=True)
+        file = session.get(ModelFileRow, (account_id, model_id, filename), with_for_update=True)
+        if row is None or file is None or row.state != STATE_UPLOADING or file.declared_size != declared:
+            session.rollback()
+            blobs.delete(key)
+            if row is None:
+                raise not_found("model", name)
+            raise FailedPrecondition(f"{filename}: {name!r} changed during the upload "
+                                     f"(now {row.state}); the bytes were discarded")
+        previous = file.staged_key
+        file.size, file.sha256, file.staged_key = info.size, info.sha256, key
+        session.commit()
+    if previous and previous != key:
+        blobs.delete(previous)
+
+
+# ---- :validateUpload ------------------------------------------------------------------------
+
+def current_key(blobs: BlobStore, file: ModelFileRow) -> str:
+    """The staged blob, or the final one once published (also after a crash mid-publish)."""
+    if file.staged_key and blobs.exists(file.staged_key):
+        return file.staged_key
+    return final_key(file.account_id, file.model_id, file.filename)
+
+
+def validate_upload(session: Session, blobs: BlobStore, caller: Principal, account_id: str,
+                    model_id: str) -> list[str]:
+    row = load_model(session, caller, account_id, model_id, action=Action.WRITE, for_update=True)
+    if row.state == STATE_READY:
+        return []
+    files = _file_rows(session, account_id, model_id)
+    missing = [f.filename for f in files if f.size is None]
+    if missing:
+        raise InvalidArgument(f"{missing[0]}: declared in :getUploadEndpoint but not uploaded"
+                              + (f" (also missing: {', '.join(missing[1:10])})" if len(missing) > 1 else ""))
+    if not files:
+        raise InvalidArgument(f"model {row.name!r} has no files: call :getUploadEndpoint and PUT them first")
+    warnings = finalize(session, blobs, row, {f.filename: current_key(blobs, f) for f in files})
+    for f in files:
+        if f.staged_key:
+            if f.staged_key != final_key(account_id, model_id, f.filename) and blobs.exists(f.staged_key):
+                blobs.move(f.staged_key, final_key(account_id, model_id, f.filename))
+            f.staged_key = ""
+    session.commit()
+    return warnings
+
+
+def finalize(session: Session, blobs: BlobStore, row: ModelRow, keys: dict[str, str]) -> list[str]:
+    """Check the files (filename -> blob key), fill the details they reveal, mark READY.
+    The caller commits."""
+    spec = dict(row.spec or {})
+    if row.kind == KIND_ADDON:
+        peft = dict(spec.get("peft_details") or {})
+        result: CheckResult = check_addon(blobs, keys, peft_r=peft.get("r"),
+                                          peft_target_modules=peft.get("target_modules") or [])
+        peft["r"] = result.lora_rank
+        peft["target_modules"] = peft.get("target_modules") or result.target_modules
+        spec["peft_details"] = peft
+    else:
+        result = check_base_model(blobs, keys)
+        details = dict(spec.get("base_model_details") or {})
+        details.update(checkpoint_format="HUGGINGFACE", parameter_count=result.parameter_count,
+                       model_type=result.model_type)
+        spec["base_model_details"] = details
+        if spec.get("context_length") is None and result.context_length:
+            spec["context_length"] = result.context_length
+    spec["status"] = {"code": "OK", "message": ""}
+    row.spec = spec
+    row.state = STATE_READY
+    row.etag = (row.etag or 0) + 1
+    return result.warnings
+
+
+# ---- downloads ------------------------------------------------------------------------------
+
+def download_endpoints(session: Session, caller: Principal, account_id: str, model_id: str, *,
+                       base_url: str) -> dict[str, str]:
+    row = load_model(session, caller, account_id, model_id)
+    if row.state != STATE_READY:
+        raise FailedPrecondition(f"model {row.name!r} is {row.state}: its files can be downloaded once READY")
+    urls = {}
+    for f in _file_rows(session, row.account_id, row.model_id):
+        path = file_path(DOWNLOAD_PREFIX, row.account_id, row.model_id, f.filename)
+        urls[f.filename] = f"{base_url}{path}?{sign(session, 'GET', path)}"
+    return urls
+
+
+def open_download(session: Session, blobs: BlobStore, *, account_id: str, model_id: str, filename: str,
+                  expires: str | None, sig: str | None) -> tuple[int, Iterator[bytes]]:
+    """(size, chunks) of a published model file named by a signed GET URL."""
+    validate_id(account_id, "account id")
+    validate_id(model_id, "model id")
+    safe_filename(filename)
+    verify(session, "GET", file_path(DOWNLOAD_PREFIX, account_id, model_id, filename), expires, sig)
+    key = final_key(account_id, model_id, filename)
+    try:
+        size = blobs.size(key)
+    except NotFound:
+        raise not_found("model file", f"accounts/{account_id}/models/{model_id}/files/{filename}") from None
+    return size, blobs.iter_chunks(key)

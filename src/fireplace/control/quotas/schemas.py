@@ -1,0 +1,47 @@
+"""Wire shapes of quotas and usage (Fireplace extensions; int64 as strings)."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from fireplace.api.wire import Int64, Status, Wire, rfc3339
+from fireplace.control.quotas.definitions import QuotaDefinition
+
+MAX_INT64 = (1 << 63) - 1
+
+
+class Quota(Wire):
+    name: str
+    quota_id: str
+    description: str
+    unit: str
+    enforced_by: str
+    max_value: Int64
+    default_value: Int64
+    usage: Int64
+    status: Status = Field(default_factory=Status)
+    update_time: str | None = None
+
+    @classmethod
+    def of(cls, account_id: str, definition: QuotaDefinition, max_value: int, usage: int,
+           update_time=None) -> "Quota":
+        return cls(name=f"accounts/{account_id}/quotas/{definition.quota_id}", quota_id=definition.quota_id,
+                   description=definition.description, unit=definition.unit,
+                   enforced_by=definition.enforced_by, max_value=max_value, default_value=definition.default,
+                   usage=usage, update_time=rfc3339(update_time))
+
+
+class QuotaUpdate(Wire):
+    """PATCH body: only maxValue is writable (platform admin)."""
+    max_value: Int64 | None = Field(None, ge=0, le=MAX_INT64)
+
+
+class ListQuotasResponse(Wire):
+    quotas: list[Quota]
+    next_page_token: str = ""
+    total_size: int = 0
+
+
+class Usage(Wire):
+    """`GET /v1/accounts/{a}/usage`: current usage per quota ID."""
+    name: str
+    usage: dict[str, Int64]

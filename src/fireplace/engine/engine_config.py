@@ -1,0 +1,55 @@
+"""Everything an engine instance is built from; validated once at start."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+ALL_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(kw_only=True)
+class EngineConfig:
+    model: str                          # a safetensors HF directory
+    dtype: str = "float32"              # float32 | bfloat16 (CPU and CUDA) | float16 (CUDA)
+    device: str = "cpu"                 # cpu | cuda | cuda:N
+    block_size: int = 16
+    kv_cache_bytes: int = 1 << 30       # memory for the KV pool (ignored when num_kv_blocks set)
+    num_kv_blocks: int | None = None
+    max_model_len: int | None = None    # default: min(model's context, 4096)
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    enable_prefix_caching: bool = True
+    enable_lora: bool = False
+    max_loras: int = 8                  # adapters in compute memory (slots) at once
+    max_lora_rank: int = 64
+    max_cpu_loras: int = 64             # adapters kept in host memory (LRU)
+    lora_target_modules: tuple[str, ...] = ALL_LORA_TARGETS
+    merged_adapter: str | None = None   # a PEFT directory folded into the base weights
+    compile: bool = False               # torch.compile the decode step (CUDA graphs on CUDA)
+    num_threads: int | None = None      # torch intra-op threads on CPU
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def validate(self) -> "EngineConfig":
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.dtype in ("float16", "fp16") and not self.device.startswith("cuda"):
+            raise ValueError("float16 is for CUDA; use float32 or bfloat16 on CPU")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("device is cuda but no CUDA device is available")
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_loras", "max_lora_rank",
+                     "max_cpu_loras"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        unknown = set(self.lora_target_modules) - set(ALL_LORA_TARGETS)
+        if unknown:
+            raise ValueError(f"unknown LoRA target modules {sorted(unknown)}")
+        if self.enable_lora and self.merged_adapter:
+            raise ValueError("merged_adapter and enable_lora are exclusive: a merged deployment serves one addon")
+        return self

@@ -1,0 +1,267 @@
+"""LLMEngine: add_request / abort / step over the scheduler, model runner and sampler.
+
+One step: schedule -> (pin adapters) -> build the varlen batch -> forward -> sample ->
+scheduler.update -> detokenize (stop strings) -> per-request incremental outputs.
+Not thread-safe by itself; `AsyncEngine` drives it from one thread.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable
+
+import torch
+
+from fireplace.engine.detokenizer import IncrementalDetokenizer
+from fireplace.engine.engine_config import EngineConfig
+from fireplace.engine.errors import InvalidRequestError
+from fireplace.engine.kv_cache import KVCacheSpec
+from fireplace.engine.loader import load_model
+from fireplace.engine.model_runner import ModelRunner
+from fireplace.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
+from fireplace.engine.sampler import Sampler, SamplingRow
+from fireplace.engine.sampling_params import SamplingParams
+from fireplace.engine.scheduler import Scheduler, SchedulerOutput
+from fireplace.engine.scheduler_config import SchedulerConfig
+from fireplace.engine.sequence import Sequence, SequenceStatus
+from fireplace.engine.stats import EngineStats, ThroughputMeter
+
+_request_counter = itertools.count()
+
+
+class _Request:
+    """Per-request bookkeeping the scheduler does not need."""
+
+    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, arrival: float):
+        self.request_id = request_id
+        self.prompt_token_ids = prompt_token_ids
+        self.params = params
+        self.metrics = RequestMetrics(arrival_time=arrival)
+        self.detokenizers: dict[int, IncrementalDetokenizer] = {}  # sample index -> detokenizer
+        self.num_tokens: dict[int, int] = {}                         # sample index -> generated
+        self.finish: dict[int, tuple[str, int | str | None]] = {}    # sample index -> (reason, stop)
+        self.num_cached_tokens = 0
+        self.error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return len(self.finish) >= self.params.n or self.error is not None
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, *, tokenizer=None):
+        self.config = config.validate()
+        if config.num_threads and config.device == "cpu":
+            torch.set_num_threads(config.num_threads)
+        self.device = torch.device(config.device)
+        self.model, self.model_config = load_model(config.model, config.torch_dtype, self.device)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(config.model)
+        self.tokenizer = tokenizer
+        self.max_model_len = min(config.max_model_len or min(self.model_config.max_position_embeddings, 4096),
+                                 self.model_config.max_position_embeddings)
+        spec = KVCacheSpec.for_model(self.model_config, config.block_size, config.torch_dtype)
+        num_blocks = config.num_kv_blocks or spec.num_blocks_for_budget(config.kv_cache_bytes)
+        kv_caches = spec.allocate(num_blocks, self.device)
+        self.max_model_len = min(self.max_model_len, num_blocks * config.block_size)
+        self.eos_token_ids = tuple(self.model_config.eos_token_ids) or (
+            (tokenizer.eos_token_id,) if getattr(tokenizer, "eos_token_id", None) is not None else ())
+        self.adapters = None
+        if config.merged_adapter:
+            from fireplace.engine.lora.adapter import LoRAAdapter
+            from fireplace.engine.lora.merge import merge_adapter
+            merge_adapter(self.model, LoRAAdapter.from_dir(config.merged_adapter, self.model_config))
+        if config.enable_lora:
+            from fireplace.engine.lora.manager import AdapterManager
+            self.adapters = AdapterManager(self.model, self.model_config, max_loras=config.max_loras,
+                                           max_lora_rank=config.max_lora_rank, max_cpu_loras=config.max_cpu_loras,
+                                           target_modules=config.lora_target_modules)
+        self.scheduler = Scheduler(SchedulerConfig(
+            num_blocks=num_blocks, max_model_len=self.max_model_len, block_size=config.block_size,
+            max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
+            max_loras=config.max_loras if config.enable_lora else None,
+            enable_prefix_caching=config.enable_prefix_caching), eos_token_ids=self.eos_token_ids)
+        self.runner = ModelRunner(self.model, kv_caches, config.block_size, self.device)
+        self.sampler = Sampler()
+        self.meter = ThroughputMeter()
+        self._requests: dict[str, _Request] = {}
+        self._finished_outputs: list[RequestOutput] = []
+
+    # -- requests ---------------------------------------------------------------------------
+    def add_request(self, request_id: str | None, prompt: str | list[int], params: SamplingParams | None = None,
+                    *, adapter_id: str | None = None, truncate_prompt: bool = False,
+                    arrival_time: float | None = None) -> str:
+        """Queue a request; raises InvalidRequestError (HTTP 400) for bad input."""
+        params = (params or SamplingParams()).validate()
+        request_id = request_id or f"req-{next(_request_counter)}"
+        if request_id in self._requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
+        if isinstance(prompt, str):
+            token_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        else:
+            token_ids = [int(t) for t in prompt]
+        vocab = self.model_config.vocab_size
+        if any(t < 0 or t >= vocab for t in token_ids):
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", "prompt")
+        if truncate_prompt and len(token_ids) >= self.max_model_len:
+            token_ids = token_ids[-(self.max_model_len - 1):]
+        max_tokens = params.max_new_tokens(len(token_ids), self.max_model_len, truncate=True)
+        params = params.replace(max_tokens=max_tokens) if params.max_tokens != max_tokens else params
+        if adapter_id is not None:
+            if self.adapters is None:
+                raise InvalidRequestError("this engine serves no LoRA addons", "model")
+            self.adapters.check_servable(adapter_id)
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        self._requests[request_id] = _Request(request_id, token_ids, params, arrival)
+        self.scheduler.add(Sequence(request_id, token_ids, params, adapter_id=adapter_id, arrival_time=arrival))
+        return request_id
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request now; its KV blocks are freed before this returns."""
+        request = self._requests.pop(request_id, None)
+        self.scheduler.abort(request_id)
+        if request is not None:
+            for index in range(request.params.n):
+                request.finish.setdefault(index, ("abort", None))
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests)
+
+    # -- the step ---------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        step = self.scheduler.schedule()
+        outputs = self._rejected_outputs(step)
+        if step.is_empty:
+            return outputs
+        now = time.monotonic()
+        for entry in step.scheduled:
+            request = self._requests.get(entry.seq.request_id)
+            if request is not None and request.metrics.first_scheduled_time is None:
+                request.metrics.first_scheduled_time = now
+                request.num_cached_tokens = entry.seq.num_cached_tokens
+        lora = self.adapters.prepare_batch(step) if self.adapters is not None else None
+        try:
+            ctx = self.runner.prepare(step, lora)
+            logits = self.runner.execute(ctx)
+        finally:
+            if self.adapters is not None:
+                self.adapters.finish_batch(step)
+        sampled_seqs = step.logits_seqs
+        rows = [SamplingRow.for_sequence(e.seq, self.eos_token_ids) for e in sampled_seqs]
+        sampled = self.sampler(logits, rows) if rows else None
+        token_ids = sampled.token_ids.tolist() if sampled is not None else []
+        self.scheduler.update(step, token_ids)
+        self.meter.record(step.num_prompt_tokens, step.num_generated_tokens)
+        return outputs + self._collect(sampled_seqs, token_ids, sampled)
+
+    def _collect(self, entries, token_ids: list[int], sampled) -> list[RequestOutput]:
+        """Detokenize the new tokens, apply stop strings, group per request."""
+        now = time.monotonic()
+        per_request: dict[str, list[CompletionOutput]] = {}
+        wants_logprobs = sampled is not None and sampled.logprobs is not None
+        for row, (entry, token) in enumerate(zip(entries, token_ids)):
+            seq = entry.seq
+            request = self._requests.get(seq.request_id)
+            if request is None or (seq.status is not SequenceStatus.RUNNING and not seq.is_finished):
+                continue  # aborted while the step ran
+            if seq.status is SequenceStatus.FINISHED_ABORTED:
+                continue
+            index = seq.sample_index
+            request.metrics.first_token_time = request.metrics.first_token_time or now
+            detok = request.detokenizers.get(index)
+            if detok is None:
+                params = request.params
+                detok = request.detokenizers[index] = IncrementalDetokenizer(
+                    self.tokenizer, request.prompt_token_ids, stop=params.stop,
+                    skip_special_tokens=params.skip_special_tokens, min_tokens=params.min_tokens)
+            delta = detok.step([token], is_final=seq.is_finished)
+            out = CompletionOutput(index=index, token_ids=[token], text=delta.text)
+            request.num_tokens[index] = request.num_tokens.get(index, 0) + 1
+            out.num_tokens = request.num_tokens[index]
+            if wants_logprobs and request.params.logprobs is not None:
+                out.logprobs = [TokenLogprob(token, float(sampled.logprobs[row]), sampled.row_top_logprobs(row))]
+            if delta.stop_string is not None and not seq.is_finished:
+                self.scheduler.finish(seq, SequenceStatus.FINISHED_STOPPED, delta.stop_string)
+            if seq.is_finished:
+                out.finish_reason = seq.finish_reason
+                out.stop_reason = delta.stop_string if delta.stop_string is not None else seq.stop_reason
+                request.finish[index] = (out.finish_reason, out.stop_reason)
+            per_request.setdefault(seq.request_id, []).append(out)
+        results = []
+        for request_id, outs in per_request.items():
+            request = self._requests[request_id]
+            finished = request.finished
+            if finished:
+                request.metrics.finished_time = now
+                del self._requests[request_id]
+            results.append(RequestOutput(request_id, outs, request.prompt_token_ids, finished, request.metrics,
+                                         request.num_cached_tokens))
+        return results
+
+    def _rejected_outputs(self, step: SchedulerOutput) -> list[RequestOutput]:
+        results = []
+        for seq in step.rejected:
+            request = self._requests.pop(seq.request_id, None)
+            if request is None:
+                continue
+            request.error = str(seq.error) if seq.error else "request can never fit in the KV cache"
+            request.metrics.finished_time = time.monotonic()
+            outs = [CompletionOutput(index=i, finish_reason="error") for i in range(request.params.n)]
+            results.append(RequestOutput(seq.request_id, outs, request.prompt_token_ids, True, request.metrics,
+                                         error=request.error))
+        return results
+
+    # -- adapters and stats -------------------------------------------------------------------
+    def load_adapter(self, adapter_id: str, source) -> None:
+        if self.adapters is None:
+            raise InvalidRequestError("LoRA is not enabled on this engine", "model")
+        self.adapters.load_adapter(adapter_id, source)
+
+    def unload_adapter(self, adapter_id: str) -> None:
+        if self.adapters is None:
+            raise InvalidRequestError("LoRA is not enabled on this engine", "model")
+        self.adapters.unload_adapter(adapter_id)
+
+    def stats(self) -> EngineStats:
+        used = total = 0
+        if self.adapters is not None:
+            used, total = self.adapters.num_slots_used, self.adapters.num_slots
+        return EngineStats.collect(self.scheduler, self.meter, adapter_slots_used=used, adapter_slots_total=total)
+
+    # -- offline ----------------------------------------------------------------------------
+    def generate(self, prompts: Iterable[str | list[int]], params: SamplingParams | list[SamplingParams] | None = None,
+                 *, adapter_ids: list[str | None] | None = None) -> list[RequestOutput]:
+        """Run prompts to completion; returns one merged RequestOutput per prompt, in order."""
+        prompts = list(prompts)
+        params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        adapter_ids = adapter_ids or [None] * len(prompts)
+        ids = [self.add_request(None, p, sp, adapter_id=a) for p, sp, a in zip(prompts, params_list, adapter_ids)]
+        merged: dict[str, RequestOutput] = {}
+        while self.has_unfinished_requests():
+            for out in self.step():
+                merged[out.request_id] = merge_output(merged.get(out.request_id), out)
+        return [merged[i] for i in ids]
+
+
+def merge_output(acc: RequestOutput | None, new: RequestOutput) -> RequestOutput:
+    """Fold an incremental output into the running total (offline use, tests)."""
+    if acc is None:
+        acc = RequestOutput(new.request_id, [], new.prompt_token_ids, False, new.metrics, new.num_cached_tokens)
+    by_index = {o.index: o for o in acc.outputs}
+    for o in new.outputs:
+        cur = by_index.get(o.index)
+        if cur is None:
+            cur = by_index[o.index] = CompletionOutput(index=o.index, logprobs=[] if o.logprobs is not None else None)
+        cur.token_ids = cur.token_ids + o.token_ids
+        cur.text += o.text
+        if o.logprobs is not None:
+            cur.logprobs = (cur.logprobs or []) + o.logprobs
+        cur.finish_reason = o.finish_reason or cur.finish_reason
+        cur.stop_reason = o.stop_reason if o.stop_reason is not None else cur.stop_reason
+        cur.num_tokens = max(cur.num_tokens, o.num_tokens)
+    acc.outputs = [by_index[i] for i in sorted(by_index)]
+    acc.finished = new.finished
+    acc.error = new.error or acc.error
+    acc.metrics = new.metrics
+    return acc

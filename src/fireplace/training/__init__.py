@@ -1,0 +1,1 @@
+"""Training: dataset validation, tokenization with loss masks, the LoRA SFT loop, checkpoints."""
