@@ -91,10 +91,12 @@ def ready_addon(server: Server, base_model: str, model_id: str | None = None, r:
                         {"kind": "HF_PEFT_ADDON", "peftDetails": {"baseModel": base_model}}, **kw)
 
 
-def uploading_model(server: Server, model_id: str | None = None, *, kind: str = "HF_BASE_MODEL", **kw) -> str:
-    """A model created but never uploaded (state UPLOADING)."""
+def uploading_model(server: Server, model_id: str | None = None, *, base_model: str | None = None, **kw) -> str:
+    """A model created but never uploaded (state UPLOADING): an addon of base_model when given."""
     model_id = model_id or f"up-{uuid.uuid4().hex[:8]}"
-    sdk(server, kw.get("api_key"), kw.get("account_id")).models.create(model_id=model_id, model={"kind": kind})
+    model = ({"kind": "HF_PEFT_ADDON", "peftDetails": {"baseModel": base_model}} if base_model
+             else {"kind": "HF_BASE_MODEL"})
+    sdk(server, kw.get("api_key"), kw.get("account_id")).models.create(model_id=model_id, model=model)
     return f"accounts/{kw.get('account_id') or server.account_id}/models/{model_id}"
 
 

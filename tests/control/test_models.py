@@ -116,6 +116,7 @@ def test_full_name_is_accepted_in_the_path(admin, server, unique):
     m = admin.models.create(model_id=f"accounts/{server.account_id}/models/{model_id}",
                             model={"kind": "HF_BASE_MODEL"})
     assert admin.models.get(m.name).name == m.name
+    assert admin.models.prepare(model_id, precision="BF16")["name"] == m.name  # :prepare is a no-op
 
 
 # ---- addons ---------------------------------------------------------------------------------

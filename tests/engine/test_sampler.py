@@ -105,6 +105,11 @@ def test_seeded_rows_do_not_depend_on_the_batch():
         batch = torch.cat([_logits(others, seed=others), logits])
         rows = [_row(temperature=1.0)] * others + [seeded]
         assert Sampler()(batch, rows).token_ids[-1].item() == alone[0]
+    nucleus = SamplingRow(SamplingParams(seed=7, top_p=0.8), [1], [])
+    wide = torch.randn(3, 1000, generator=torch.Generator().manual_seed(8))
+    alone = Sampler()(wide[:1], [nucleus]).token_ids.item()
+    mixed = Sampler()(wide, [nucleus, _row(top_k=600), _row(temperature=0.0)]).token_ids[0].item()
+    assert alone == mixed
     # a stream over positions, and siblings with other sample indexes, differ
     stream = [Sampler()(logits, [SamplingRow(seeded.params, [1], [0] * i)]).token_ids.item() for i in range(20)]
     sibling = [Sampler()(logits, [SamplingRow(seeded.params, [1], [0] * i, sample_index=1)]).token_ids.item()
@@ -158,3 +163,13 @@ def test_sampling_never_picks_a_masked_token():
     logits[:, 11] = 0.0
     tokens = Sampler()(logits, [_row(temperature=1.0)] * 200).token_ids
     assert set(tokens.tolist()) == {7, 11}
+
+
+def test_callers_logits_are_not_modified():
+    logits = _logits(2, seed=6)
+    before = logits.clone()
+    rows = [SamplingRow(SamplingParams(repetition_penalty=1.5, presence_penalty=1.0), [1, 2], [3]),
+            SamplingRow(SamplingParams(temperature=0.0), banned_token_ids=[int(logits[1].argmax())])]
+    out = Sampler()(logits, rows)
+    assert torch.equal(logits, before)
+    assert out.token_ids[1].item() != int(logits[1].argmax())

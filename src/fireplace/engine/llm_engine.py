@@ -175,7 +175,9 @@ class LLMEngine:
                 detok = request.detokenizers[index] = IncrementalDetokenizer(
                     self.tokenizer, request.prompt_token_ids, stop=params.stop,
                     skip_special_tokens=params.skip_special_tokens, min_tokens=params.min_tokens)
-            delta = detok.step([token], is_final=seq.is_finished)
+            # a stop token ends the sequence but is not part of its text (as in the OpenAI API)
+            is_stop_token = seq.is_finished and seq.stop_reason == token
+            delta = detok.step([] if is_stop_token else [token], is_final=seq.is_finished)
             out = CompletionOutput(index=index, token_ids=[token], text=delta.text)
             request.num_tokens[index] = request.num_tokens.get(index, 0) + 1
             out.num_tokens = request.num_tokens[index]

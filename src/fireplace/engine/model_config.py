@@ -163,7 +163,7 @@ def _rope_of(d: dict[str, Any]) -> tuple[float, RopeScaling]:
         raise UnsupportedModelError("partial_rotary_factor != 1 is not supported")
     if rope_type == "default":
         return theta, RopeScaling()
-    original = merged.get("original_max_position_embeddings") or d.get("max_position_embeddings")
+    original = merged.get("original_max_position_embeddings") or d.get("max_position_embeddings", 2048)
     return theta, RopeScaling(
         rope_type=rope_type,
         factor=float(merged["factor"]),

@@ -125,28 +125,16 @@ class Sampler:
             logits = logits / temperature.unsqueeze(1)
         uniform = self._uniforms(rows, logits.device)
         vocab = logits.shape[1]
-        is_filtered = [1 <= r.params.top_k < vocab or r.params.top_p < 1.0 for r in rows]
+        filtered = [i for i, r in enumerate(rows) if 1 <= r.params.top_k < vocab or r.params.top_p < 1.0]
+        if len(filtered) == len(rows):
+            return _draw_from_candidates(logits, rows, uniform)
+        if not filtered:
+            return _draw_from_vocabulary(logits, rows, uniform)
         token_ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-        for want in (True, False):
-            picked = [i for i, f in enumerate(is_filtered) if f is want]
-            if not picked:
-                continue
-            if len(picked) == len(rows):
-                sub, sub_rows, sub_uniform = logits, rows, uniform
-            else:
-                index = torch.tensor(picked, device=logits.device)
-                sub, sub_rows, sub_uniform = logits[index], [rows[i] for i in picked], uniform[index]
-            if want:
-                values, candidate_ids, keep = top_k_top_p(
-                    sub, [r.params.top_k for r in sub_rows], [r.params.top_p for r in sub_rows])
-                probs = _apply_min_p(torch.softmax(values.masked_fill(~keep, float("-inf")), dim=-1), sub_rows)
-                drawn = candidate_ids.gather(1, _invert_cdf(probs, sub_uniform).unsqueeze(1)).squeeze(1)
-            else:
-                probs = _apply_min_p(torch.softmax(sub, dim=-1), sub_rows)
-                drawn = _invert_cdf(probs, sub_uniform)
-            if len(picked) == len(rows):
-                return drawn
-            token_ids[index] = drawn
+        plain = sorted(set(range(len(rows))) - set(filtered))
+        for picked, draw in ((filtered, _draw_from_candidates), (plain, _draw_from_vocabulary)):
+            index = torch.tensor(picked, device=logits.device)
+            token_ids[index] = draw(logits[index], [rows[i] for i in picked], uniform[index])
         return token_ids
 
     def _uniforms(self, rows: SequenceOf[SamplingRow], device: torch.device) -> torch.Tensor:
@@ -200,6 +188,19 @@ def top_k_top_p(logits: torch.Tensor, top_k: SequenceOf[int], top_p: SequenceOf[
         if num_candidates == vocab or bool((k_within.unsqueeze(1) | (p > 1.0) | reached).all()):
             return values, token_ids, keep
         num_candidates = vocab if num_candidates * 8 >= vocab else num_candidates * 8
+
+
+def _draw_from_candidates(logits: torch.Tensor, rows: SequenceOf[SamplingRow], uniform: torch.Tensor) -> torch.Tensor:
+    # rows with top-k / top-p: logits [B, V], uniform [B] -> token ids [B]
+    values, token_ids, keep = top_k_top_p(
+        logits, [r.params.top_k for r in rows], [r.params.top_p for r in rows])
+    probs = _apply_min_p(torch.softmax(values.masked_fill(~keep, float("-inf")), dim=-1), rows)
+    return token_ids.gather(1, _invert_cdf(probs, uniform).unsqueeze(1)).squeeze(1)
+
+
+def _draw_from_vocabulary(logits: torch.Tensor, rows: SequenceOf[SamplingRow], uniform: torch.Tensor) -> torch.Tensor:
+    # logits [B, V], uniform [B] -> token ids [B]
+    return _invert_cdf(_apply_min_p(torch.softmax(logits, dim=-1), rows), uniform)
 
 
 def _invert_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:

@@ -214,7 +214,8 @@ def _check_message(path: str, msg: Any, issues: _Issues, unknown: set[str]) -> b
     for key in ("name", "tool_call_id"):
         if msg.get(key) is not None and not isinstance(msg[key], str):
             issues.add(f"{path}.{key}", f"must be a string, got {_kind(msg[key])}")
-    unknown.update(k for k in msg if k not in _MESSAGE_KEYS)
+    if len(msg) > 2:
+        unknown.update(msg.keys() - _MESSAGE_KEYS)
     return role == "assistant" and weight != 0
 
 

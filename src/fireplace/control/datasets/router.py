@@ -21,7 +21,7 @@ from fireplace.api.auth import CallerDep
 from fireplace.api.deps import SessionDep, SettingsDep, get_blobs
 from fireplace.api.listing import ListQuery
 from fireplace.api.wire import Empty
-from fireplace.control.datasets import service
+from fireplace.control.datasets import service, uploads
 from fireplace.control.datasets.schemas import (
     Dataset, DatasetCreate, DatasetFields, ListDatasetsResponse, SignedUrls, UploadEndpointRequest, UploadResponse)
 from fireplace.errors import InvalidArgument, PayloadTooLarge
@@ -95,22 +95,22 @@ def list_datasets(account_id: str, params: ListQuery, caller: CallerDep, session
 async def upload_dataset(account_id: str, dataset_id: str, request: Request, caller: CallerDep,
                          session: SessionDep, blobs: BlobsDep, settings: SettingsDep) -> UploadResponse:
     limits = settings.limits
-    await run_in_threadpool(service.check_uploadable, session, caller, account_id, dataset_id)
+    await run_in_threadpool(uploads.check_uploadable, session, caller, account_id, dataset_id)
     upload = await _receive_multipart_file(request, limits.max_dataset_bytes)
     try:
-        row = await run_in_threadpool(service.upload_file, session, blobs, limits, caller, account_id,
+        row = await run_in_threadpool(uploads.upload_file, session, blobs, limits, caller, account_id,
                                       dataset_id, upload.file, upload.filename)
     finally:
         await upload.close()
     return UploadResponse(id=row.dataset_id, bytes=row.size_bytes, created_at=int(time.time()),
-                          filename=row.spec.get("filename", service.DATA_FILE), dataset=service.to_wire(row))
+                          filename=row.spec.get("filename", uploads.DATA_FILE), dataset=service.to_wire(row))
 
 
 @router.post(ITEM + ":getUploadEndpoint", response_model=SignedUrls,
              summary="Signed URL to PUT the dataset's file to (then call :validateUpload)", **OUT)
 def get_upload_endpoint(account_id: str, dataset_id: str, body: UploadEndpointRequest, request: Request,
                         caller: CallerDep, session: SessionDep, settings: SettingsDep) -> SignedUrls:
-    urls = service.get_upload_endpoint(session, settings.limits, caller, account_id, dataset_id,
+    urls = uploads.get_upload_endpoint(session, settings.limits, caller, account_id, dataset_id,
                                        body.filename_to_size, _base_url(request, settings))
     return SignedUrls(filename_to_signed_urls=urls)
 
@@ -119,7 +119,7 @@ def get_upload_endpoint(account_id: str, dataset_id: str, body: UploadEndpointRe
              summary="Validate the file PUT through the signed URL; makes the dataset READY", **OUT)
 def validate_upload(account_id: str, dataset_id: str, caller: CallerDep, session: SessionDep, blobs: BlobsDep,
                     settings: SettingsDep, body: Empty | None = None) -> Dataset:
-    return service.to_wire(service.validate_upload(session, blobs, settings.limits, caller, account_id, dataset_id))
+    return service.to_wire(uploads.validate_upload(session, blobs, settings.limits, caller, account_id, dataset_id))
 
 
 @router.get(ITEM + ":getDownloadEndpoint", response_model=SignedUrls,
@@ -129,7 +129,7 @@ def get_download_endpoint(account_id: str, dataset_id: str, request: Request, ca
                           download_lineage: Annotated[bool, Query(alias="downloadLineage")] = False,
                           read_mask: Annotated[str | None, Query(alias="readMask", max_length=1024)] = None,
                           ) -> SignedUrls:
-    urls = service.get_download_endpoint(session, caller, account_id, dataset_id, _base_url(request, settings))
+    urls = uploads.get_download_endpoint(session, caller, account_id, dataset_id, _base_url(request, settings))
     return SignedUrls(filename_to_signed_urls=urls)
 
 
@@ -162,7 +162,7 @@ async def put_dataset_file(account_id: str, dataset_id: str, filename: str, requ
                            expires: Annotated[str | None, Query(max_length=32)] = None,
                            sig: Annotated[str | None, Query(max_length=128)] = None) -> Empty:
     max_bytes = settings.limits.max_dataset_bytes
-    key = await run_in_threadpool(service.accept_signed_upload, session, account_id, dataset_id,
+    key = await run_in_threadpool(uploads.accept_signed_upload, session, account_id, dataset_id,
                                   filename, expires, sig)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
@@ -182,7 +182,7 @@ async def put_dataset_file(account_id: str, dataset_id: str, filename: str, requ
 def get_dataset_file(account_id: str, dataset_id: str, filename: str, session: SessionDep, blobs: BlobsDep,
                      expires: Annotated[str | None, Query(max_length=32)] = None,
                      sig: Annotated[str | None, Query(max_length=128)] = None) -> StreamingResponse:
-    row = service.open_signed_download(session, account_id, dataset_id, filename, expires, sig)
+    row = uploads.open_signed_download(session, account_id, dataset_id, filename, expires, sig)
     return StreamingResponse(blobs.iter_chunks(row.blob_key), media_type="application/octet-stream",
                              headers={"content-length": str(row.size_bytes),
                                       "content-disposition": f'attachment; filename="{filename}"'})

@@ -1,36 +1,29 @@
-"""Datasets: create, upload (direct, or PUT through a signed URL then :validateUpload),
-read, update, delete.
+"""Datasets: create, get, list, update, delete (uploads are in uploads.py).
 
-Lifecycle: create -> UPLOADING; an upload that validates -> READY, immutable from then on.
-An upload that does not validate writes nothing: the dataset stays exactly as it was.
-Blob layout (keys built only from validated IDs and file names):
-    datasets/{a}/{d}/data.jsonl             written by :upload (and by a copy from a source)
-    datasets/{a}/{d}/uploads/{filename}     PUT through a signed URL; becomes the data once valid
+Lifecycle: create -> UPLOADING; an upload that validates -> READY, immutable from then on
+(content fields may only be sent unchanged; displayName and evaluation metadata may change).
+`sourceDatasetId` on create copies a READY dataset's data: the new one starts READY.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fireplace.api.auth import Action, Principal, authorize
 from fireplace.api.filtering import FieldMap, as_int, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
 from fireplace.api.wire import Status, Wire, rfc3339
-from fireplace.config import Limits
-from fireplace.control.common import fetch, resource_name, touch, update_mask_fields
+from fireplace.control.common import fetch, touch, update_mask_fields
 from fireplace.control.datasets.schemas import Dataset, DatasetCreate, DatasetFields
 from fireplace.control.datasets.tables import READY, UPLOADING, DatasetRow
 from fireplace.control.datasets.usage import dataset_bytes
 from fireplace.control.quotas.definitions import enforce_quota
-from fireplace.control.signed_urls import sign, verify
 from fireplace.db.engine import add_unique
-from fireplace.errors import FailedPrecondition, InvalidArgument, PayloadTooLarge, not_found
+from fireplace.errors import FailedPrecondition, InvalidArgument, not_found
 from fireplace.ids import parse_name, validate_id
-from fireplace.storage import BlobStore, blob_key, safe_filename
-from fireplace.training.dataset_format import DatasetReport, validate_jsonl
+from fireplace.storage import BlobStore, blob_key
 
 KIND, COLLECTION = "dataset", "datasets"
 DATA_FILE = "data.jsonl"
@@ -70,13 +63,13 @@ def to_wire(row: DatasetRow) -> Dataset:
         **{field: spec.get(key) for field, key in SPEC_KEYS.items()})
 
 
-def _fetch(session: Session, caller: Principal, account_id: str, dataset_id: str,
+def fetch_dataset(session: Session, caller: Principal, account_id: str, dataset_id: str,
            action: Action = Action.READ) -> DatasetRow:
     return fetch(session, DatasetRow, caller, account_id, dataset_id, kind=KIND, collection=COLLECTION,
                  action=action)
 
 
-def _require_uploading(row: DatasetRow) -> None:
+def require_uploading(row: DatasetRow) -> None:
     if row.state != UPLOADING:
         raise FailedPrecondition(f"dataset {row.name!r} is {row.state} and immutable: "
                                  "create a new dataset to upload other data")
@@ -143,7 +136,7 @@ def _copy_from_source(session: Session, blobs: BlobStore, caller: Principal, row
                       source: str) -> None:
     """`sourceDatasetId`: the new dataset starts READY with a copy of a READY dataset's data."""
     src_account, src_id = parse_name(source, COLLECTION, account_id=row.account_id, what="source dataset")
-    src = _fetch(session, caller, src_account, src_id)
+    src = fetch_dataset(session, caller, src_account, src_id)
     if src.state != READY:
         raise FailedPrecondition(f"source dataset {src.name!r} is {src.state}; it must be READY")
     if row.format not in ("FORMAT_UNSPECIFIED", src.format):
@@ -163,7 +156,7 @@ def _copy_from_source(session: Session, blobs: BlobStore, caller: Principal, row
 
 
 def get_dataset(session: Session, caller: Principal, account_id: str, dataset_id: str) -> DatasetRow:
-    return _fetch(session, caller, account_id, dataset_id)
+    return fetch_dataset(session, caller, account_id, dataset_id)
 
 
 def list_datasets(session: Session, caller: Principal, account_id: str,
@@ -184,7 +177,7 @@ def update_dataset(session: Session, caller: Principal, account_id: str, dataset
                    body: DatasetFields, update_mask: str | None = None) -> DatasetRow:
     """PATCH: merge the fields present (or exactly those in updateMask, absent ones cleared).
     Once READY, content fields may only be sent unchanged."""
-    row = _fetch(session, caller, account_id, dataset_id, Action.WRITE)
+    row = fetch_dataset(session, caller, account_id, dataset_id, Action.WRITE)
     mask = update_mask_fields(update_mask)
     writable = set(DatasetFields.model_fields)
     if mask is None:
@@ -217,7 +210,7 @@ def _unfinished_jobs_using(session: Session, dataset_name: str) -> list[str]:
 
 def delete_dataset(session: Session, blobs: BlobStore, caller: Principal, account_id: str,
                    dataset_id: str) -> None:
-    row = _fetch(session, caller, account_id, dataset_id, Action.WRITE)
+    row = fetch_dataset(session, caller, account_id, dataset_id, Action.WRITE)
     jobs = _unfinished_jobs_using(session, row.name)
     if jobs:
         raise FailedPrecondition(f"dataset {row.name!r} is used by fine-tuning job(s) that have not finished: "
@@ -226,169 +219,3 @@ def delete_dataset(session: Session, blobs: BlobStore, caller: Principal, accoun
     session.commit()
     # After the commit: a crash here leaves orphaned bytes, never a row without its data.
     blobs.delete_prefix(blob_key(COLLECTION, account_id, dataset_id))
-
-
-# ---- uploads ------------------------------------------------------------------------------
-
-def check_uploadable(session: Session, caller: Principal, account_id: str, dataset_id: str) -> DatasetRow:
-    row = _fetch(session, caller, account_id, dataset_id, Action.WRITE)
-    _require_uploading(row)
-    session.commit()  # end the read transaction: validation may take a while
-    return row
-
-
-def _validate(stream: BinaryIO, row: DatasetRow, limits: Limits) -> DatasetReport:
-    declared = row.format if row.format != "FORMAT_UNSPECIFIED" else None
-    report = validate_jsonl(stream, declared_format=declared, max_errors=limits.max_dataset_errors,
-                            min_examples=limits.min_dataset_examples)
-    if not report.ok:
-        raise InvalidArgument(f"dataset {row.name!r} was not accepted: {report.summary()}",
-                              details=[e.as_dict() for e in report.errors])
-    return report
-
-
-def _publish(session: Session, row: DatasetRow, report: DatasetReport, key: str, filename: str,
-             write: Callable[[], object] | None) -> DatasetRow:
-    """UPLOADING -> READY with the validated file's figures. The conditional UPDATE claims the
-    row first (a row lock on PostgreSQL, the write lock on SQLite), so of two racing uploads
-    exactly one publishes and the other gets FAILED_PRECONDITION."""
-    pk = (DatasetRow.account_id == row.account_id, DatasetRow.dataset_id == row.dataset_id)
-    try:
-        claimed = session.execute(
-            update(DatasetRow).where(*pk, DatasetRow.state == UPLOADING)
-            .values(etag=DatasetRow.etag + 1).execution_options(synchronize_session=False)).rowcount
-        if not claimed:
-            current = session.scalar(select(DatasetRow).where(*pk).execution_options(populate_existing=True))
-            if current is None:
-                raise not_found(KIND, row.name)
-            _require_uploading(current)
-        enforce_quota(session, row.account_id, QUOTA, usage=dataset_bytes(session, row.account_id),
-                      adding=report.size_bytes)
-        if write is not None:
-            write()
-        session.refresh(row)
-        row.state, row.blob_key = READY, key
-        row.format = report.format or row.format
-        row.example_count, row.estimated_token_count = report.example_count, report.estimated_token_count
-        row.size_bytes = report.size_bytes
-        row.spec = {**(row.spec or {}), "filename": filename, "sha256": report.sha256,
-                    "averageTurnCount": report.average_turn_count, "pendingUploads": {}}
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    return row
-
-
-def upload_file(session: Session, blobs: BlobStore, limits: Limits, caller: Principal, account_id: str,
-                dataset_id: str, fileobj: BinaryIO, filename: str | None) -> DatasetRow:
-    """:upload: validate the received file, then publish it as the dataset's data."""
-    row = check_uploadable(session, caller, account_id, dataset_id)
-    size = fileobj.seek(0, 2)
-    if size > limits.max_dataset_bytes:
-        raise PayloadTooLarge(f"dataset file is {size} bytes; the limit is {limits.max_dataset_bytes} bytes")
-    fileobj.seek(0)
-    report = _validate(fileobj, row, limits)
-    key = blob_key(COLLECTION, account_id, dataset_id, DATA_FILE)
-
-    def write() -> None:
-        fileobj.seek(0)
-        blobs.write_file(key, fileobj, limits.max_dataset_bytes)
-    return _publish(session, row, report, key, _display_filename(filename), write)
-
-
-def _display_filename(filename: str | None) -> str:
-    try:
-        return safe_filename((filename or "").rsplit("/", 1)[-1])
-    except InvalidArgument:
-        return DATA_FILE
-
-
-def file_path(account_id: str, dataset_id: str, filename: str) -> str:
-    """The path of our own upload/download endpoint for one file (signed per method)."""
-    return f"/v1/uploads/datasets/{account_id}/{dataset_id}/{filename}"
-
-
-def get_upload_endpoint(session: Session, limits: Limits, caller: Principal, account_id: str,
-                        dataset_id: str, filename_to_size: dict[str, int], base_url: str) -> dict[str, str]:
-    row = _fetch(session, caller, account_id, dataset_id, Action.WRITE)
-    _require_uploading(row)
-    if len(filename_to_size) != 1:
-        raise InvalidArgument(f"filenameToSize must name exactly one file (the dataset's JSONL), "
-                              f"got {len(filename_to_size)}")
-    (filename, size), = filename_to_size.items()
-    safe_filename(filename)
-    if size < 0:
-        raise InvalidArgument(f"filenameToSize[{filename!r}] must not be negative")
-    if size > limits.max_dataset_bytes:
-        raise PayloadTooLarge(f"file {filename!r} is {size} bytes; the limit is {limits.max_dataset_bytes} bytes")
-    enforce_quota(session, account_id, QUOTA, usage=dataset_bytes(session, account_id), adding=size)
-    row.spec = {**(row.spec or {}), "pendingUploads": {filename: size}}
-    touch(row)
-    session.commit()
-    path = file_path(account_id, dataset_id, filename)
-    return {filename: f"{base_url}{path}?{sign(session, 'PUT', path)}"}
-
-
-def _signed_row(session: Session, method: str, account_id: str, dataset_id: str, filename: str,
-                expires: str | None, sig: str | None) -> DatasetRow:
-    validate_id(account_id, "account id")
-    validate_id(dataset_id, "dataset id")
-    safe_filename(filename)
-    path = file_path(account_id, dataset_id, filename)
-    verify(session, method, path, expires, sig)
-    row = session.get(DatasetRow, (account_id, dataset_id))
-    if row is None:
-        raise not_found(KIND, resource_name(account_id, COLLECTION, dataset_id))
-    return row
-
-
-def accept_signed_upload(session: Session, account_id: str, dataset_id: str, filename: str,
-                         expires: str | None, sig: str | None) -> str:
-    """Check a signed PUT before its body is read; returns the blob key to write."""
-    row = _signed_row(session, "PUT", account_id, dataset_id, filename, expires, sig)
-    _require_uploading(row)
-    if filename not in ((row.spec or {}).get("pendingUploads") or {}):
-        raise FailedPrecondition(f"file {filename!r} is not an upload of dataset {row.name!r}: "
-                                 "call :getUploadEndpoint again")
-    session.commit()
-    return blob_key(COLLECTION, account_id, dataset_id, "uploads", filename)
-
-
-def validate_upload(session: Session, blobs: BlobStore, limits: Limits, caller: Principal,
-                    account_id: str, dataset_id: str) -> DatasetRow:
-    """:validateUpload: check the file PUT through the signed URL exactly like :upload does."""
-    row = check_uploadable(session, caller, account_id, dataset_id)
-    pending = (row.spec or {}).get("pendingUploads") or {}
-    if not pending:
-        raise FailedPrecondition(f"nothing was uploaded to dataset {row.name!r}: call :getUploadEndpoint, "
-                                 "PUT the file to the URL it returns, then :validateUpload")
-    (filename, declared), = pending.items()
-    key = blob_key(COLLECTION, account_id, dataset_id, "uploads", filename)
-    if not blobs.exists(key):
-        raise FailedPrecondition(f"file {filename!r} has not been uploaded yet: PUT it to the signed URL "
-                                 "from :getUploadEndpoint")
-    size = blobs.size(key)
-    if size != int(declared):
-        raise FailedPrecondition(f"file {filename!r} has {size} bytes but {declared} were declared")
-    with blobs.open(key) as stream:
-        report = _validate(stream, row, limits)
-    return _publish(session, row, report, key, filename, None)
-
-
-def get_download_endpoint(session: Session, caller: Principal, account_id: str, dataset_id: str,
-                          base_url: str) -> dict[str, str]:
-    row = _fetch(session, caller, account_id, dataset_id)
-    if row.state != READY or not row.blob_key:
-        raise FailedPrecondition(f"dataset {row.name!r} has no data yet (state {row.state})")
-    filename = (row.spec or {}).get("filename") or DATA_FILE
-    path = file_path(account_id, dataset_id, filename)
-    return {filename: f"{base_url}{path}?{sign(session, 'GET', path)}"}
-
-
-def open_signed_download(session: Session, account_id: str, dataset_id: str, filename: str,
-                         expires: str | None, sig: str | None) -> DatasetRow:
-    row = _signed_row(session, "GET", account_id, dataset_id, filename, expires, sig)
-    if row.state != READY or filename != ((row.spec or {}).get("filename") or DATA_FILE):
-        raise not_found("file", file_path(account_id, dataset_id, filename))
-    return row

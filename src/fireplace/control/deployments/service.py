@@ -211,8 +211,12 @@ def path_id(account_id: str, ref: str, collection: str, kind: str) -> str:
 def get_deployment(session: Session, caller: Principal, account_id: str, deployment_id: str,
                    action: Action = Action.READ, for_update: bool = False) -> DeploymentRow:
     deployment_id = path_id(account_id, deployment_id, COLLECTION, KIND)
-    return fetch(session, DeploymentRow, caller, account_id, deployment_id, kind=KIND, collection=COLLECTION,
-                 action=action, for_update=for_update)
+    row = fetch(session, DeploymentRow, caller, account_id, deployment_id, kind=KIND, collection=COLLECTION,
+                action=action, for_update=for_update)
+    if row.state == t.DELETED and row.purge_time is not None and row.purge_time < utcnow():
+        purge_expired(session, account_id)
+        raise not_found(KIND, row_name(row))
+    return row
 
 
 def purge_expired(session: Session, account_id: str) -> None:

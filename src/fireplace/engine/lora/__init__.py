@@ -1,22 +1,41 @@
 """Many LoRA addons in one batch (S-LoRA / Punica style), plus merged single-addon mode.
 
-    adapter   LoRAAdapter: the PEFT format read and checked (AdapterError says why not)
-    stack     LoRAStack: one projection's adapters stacked by slot; the batched delta
-    batch     LoRABatch: per-token slots laid out once per forward for all stacks
-    manager   AdapterManager: slots in compute memory, host LRU, pinning; attach() to a model
-    merge     merge_adapter / unmerge_adapter: fold one addon into the base weights
+    adapter      LoRAAdapter: the PEFT format read and checked (AdapterError says why not)
+    batch        LoRABatch: per-token slots laid out once per forward for all stacks
+    stack        LoRAStack: one projection's adapters stacked by slot; the batched delta
+    manager      AdapterManager: attaches stacks to a model; slots, host LRU, pinning
+    merge        merge_adapter / unmerge_adapter: fold one addon into the base weights
+    projections  the seven target projections, their shapes and module paths
+
+Per engine step:  ctx.lora = manager.prepare_batch(step)  (None when no sequence uses an adapter),
+then manager.finish_batch(step) after the forward.
 """
-from fireplace.engine.lora.adapter import MAX_LORA_RANK, MIN_API_LORA_RANK, AdapterError, LoRAAdapter, LoRAModule
+from fireplace.engine.lora.adapter import (MAX_LORA_RANK, MIN_API_LORA_RANK, MIN_LORA_RANK, AdapterError,
+                                           LoRAAdapter, LoRAModule)
 from fireplace.engine.lora.batch import BASE_SLOT, LoRABatch
+from fireplace.engine.lora.manager import (AdapterManager, AdapterSource, LoRAStats, NoFreeSlotError,
+                                           UnknownAdapterError, attach_lora_stacks)
+from fireplace.engine.lora.merge import merge_adapter, unmerge_adapter
+from fireplace.engine.lora.projections import PROJECTIONS
 from fireplace.engine.lora.stack import LoRAStack
 
 __all__ = sorted([
     "BASE_SLOT",
     "MAX_LORA_RANK",
     "MIN_API_LORA_RANK",
+    "MIN_LORA_RANK",
+    "PROJECTIONS",
     "AdapterError",
+    "AdapterManager",
+    "AdapterSource",
     "LoRAAdapter",
     "LoRABatch",
     "LoRAModule",
     "LoRAStack",
+    "LoRAStats",
+    "NoFreeSlotError",
+    "UnknownAdapterError",
+    "attach_lora_stacks",
+    "merge_adapter",
+    "unmerge_adapter",
 ])

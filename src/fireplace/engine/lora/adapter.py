@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load as load_safetensors_bytes
 
+from fireplace.engine.errors import EngineError
 from fireplace.engine.lora.projections import PROJECTIONS, ProjectionKey, parse_projection_path, projection_shapes
 from fireplace.engine.model_config import ModelConfig
 
@@ -57,7 +58,7 @@ _UNSUPPORTED_FEATURES = {
 }
 
 
-class AdapterError(Exception):  # TODO(rebase): EngineError once fireplace.engine.errors exists
+class AdapterError(EngineError):
     """A LoRA addon that cannot be loaded or served; the message says why and how to fix it."""
 
 
@@ -93,7 +94,7 @@ class LoRAAdapter:
                    for m in self.modules.values())
 
     @classmethod
-    def from_directory(cls, path: str | Path, model_config: ModelConfig | None = None) -> LoRAAdapter:
+    def from_dir(cls, path: str | Path, model_config: ModelConfig | None = None) -> LoRAAdapter:
         root = Path(path)
         if not root.is_dir():
             raise AdapterError(f"LoRA adapter directory {str(root)!r} does not exist")

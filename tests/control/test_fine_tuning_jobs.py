@@ -1,0 +1,236 @@
+"""Supervised fine-tuning jobs: the state table (hypothesis) and the API against a real server."""
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from fireplace.control.fine_tuning import states
+from fireplace.errors import FailedPrecondition
+from tests.conftest import http, new_account, sdk, user_key
+from tests.control.helpers_resources import (expect_error, ready_addon, ready_base_model, ready_dataset,
+                                             uploading_dataset)
+
+# ---- the state table, without a server ----
+
+
+class JobLife(RuleBasedStateMachine):
+    """Random user verbs and worker transitions on one job: every change the table allows
+    happens, every other is refused with FAILED_PRECONDITION and leaves the job as it was."""
+
+    def __init__(self):
+        super().__init__()
+        self.job = SimpleNamespace(state=states.PENDING, completed_time=None, status_code="OK", status_message="")
+
+    @rule(new_state=st.sampled_from(sorted(states.STATES)))
+    def worker_moves(self, new_state):
+        before = self.job.state
+        if states.can_transition(before, new_state):
+            states.transition(self.job, new_state)
+            assert self.job.state == new_state
+        else:
+            with pytest.raises(FailedPrecondition):
+                states.transition(self.job, new_state)
+            assert self.job.state == before
+
+    @rule(verb=st.sampled_from(["cancel", "resume"]))
+    def user_verb(self, verb):
+        table = states.CANCEL if verb == "cancel" else states.RESUME
+        before = self.job.state
+        if before in table:
+            states.transition(self.job, states.verb_target(table, verb, before))
+            assert self.job.state in ({states.CANCELLED, states.CANCELLING} if verb == "cancel" else {states.PENDING})
+        else:
+            with pytest.raises(FailedPrecondition, match=verb):
+                states.verb_target(table, verb, before)
+            assert self.job.state == before
+
+    @rule()
+    def delete(self):
+        if self.job.state in states.DELETABLE:
+            states.check_deletable(self.job.state)
+        else:
+            with pytest.raises(FailedPrecondition, match="cancel it first"):
+                states.check_deletable(self.job.state)
+            assert self.job.state in states.ACTIVE
+
+    @invariant()
+    def consistent(self):
+        assert self.job.state in states.STATES
+        assert (self.job.completed_time is not None) == (self.job.state in states.FINAL)
+
+
+TestJobLife = JobLife.TestCase
+TestJobLife.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
+
+
+def test_state_table_shape():
+    assert all(targets <= states.STATES for targets in states.TRANSITIONS.values())
+    for final in (states.COMPLETED, states.EARLY_STOPPED, states.EXPIRED):
+        assert not states.TRANSITIONS[final]
+    assert states.ACTIVE.isdisjoint(states.FINAL) and states.STATES - states.DELETABLE <= states.ACTIVE
+    # From every state that is not finished, some path reaches a finished state.
+    for start in states.STATES - states.FINAL:
+        seen, frontier = {start}, [start]
+        while frontier:
+            for nxt in states.TRANSITIONS[frontier.pop()] - seen:
+                seen.add(nxt)
+                frontier.append(nxt)
+        assert seen & states.FINAL, start
+    for verb in (states.CANCEL, states.RESUME):
+        assert all(states.can_transition(a, b) for a, b in verb.items())
+
+
+# ---- the API ----
+
+
+@pytest.fixture(scope="module")
+def base(server) -> str:
+    return ready_base_model(server)
+
+
+@pytest.fixture(scope="module")
+def dataset(server) -> str:
+    return ready_dataset(server)
+
+
+def _id(name: str) -> str:
+    return name.rsplit("/", 1)[1]
+
+
+UUID_LIKE = re.compile(r"^[a-z][0-9a-f]{7}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def test_create_defaults_get_list_cancel_resume_delete(server, admin, base, dataset):
+    job = admin.supervised_fine_tuning_jobs.create(dataset=dataset, base_model=base, display_name="first")
+    job_id = _id(job.name)
+    assert UUID_LIKE.match(job_id) and job.name == f"accounts/{server.account_id}/supervisedFineTuningJobs/{job_id}"
+    assert job.state == "JOB_STATE_PENDING" and job.status.code == "OK" and job.completed_time is None
+    assert (job.dataset, job.base_model, job.warm_start_from) == (dataset, base, None)
+    assert job.output_model == f"accounts/{server.account_id}/models/{job_id}"
+    assert (job.epochs, job.learning_rate, job.lora_rank, job.max_context_length) == (1, 1e-4, 8, 8192)
+    assert job.job_progress.percent == 0
+    assert admin.supervised_fine_tuning_jobs.get(job_id).model_dump() == job.model_dump()
+    assert admin.supervised_fine_tuning_jobs.get(job.name).name == job.name
+    listed = admin.supervised_fine_tuning_jobs.list(filter='state="JOB_STATE_PENDING" AND display_name="first"')
+    assert job.name in [j.name for j in listed]
+
+    admin.supervised_fine_tuning_jobs.cancel(job_id, body={})
+    cancelled = admin.supervised_fine_tuning_jobs.get(job_id)
+    assert cancelled.state == "JOB_STATE_CANCELLED" and cancelled.completed_time is not None
+    err = expect_error(400, 9, admin.supervised_fine_tuning_jobs.cancel, job_id, body={})
+    assert "JOB_STATE_CANCELLED" in err.body["message"]
+    resumed = admin.supervised_fine_tuning_jobs.resume(job_id, body={})
+    assert resumed.state == "JOB_STATE_PENDING" and resumed.completed_time is None
+    expect_error(400, 9, admin.supervised_fine_tuning_jobs.resume, job_id, body={})  # PENDING is not resumable
+    admin.supervised_fine_tuning_jobs.delete(job_id)
+    expect_error(404, 5, admin.supervised_fine_tuning_jobs.get, job_id)
+
+
+def test_explicit_id_settings_and_warm_start(server, admin, base, dataset, unique):
+    job_id, out = unique("sft"), unique("out")
+    job = admin.supervised_fine_tuning_jobs.create(
+        supervised_fine_tuning_job_id=job_id, dataset=_id(dataset), base_model=base, output_model=out, epochs=3,
+        learning_rate=3e-4, lora_rank=16, max_context_length=512, batch_size=4096, gradient_accumulation_steps=2,
+        learning_rate_warmup_steps=5, evaluation_dataset=dataset, jinja_template="{{ messages }}" * 500,
+        wandb_config={"enabled": True, "apiKey": "secret-wandb-key", "project": "p"})
+    assert job.name.endswith(f"/{job_id}") and job.output_model == f"accounts/{server.account_id}/models/{out}"
+    assert (job.epochs, job.learning_rate, job.lora_rank, job.max_context_length, job.batch_size) == \
+        (3, 3e-4, 16, 512, 4096)
+    assert job.evaluation_dataset == dataset and len(job.jinja_template) == 7000
+    assert job.wandb_config.project == "p" and job.wandb_config.api_key is None  # a secret is never returned
+    with http(server) as c:
+        raw = c.get(f"/v1/accounts/{server.account_id}/supervisedFineTuningJobs/{job_id}").text
+    assert "secret-wandb-key" not in raw
+    # The same output model cannot be claimed twice while this job is unfinished.
+    err = expect_error(409, 6, admin.supervised_fine_tuning_jobs.create, dataset=dataset, base_model=base,
+                       output_model=out)
+    assert job.name in err.body["message"]
+    expect_error(409, 6, admin.supervised_fine_tuning_jobs.create, supervised_fine_tuning_job_id=job_id,
+                 dataset=dataset, base_model=base)
+    admin.supervised_fine_tuning_jobs.delete(job_id)
+
+    addon = ready_addon(server, base)
+    warm = admin.supervised_fine_tuning_jobs.create(dataset=dataset, warm_start_from=addon)
+    assert warm.warm_start_from == addon and warm.base_model is None
+    admin.supervised_fine_tuning_jobs.delete(_id(warm.name))
+
+
+def test_create_refusals(server, admin, base, dataset):
+    jobs = admin.supervised_fine_tuning_jobs
+    addon = ready_addon(server, base)
+    both = expect_error(400, 3, jobs.create, dataset=dataset, base_model=base, warm_start_from=addon)
+    assert "exactly one of baseModel and warmStartFrom" in both.body["message"]
+    expect_error(400, 3, jobs.create, dataset=dataset)
+    expect_error(400, 3, jobs.create, dataset=dataset, base_model=addon)        # an addon is not a base
+    expect_error(400, 3, jobs.create, dataset=dataset, warm_start_from=base)    # a base is not an addon
+    expect_error(400, 3, jobs.create, dataset=dataset + "-missing", base_model=base)
+    err = expect_error(400, 9, jobs.create, dataset=uploading_dataset(server), base_model=base)
+    assert "READY" in err.body["message"]
+    expect_error(400, 3, jobs.create, dataset=dataset, base_model=base + "-missing")
+    for bad in ({"lora_rank": 65}, {"lora_rank": 2}, {"epochs": 0}, {"learning_rate": -1.0},
+                {"supervised_fine_tuning_job_id": "Bad_ID"}, {"display_name": "x" * 5000}):
+        expect_error(400, 3, jobs.create, dataset=dataset, base_model=base, **bad)
+    expect_error(409, 6, jobs.create, dataset=dataset, base_model=base, output_model=_id(base))  # exists
+    expect_error(400, 3, jobs.create, dataset=dataset, base_model=base, output_model="accounts/other/models/x")
+
+
+def test_concurrent_jobs_quota(server, admin):
+    account_id, key = new_account(server)
+    client = sdk(server, key, account_id)
+    base = ready_base_model(server, api_key=key, account_id=account_id)
+    dataset = ready_dataset(server, api_key=key, account_id=account_id)
+    with http(server) as c:
+        r = c.patch(f"/v1/accounts/{account_id}/quotas/concurrent-fine-tuning-jobs", json={"maxValue": "1"})
+        assert r.status_code == 200, r.text
+    first = client.supervised_fine_tuning_jobs.create(dataset=dataset, base_model=base)
+    err = expect_error(429, 8, client.supervised_fine_tuning_jobs.create, dataset=dataset, base_model=base)
+    assert "concurrent-fine-tuning-jobs" in err.body["message"]
+    client.supervised_fine_tuning_jobs.cancel(_id(first.name), body={})  # a cancelled job frees its slot
+    second = client.supervised_fine_tuning_jobs.create(dataset=dataset, base_model=base)
+    expect_error(429, 8, client.supervised_fine_tuning_jobs.resume, _id(first.name), body={})
+    assert second.state == "JOB_STATE_PENDING"
+
+
+def test_isolation_and_roles(server, admin, base, dataset):
+    job = admin.supervised_fine_tuning_jobs.create(dataset=dataset, base_model=base)
+    account_id, key = new_account(server)
+    stranger = sdk(server, key, account_id)
+    theirs = expect_error(404, 5, stranger.supervised_fine_tuning_jobs.get, _id(job.name),
+                          account_id=server.account_id)
+    missing = expect_error(404, 5, stranger.supervised_fine_tuning_jobs.get, "no-such-job",
+                           account_id=server.account_id)
+    assert theirs.body["message"].replace(_id(job.name), "X") == missing.body["message"].replace("no-such-job", "X")
+    expect_error(404, 5, stranger.supervised_fine_tuning_jobs.list, account_id=server.account_id)
+    expect_error(404, 5, stranger.supervised_fine_tuning_jobs.cancel, _id(job.name), account_id=server.account_id,
+                 body={})
+    # Another account's dataset looks exactly like a missing one.
+    own_base = ready_base_model(server, api_key=key, account_id=account_id)
+    priv = expect_error(400, 3, stranger.supervised_fine_tuning_jobs.create, dataset=dataset, base_model=own_base)
+    gone = expect_error(400, 3, stranger.supervised_fine_tuning_jobs.create, dataset=dataset + "-x",
+                        base_model=own_base)
+    assert priv.body["message"].replace(dataset, "D") == gone.body["message"].replace(dataset + "-x", "D")
+    assert list(stranger.supervised_fine_tuning_jobs.list()) == []
+    reader = sdk(server, user_key(server, "user"))
+    assert reader.supervised_fine_tuning_jobs.get(_id(job.name)).name == job.name
+    expect_error(403, 7, reader.supervised_fine_tuning_jobs.create, dataset=dataset, base_model=base)
+    expect_error(403, 7, reader.supervised_fine_tuning_jobs.delete, _id(job.name))
+    expect_error(403, 7, sdk(server, user_key(server, "inference-user")).supervised_fine_tuning_jobs.list)
+    admin.supervised_fine_tuning_jobs.delete(_id(job.name))
+
+
+def test_dataset_in_use_by_an_unfinished_job_cannot_be_deleted(server, admin, base):
+    dataset = ready_dataset(server)
+    job = admin.supervised_fine_tuning_jobs.create(dataset=dataset, base_model=base)
+    err = expect_error(400, 9, admin.datasets.delete, _id(dataset))
+    assert job.name in err.body["message"]
+    admin.supervised_fine_tuning_jobs.cancel(_id(job.name), body={})
+    admin.datasets.delete(_id(dataset))
+    # Resuming a job whose dataset is gone cannot succeed.
+    err = expect_error(400, 9, admin.supervised_fine_tuning_jobs.resume, _id(job.name), body={})
+    assert dataset in err.body["message"]
+    admin.supervised_fine_tuning_jobs.delete(_id(job.name))

@@ -1,0 +1,39 @@
+"""Building PEFT LoRA adapters in-process for the LoRA tests (no downloads).
+
+PEFT initialises lora_B to zero, which would make every adapter a no-op: both halves are
+randomised so each adapter visibly changes the logits.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+TINY_LLAMA = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+
+
+def tiny_hf_llama(seed: int = 0, **overrides):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model("llama", **{**TINY_LLAMA, **overrides})
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+def make_peft_adapter(base_model, out_dir: Path, *, r: int = 8, lora_alpha: float = 16,
+                      target_modules=("q_proj", "v_proj"), seed: int = 0, safe: bool = True, **lora_kwargs):
+    """Save a random PEFT LoRA of `base_model` (left untouched) to out_dir; returns the PeftModel (eval)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    config = LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=targets, lora_dropout=0.0, **lora_kwargs)
+    peft_model = get_peft_model(copy.deepcopy(base_model), config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_A" in name or "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=g) * 0.1)
+    peft_model.save_pretrained(str(out_dir), safe_serialization=safe)
+    return peft_model.eval()
