@@ -23,7 +23,7 @@ def tiny_hf_llama(seed: int = 0, **overrides):
 
 
 def make_peft_adapter(base_model, out_dir: Path, *, r: int = 8, lora_alpha: float = 16,
-                      target_modules=("q_proj", "v_proj"), seed: int = 0, safe: bool = True, **lora_kwargs):
+                      target_modules=("q_proj", "v_proj"), seed: int = 0, safe: bool = True, save_embedding_layers="auto", **lora_kwargs):
     """Save a random PEFT LoRA of `base_model` (left untouched) to out_dir; returns the PeftModel (eval)."""
     from peft import LoraConfig, get_peft_model
 
@@ -35,5 +35,5 @@ def make_peft_adapter(base_model, out_dir: Path, *, r: int = 8, lora_alpha: floa
         for name, param in peft_model.named_parameters():
             if "lora_A" in name or "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=g) * 0.1)
-    peft_model.save_pretrained(str(out_dir), safe_serialization=safe)
+    peft_model.save_pretrained(str(out_dir), safe_serialization=safe, save_embedding_layers=save_embedding_layers)
     return peft_model.eval()

@@ -107,7 +107,8 @@ def test_adapter_of_another_base_refused(model_config, tmp_path):
     (dict(bias="lora_only"), "bias='none'"),
     (dict(modules_to_save=["lm_head"]), "modules_to_save"),
     (dict(target_modules=["q_proj", "embed_tokens"]), "embed_tokens.lora_embedding_[AB]' is LoRA on embeddings"),
-    (dict(target_modules=["lm_head"]), "'lm_head', which cannot carry an addon"),
+    (dict(target_modules=["lm_head"]), "lm_head.base_layer.weight' is a full base weight"),
+    (dict(target_modules=["q_proj", "lm_head"], save_embedding_layers=False), "'lm_head', which cannot carry an addon"),
 ])
 def test_unsupported_features_refused(base, tmp_path, kwargs, message):
     make_peft_adapter(base, tmp_path, **{"target_modules": ["q_proj"], **kwargs})

@@ -106,7 +106,7 @@ class LLMEngine:
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", "prompt")
         if truncate_prompt and len(token_ids) >= self.max_model_len:
             token_ids = token_ids[-(self.max_model_len - 1):]
-        max_tokens = params.max_new_tokens(len(token_ids), self.max_model_len, truncate=True)
+        max_tokens = params.max_new_tokens(len(token_ids), self.max_model_len, truncate=truncate_prompt)
         params = params.replace(max_tokens=max_tokens) if params.max_tokens != max_tokens else params
         if adapter_id is not None:
             if self.adapters is None:

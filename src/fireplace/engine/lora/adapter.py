@@ -174,10 +174,12 @@ def _build(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> LoRAAdap
     alpha_pattern = dict(config.get("alpha_pattern") or {})
     _check_rank(rank, where=f"{CONFIG_FILE} r")
 
+    _refuse_foreign_tensors(tensors)
     halves: dict[ProjectionKey, dict[str, torch.Tensor]] = {}
     paths: dict[ProjectionKey, str] = {}
-    for tensor_name, tensor in tensors.items():
-        path, half = _parse_tensor_name(tensor_name)
+    for tensor_name, tensor in sorted(tensors.items()):
+        m = _TENSOR_NAME.match(tensor_name)
+        path, half = m.group("path"), m.group("ab")
         key = parse_projection_path(path)
         if key is None:
             raise AdapterError(f"LoRA adapter targets {path!r}, which cannot carry an addon; supported target "
@@ -224,21 +226,23 @@ def _build(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> LoRAAdap
     )
 
 
-def _parse_tensor_name(name: str) -> tuple[str, str]:
-    m = _TENSOR_NAME.match(name)
-    if m is not None:
-        return m.group("path"), m.group("ab")
-    if "lora_magnitude_vector" in name:
-        reason = "DoRA magnitude vectors (use_dora)"
-    elif "lora_embedding" in name:
-        reason = "LoRA on embeddings"
-    elif "modules_to_save" in name:
-        reason = "modules_to_save"
-    elif name.endswith(".bias"):
-        reason = "trained biases"
-    else:
-        reason = "a tensor that is not a LoRA A/B weight"
-    raise AdapterError(f"LoRA adapter tensor {name!r} is {reason}, which is not supported")
+# What a tensor other than lora_A/lora_B means, most specific first.
+_FOREIGN_TENSORS = (
+    ("lora_magnitude_vector", "a DoRA magnitude vector (use_dora)"),
+    ("lora_embedding", "LoRA on embeddings"),
+    ("modules_to_save", "a whole replaced module (modules_to_save)"),
+    ("base_layer.weight", "a full base weight (saved with save_embedding_layers)"),
+    (".bias", "a trained bias"),
+    ("", "not a LoRA A/B weight"),
+)
+
+
+def _refuse_foreign_tensors(tensors: Mapping[str, torch.Tensor]) -> None:
+    foreign = sorted(name for name in tensors if not _TENSOR_NAME.match(name))
+    for marker, what in _FOREIGN_TENSORS:
+        for name in foreign:
+            if marker in name:
+                raise AdapterError(f"LoRA adapter tensor {name!r} is {what}, which is not supported")
 
 
 def _pattern_key(patterns: dict[str, Any], module_path: str) -> str | None:
