@@ -99,10 +99,10 @@ def test_invalid_parameters_raise_a_typed_error(engine):
 
 
 def test_preemption_by_recompute_keeps_outputs_identical(model_dir):
-    # 12 blocks of 16 tokens cannot hold 6 sequences of ~40 tokens: the scheduler must preempt.
+    # 12 blocks of 16 tokens cannot hold 6 sequences of ~48 tokens (3 blocks each): the scheduler must preempt.
     tiny = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=12, max_num_batched_tokens=64,
                                   max_model_len=128, num_threads=2, enable_prefix_caching=False))
-    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
     prompts = PROMPTS[:6]
     got = tiny.generate(prompts, params)
     assert tiny.scheduler.num_preemptions > 0

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from fireplace import __version__
 from fireplace.api.errors import install_error_handlers
 from fireplace.api.middleware import RequestContext
+from fireplace.api.openapi import install_openapi
 from fireplace.config import Settings
 from fireplace.control.accounts.router import router as accounts_router
 from fireplace.control.api_keys.router import router as api_keys_router
@@ -75,5 +76,6 @@ def create_app(settings: Settings | None = None, *, bootstrap: bool = True) -> F
             return JSONResponse({"status": "starting"}, status_code=503)
         return {"status": "ready"}
 
+    install_openapi(app)
     app.add_middleware(RequestContext, max_body_bytes=settings.limits.max_body_bytes)
     return app

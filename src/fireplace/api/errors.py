@@ -30,18 +30,27 @@ def error_response(http_status: int, grpc_code: int, message: str, details: list
                         status_code=http_status, headers=hdrs)
 
 
+MAX_MESSAGE_CHARS = 1024
+
+
+def _short(value: object, limit: int = 64) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _describe_validation(exc: RequestValidationError) -> str:
+    """'invalid request: dataset.exampleCount: ...; ...' naming at most 10 fields, bounded."""
     parts = []
     for err in exc.errors()[:10]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
-        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
-    return "invalid request: " + "; ".join(parts)
+        loc = ".".join(_short(p) for p in err.get("loc", ()) if p not in ("body",))
+        parts.append(f"{loc or 'body'}: {_short(err.get('msg', 'invalid'), 200)}")
+    return _short("invalid request: " + "; ".join(parts), MAX_MESSAGE_CHARS)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FireplaceError)
     async def _fireplace(_req: Request, exc: FireplaceError):
-        return error_response(exc.http_status, exc.grpc_code, exc.message, exc.details,
+        return error_response(exc.http_status, exc.grpc_code, _short(exc.message, MAX_MESSAGE_CHARS), exc.details,
                               exc.retryable, exc.headers)
 
     @app.exception_handler(RequestValidationError)
