@@ -18,10 +18,15 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine) -> None:
-    import fireplace.db.all_tables  # noqa: F401  (complete metadata)
-    if not any((MIGRATIONS_DIR / "versions").glob("*.py")):
-        # Development only, before the first revision is generated.
-        from fireplace.db.base import Base
-        Base.metadata.create_all(engine)
-        return
     command.upgrade(alembic_config(engine), "head")
+
+
+def pending_changes(engine: Engine) -> list:
+    """Differences between the tables in code and the migrated database (empty when in sync)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    import fireplace.db.all_tables  # noqa: F401  (complete metadata)
+    from fireplace.db.base import Base
+    with engine.connect() as conn:
+        return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
