@@ -68,7 +68,7 @@ class Server:
     def env(self) -> dict:
         env = dict(os.environ)
         env.update({"FIREPLACE_HOME": str(self.home), "FIREPLACE_API_KEY": self.api_key,
-                    "FIREPLACE_LOG_LEVEL": "warning"})
+                    "FIREPLACE_LOG_LEVEL": "warning", "FIREPLACE_IMPORT_CATALOG": "false"})
         if self.database_url:
             env["FIREPLACE_DATABASE_URL"] = self.database_url
         env.update(self.extra_env)

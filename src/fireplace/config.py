@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     allow_signup: bool = False
     log_level: str = "info"
     workers_enabled: bool = True              # controller / job runners in this process
+    import_catalog: bool = True               # register the bundled SmolLM2 in the public catalog
     limits: Limits = Field(default_factory=Limits)
 
     @field_validator("home")

@@ -44,6 +44,9 @@ def create_app(settings: Settings | None = None, *, bootstrap: bool = True) -> F
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if bootstrap and settings.import_catalog:
+            from fireplace.catalog.importer import start_catalog_import
+            start_catalog_import(session_factory, blobs)
         app.state.ready = True
         yield
         app.state.ready = False
