@@ -23,7 +23,8 @@ def tiny_hf_llama(seed: int = 0, **overrides):
 
 
 def make_peft_adapter(base_model, out_dir: Path, *, r: int = 8, lora_alpha: float = 16,
-                      target_modules=("q_proj", "v_proj"), seed: int = 0, safe: bool = True, save_embedding_layers="auto", **lora_kwargs):
+                      target_modules=("q_proj", "v_proj"), seed: int = 0, safe: bool = True,
+                      save_embedding_layers="auto", **lora_kwargs):
     """Save a random PEFT LoRA of `base_model` (left untouched) to out_dir; returns the PeftModel (eval)."""
     from peft import LoraConfig, get_peft_model
 

@@ -71,6 +71,7 @@ def test_runs_merge_adjacent_sequences_of_one_slot():
 
 def test_all_base_batch_is_none():
     assert LoRABatch.for_sequences([-1, -1], [3, 1]) is None
+    assert LoRABatch.for_sequences([-1, 2], [3, 0], use_dense=True) is None  # no adapter token
     assert LoRABatch.from_token_slots([-1, -1, -1]) is None
 
 
@@ -109,6 +110,7 @@ def test_any_layout_matches_per_token_math(seqs, use_dense):
     num_tokens = sum(query_lens)
     x, y = torch.randn(num_tokens, IN), torch.randn(num_tokens, OUT)
     if batch is None:
+        assert all(s == -1 or n == 0 for s, n in seqs)
         return
     token_slots = batch.token_slots.tolist()
     assert len(token_slots) == num_tokens

@@ -248,8 +248,11 @@ def _refuse_foreign_tensors(tensors: Mapping[str, torch.Tensor]) -> None:
 def _pattern_key(patterns: dict[str, Any], module_path: str) -> str | None:
     # PEFT's rule: a pattern key applies when it matches a dotted suffix of the module path.
     for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module_path):
-            return key
+        try:
+            if re.match(rf"(.*\.)?({key})$", module_path):
+                return key
+        except re.error as e:
+            raise AdapterError(f"{CONFIG_FILE} has an invalid rank/alpha pattern {key!r}: {e}") from None
     return None
 
 

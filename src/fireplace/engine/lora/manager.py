@@ -180,6 +180,7 @@ class AdapterManager:
     def can_acquire(self, adapter_id: str) -> bool:
         """True when `acquire` would not raise NoFreeSlotError (the adapter may still be invalid)."""
         with self._lock:
+            self._release_stopped()
             return self._find_slot(adapter_id) is not None or self._victim_slot() is not None
 
     def acquire(self, adapter_id: str) -> int:
@@ -252,6 +253,7 @@ class AdapterManager:
 
     def stats(self) -> LoRAStats:
         with self._lock:
+            self._release_stopped()
             return LoRAStats(
                 num_slots=self.max_loras,
                 num_slots_used=sum(s.adapter_id is not None for s in self._slots),
