@@ -17,6 +17,7 @@ The index tensors and masks of a step depend only on the batch layout, not on th
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,8 @@ import torch.nn.functional as F
 from fireplace.engine.forward_context import ForwardContext
 
 _EXTRAS_KEY = "paged_attention"
+DECODE_BUCKETS = 4  # decode calls per layer at most (sorted by context length)
+MIN_DECODE_GROUP = 8  # fewer sequences than this per group are not worth a separate call
 
 
 @dataclass
@@ -37,12 +40,19 @@ class PrefillSeq:
 
 
 @dataclass
+class DecodeGroup:
+    """Decode sequences of similar context length, attended in one call (padding stays small)."""
+    members: torch.Tensor | None  # [Bg] positions within the decode rows; None = all, in order
+    block_tables: torch.Tensor  # [Bg, Mg] int64
+    mask: torch.Tensor  # [Bg, 1, 1, Mg * block_size] bool, True = key is in context
+
+
+@dataclass
 class AttentionMetadata:
     num_tokens: int
     decode_rows: torch.Tensor | None  # [Bd] rows of T holding decode queries; None if no decodes
     decode_rows_are_all: bool  # decode_rows == arange(T): no gather/scatter of q needed
-    decode_block_tables: torch.Tensor | None  # [Bd, Md] int64
-    decode_mask: torch.Tensor | None  # [Bd, 1, 1, Md * block_size] bool, True = key is in context
+    decode_groups: list[DecodeGroup]  # decodes bucketed by context length, in decode_rows order
     prefills: list[PrefillSeq]
 
 
@@ -78,17 +88,38 @@ def _build_metadata(ctx: ForwardContext) -> AttentionMetadata:
         start += q_len
 
     if not decode_seqs:
-        return AttentionMetadata(start, None, False, None, None, prefills)
-    decode_ctx = [ctx.context_lens[i] for i in decode_seqs]
-    max_blocks = -(-max(decode_ctx) // bs)
-    seq_index = torch.tensor(decode_seqs, dtype=torch.int64, device=device)
-    block_tables = ctx.block_tables.index_select(0, seq_index)[:, :max_blocks].to(torch.int64)  # [Bd, Md]
-    ctx_lens = torch.tensor(decode_ctx, dtype=torch.int64, device=device)
-    key_pos = torch.arange(max_blocks * bs, device=device)
-    mask = (key_pos[None, :] < ctx_lens[:, None])[:, None, None, :]  # [Bd, 1, 1, L]
+        return AttentionMetadata(start, None, False, [], prefills)
     all_decode = len(decode_rows) == start
     rows = torch.tensor(decode_rows, dtype=torch.int64, device=device)
-    return AttentionMetadata(start, rows, all_decode, block_tables, mask, prefills)
+    return AttentionMetadata(start, rows, all_decode, _decode_groups(ctx, decode_seqs), prefills)
+
+
+def _decode_groups(ctx: ForwardContext, decode_seqs: list[int]) -> list[DecodeGroup]:
+    """Split decodes into at most DECODE_BUCKETS groups by context length.
+
+    One call over the whole batch pads every sequence to the longest context; with contexts
+    of 32..640 tokens that reads (and gathers) about twice the KV actually there. Sorting by
+    length and cutting into a few groups keeps the padding small at a few extra calls."""
+    device = ctx.block_tables.device
+    bs = ctx.block_size
+    lens = [ctx.context_lens[i] for i in decode_seqs]
+    order = sorted(range(len(decode_seqs)), key=lambda j: lens[j])
+    num_groups = max(1, min(DECODE_BUCKETS, len(order) // MIN_DECODE_GROUP))
+    size = -(-len(order) // num_groups)
+    groups = []
+    for g in range(0, len(order), size):
+        members = order[g:g + size]
+        group_lens = [lens[j] for j in members]
+        max_blocks = -(-max(group_lens) // bs)
+        seq_index = torch.tensor([decode_seqs[j] for j in members], dtype=torch.int64, device=device)
+        tables = ctx.block_tables.index_select(0, seq_index)[:, :max_blocks].to(torch.int64)  # [Bg, Mg]
+        ctx_lens = torch.tensor(group_lens, dtype=torch.int64, device=device)
+        key_pos = torch.arange(max_blocks * bs, device=device)
+        mask = (key_pos[None, :] < ctx_lens[:, None])[:, None, None, :]  # [Bg, 1, 1, L]
+        is_identity = num_groups == 1 and members == list(range(len(order)))
+        index = None if is_identity else torch.tensor(members, dtype=torch.int64, device=device)
+        groups.append(DecodeGroup(index, tables, mask))
+    return groups
 
 
 def write_kv(k: torch.Tensor, v: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
@@ -123,20 +154,46 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 def _decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
                       meta: AttentionMetadata) -> torch.Tensor:
     """q: [Bd, H, D] (one query per sequence) -> [Bd, H, D]."""
+    if len(meta.decode_groups) == 1 and meta.decode_groups[0].members is None:
+        return _decode_group(q, k_pool, v_pool, meta.decode_groups[0])
+    out = torch.empty_like(q)
+    for group in meta.decode_groups:
+        out.index_copy_(0, group.members, _decode_group(q.index_select(0, group.members), k_pool, v_pool, group))
+    return out
+
+
+def _decode_group(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, group: DecodeGroup) -> torch.Tensor:
+    """q: [Bg, H, D] -> [Bg, H, D] over the group's gathered blocks."""
     num_seqs, num_heads, head_dim = q.shape
     num_kv_heads = k_pool.shape[2]
-    keys = _gather_blocks(k_pool, meta.decode_block_tables)  # [Bd, Hkv, L, D]
-    values = _gather_blocks(v_pool, meta.decode_block_tables)
-    q = q.view(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim).to(keys.dtype)  # [Bd, Hkv, G, D]
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=meta.decode_mask)  # [Bd, Hkv, G, D]
+    keys = _gather_blocks(k_pool, group.block_tables, 0)  # [Bg, Hkv, L, D]
+    values = _gather_blocks(v_pool, group.block_tables, 1)
+    q = q.view(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim).to(keys.dtype)  # [Bg, Hkv, G, D]
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=group.mask)  # [Bg, Hkv, G, D]
     return out.reshape(num_seqs, num_heads, head_dim)
 
 
-def _gather_blocks(pool: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
-    """pool [N, bs, Hkv, D], block_tables [B, M] -> [B, Hkv, M * bs, D]."""
+_scratch = threading.local()
+
+
+def _gather_blocks(pool: torch.Tensor, block_tables: torch.Tensor, which: int) -> torch.Tensor:
+    """pool [N, bs, Hkv, D], block_tables [B, M] -> [B, Hkv, M * bs, D].
+
+    The gather writes into a per-thread scratch buffer that is reused across layers and steps:
+    a fresh multi-MB tensor per layer costs more in page faults than the copy itself."""
     num_seqs, max_blocks = block_tables.shape
     _, block_size, num_kv_heads, head_dim = pool.shape
-    blocks = pool.index_select(0, block_tables.reshape(-1))  # [B * M, bs, Hkv, D]
+    num_rows = num_seqs * max_blocks
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _scratch.buffers = {}
+    key = (which, pool.device, pool.dtype, pool.shape[1:])
+    buf = buffers.get(key)
+    if buf is None or buf.shape[0] < num_rows:
+        grown = min(2 * buf.shape[0], pool.shape[0]) if buf is not None else 0
+        buf = buffers[key] = torch.empty((max(num_rows, grown), *pool.shape[1:]), dtype=pool.dtype,
+                                         device=pool.device)
+    blocks = torch.index_select(pool, 0, block_tables.reshape(-1), out=buf[:num_rows])  # [B * M, bs, Hkv, D]
     return blocks.view(num_seqs, max_blocks * block_size, num_kv_heads, head_dim).transpose(1, 2)
 
 
