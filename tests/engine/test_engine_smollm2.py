@@ -139,3 +139,20 @@ def test_async_front_streams_and_abort_frees_blocks(engine):
         finally:
             front.shutdown()
     asyncio.run(main())
+
+
+def test_prompt_logprobs_match_transformers_and_echo_returns_the_prompt(engine, model_dir):
+    from transformers import AutoModelForCausalLM
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    prompt = "The capital of France is"
+    out = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=2, prompt_logprobs=2, echo=True))[0]
+    ids = out.prompt_token_ids
+    with torch.no_grad():
+        ref = torch.log_softmax(hf(torch.tensor([ids])).logits[0].float(), dim=-1)
+    assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(ids)
+    for pos in range(1, len(ids)):
+        item = out.prompt_logprobs[pos]
+        assert item.token_id == ids[pos]
+        assert abs(item.logprob - float(ref[pos - 1, ids[pos]])) < 1e-3
+        assert len(item.top) == 2 and item.top[0][1] >= item.top[1][1]
+    assert out.outputs[0].text.startswith(prompt)

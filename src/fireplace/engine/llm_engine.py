@@ -16,6 +16,7 @@ from fireplace.engine.detokenizer import IncrementalDetokenizer
 from fireplace.engine.engine_config import EngineConfig
 from fireplace.engine.errors import InvalidRequestError
 from fireplace.engine.kv_cache import KVCacheSpec
+from fireplace.engine.lora.adapter import AdapterError
 from fireplace.engine.loader import load_model
 from fireplace.engine.model_runner import ModelRunner
 from fireplace.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
@@ -42,6 +43,10 @@ class _Request:
         self.finish: dict[int, tuple[str, int | str | None]] = {}    # sample index -> (reason, stop)
         self.num_cached_tokens = 0
         self.error: str | None = None
+        # prompt logprobs, filled by position as prefill chunks run (a recompute does not redo them)
+        self.prompt_logprobs: list[TokenLogprob | None] | None = (
+            [None] * len(prompt_token_ids) if params.prompt_logprobs is not None else None)
+        self.prompt_logprobs_sent = False
 
     @property
     def finished(self) -> bool:
@@ -86,7 +91,7 @@ class LLMEngine:
         self.sampler = Sampler()
         self.meter = ThroughputMeter()
         self._requests: dict[str, _Request] = {}
-        self._finished_outputs: list[RequestOutput] = []
+        self._draining: set[str] = set()  # adapters unloaded while requests still use them
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, request_id: str | None, prompt: str | list[int], params: SamplingParams | None = None,
@@ -111,7 +116,12 @@ class LLMEngine:
         if adapter_id is not None:
             if self.adapters is None:
                 raise InvalidRequestError("this engine serves no LoRA addons", "model")
-            self.adapters.check_servable(adapter_id)
+            if adapter_id in self._draining:
+                raise InvalidRequestError(f"LoRA adapter {adapter_id!r} is being unloaded", "model")
+            try:
+                self.adapters.check_servable(adapter_id)
+            except AdapterError as exc:
+                raise InvalidRequestError(str(exc), "model") from exc
         arrival = time.monotonic() if arrival_time is None else arrival_time
         self._requests[request_id] = _Request(request_id, token_ids, params, arrival)
         self.scheduler.add(Sequence(request_id, token_ids, params, adapter_id=adapter_id, arrival_time=arrival))
@@ -143,17 +153,24 @@ class LLMEngine:
         lora = self.adapters.prepare_batch(step) if self.adapters is not None else None
         try:
             ctx = self.runner.prepare(step, lora)
-            logits = self.runner.execute(ctx)
+            logits, prompt_logprobs = self.runner.execute(ctx)
         finally:
             if self.adapters is not None:
                 self.adapters.finish_batch(step)
+        for item in prompt_logprobs:
+            request = self._requests.get(item.request_id)
+            if request is not None and request.prompt_logprobs is not None:
+                request.prompt_logprobs[item.position] = TokenLogprob(item.token_id, item.logprob, item.top)
         sampled_seqs = step.logits_seqs
         rows = [SamplingRow.for_sequence(e.seq, self.eos_token_ids) for e in sampled_seqs]
         sampled = self.sampler(logits, rows) if rows else None
         token_ids = sampled.token_ids.tolist() if sampled is not None else []
         self.scheduler.update(step, token_ids)
         self.meter.record(step.num_prompt_tokens, step.num_generated_tokens)
-        return outputs + self._collect(sampled_seqs, token_ids, sampled)
+        outputs += self._collect(sampled_seqs, token_ids, sampled)
+        if self._draining:
+            self._finish_draining()
+        return outputs
 
     def _collect(self, entries, token_ids: list[int], sampled) -> list[RequestOutput]:
         """Detokenize the new tokens, apply stop strings, group per request."""
@@ -178,7 +195,10 @@ class LLMEngine:
             # a stop token ends the sequence but is not part of its text (as in the OpenAI API)
             is_stop_token = seq.is_finished and seq.stop_reason == token
             delta = detok.step([] if is_stop_token else [token], is_final=seq.is_finished)
-            out = CompletionOutput(index=index, token_ids=[token], text=delta.text)
+            text = delta.text
+            if request.params.echo and request.num_tokens.get(index, 0) == 0:
+                text = self.tokenizer.decode(request.prompt_token_ids) + text  # echo: prompt first
+            out = CompletionOutput(index=index, token_ids=[token], text=text)
             request.num_tokens[index] = request.num_tokens.get(index, 0) + 1
             out.num_tokens = request.num_tokens[index]
             if wants_logprobs and request.params.logprobs is not None:
@@ -197,8 +217,12 @@ class LLMEngine:
             if finished:
                 request.metrics.finished_time = now
                 del self._requests[request_id]
-            results.append(RequestOutput(request_id, outs, request.prompt_token_ids, finished, request.metrics,
-                                         request.num_cached_tokens))
+            result = RequestOutput(request_id, outs, request.prompt_token_ids, finished, request.metrics,
+                                   request.num_cached_tokens)
+            if request.prompt_logprobs is not None and not request.prompt_logprobs_sent:
+                result.prompt_logprobs = request.prompt_logprobs  # complete once a token was sampled
+                request.prompt_logprobs_sent = True
+            results.append(result)
         return results
 
     def _rejected_outputs(self, step: SchedulerOutput) -> list[RequestOutput]:
@@ -216,14 +240,27 @@ class LLMEngine:
 
     # -- adapters and stats -------------------------------------------------------------------
     def load_adapter(self, adapter_id: str, source) -> None:
+        """Register and read an adapter (a PEFT directory, or its files' bytes from the blob store)."""
         if self.adapters is None:
             raise InvalidRequestError("LoRA is not enabled on this engine", "model")
+        if adapter_id in self._draining:
+            raise InvalidRequestError(f"LoRA adapter {adapter_id!r} is still being unloaded", "model")
         self.adapters.load_adapter(adapter_id, source)
 
     def unload_adapter(self, adapter_id: str) -> None:
+        """New requests for the adapter are refused at once; requests already queued or running
+        (preempted ones included) finish on it, then it is dropped."""
         if self.adapters is None:
             raise InvalidRequestError("LoRA is not enabled on this engine", "model")
-        self.adapters.unload_adapter(adapter_id)
+        self.adapters.check_servable(adapter_id)
+        self._draining.add(adapter_id)
+        self._finish_draining()
+
+    def _finish_draining(self) -> None:
+        in_use = {s.adapter_id for s in (*self.scheduler.running, *self.scheduler.waiting)}
+        for adapter_id in [a for a in self._draining if a not in in_use]:
+            self._draining.discard(adapter_id)
+            self.adapters.unload_adapter(adapter_id)
 
     def stats(self) -> EngineStats:
         used = total = 0
@@ -263,6 +300,7 @@ def merge_output(acc: RequestOutput | None, new: RequestOutput) -> RequestOutput
         cur.stop_reason = o.stop_reason if o.stop_reason is not None else cur.stop_reason
         cur.num_tokens = max(cur.num_tokens, o.num_tokens)
     acc.outputs = [by_index[i] for i in sorted(by_index)]
+    acc.prompt_logprobs = new.prompt_logprobs if new.prompt_logprobs is not None else acc.prompt_logprobs
     acc.finished = new.finished
     acc.error = new.error or acc.error
     acc.metrics = new.metrics

@@ -5,6 +5,8 @@ The only code that knows both the scheduler's view (sequences, block tables) and
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fireplace.engine.forward_context import ForwardContext
@@ -27,6 +29,7 @@ class ModelRunner:
         query_lens: list[int] = []
         context_lens: list[int] = []
         tables: list[list[int]] = []
+        prompt_rows: list[tuple] = []  # (entry, first row in T, first position, end position)
         bs = self.block_size
         for entry in step.scheduled:
             seq, start, n = entry.seq, entry.start_pos, entry.num_new_tokens
@@ -36,6 +39,11 @@ class ModelRunner:
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
             if entry.needs_logits:
                 logits_rows.append(len(input_ids) - 1)
+            if seq.params.prompt_logprobs is not None and start < seq.num_prompt_tokens - 1:
+                # rows whose logits score the next prompt token: positions start .. P-2
+                last = min(start + n, seq.num_prompt_tokens - 1)
+                first_row = len(input_ids) - n
+                prompt_rows.append((entry, first_row, start, last))
             query_lens.append(n)
             context_lens.append(start + n)
             tables.append(table)
@@ -53,12 +61,40 @@ class ModelRunner:
             block_size=bs,
             is_decode_only=step.is_decode_only,
             lora=lora,
+            extras={"prompt_logprob_rows": prompt_rows} if prompt_rows else {},
         )
 
     @torch.inference_mode()
-    def execute(self, ctx: ForwardContext) -> torch.Tensor:
-        """-> logits [L, vocab] fp32 for ctx.logits_indices (L may be 0)."""
+    def execute(self, ctx: ForwardContext) -> tuple[torch.Tensor, list[PromptLogprobs]]:
+        """-> (logits [L, vocab] fp32 for ctx.logits_indices, prompt logprobs of this step's chunks)."""
         hidden = self.model(ctx, self.kv_caches)
+        prompt = self._prompt_logprobs(ctx, hidden)
         if ctx.logits_indices.numel() == 0:
-            return hidden.new_empty((0, self.model.config.vocab_size), dtype=torch.float32)
-        return self.model.compute_logits(hidden.index_select(0, ctx.logits_indices))
+            return hidden.new_empty((0, self.model.config.vocab_size), dtype=torch.float32), prompt
+        return self.model.compute_logits(hidden.index_select(0, ctx.logits_indices)), prompt
+
+    def _prompt_logprobs(self, ctx: ForwardContext, hidden: torch.Tensor) -> list[PromptLogprobs]:
+        """Logprob of each prompt token given the ones before it (+ the top-k alternatives)."""
+        results = []
+        for entry, first_row, start, end in ctx.extras.get("prompt_logprob_rows", ()):
+            seq = entry.seq
+            rows = hidden[first_row:first_row + (end - start)]
+            logprobs = torch.log_softmax(self.model.compute_logits(rows), dim=-1)  # [n, vocab]
+            targets = torch.tensor(seq.token_ids[start + 1:end + 1], device=logprobs.device)
+            chosen = logprobs.gather(1, targets[:, None]).squeeze(1).tolist()
+            k = seq.params.prompt_logprobs
+            top = logprobs.topk(k, dim=-1) if k else None
+            for i, position in enumerate(range(start + 1, end + 1)):
+                alternatives = list(zip(top.indices[i].tolist(), top.values[i].tolist())) if top is not None else []
+                results.append(PromptLogprobs(seq.request_id, position, seq.token_ids[position], chosen[i],
+                                              alternatives))
+        return results
+
+
+@dataclass
+class PromptLogprobs:
+    request_id: str
+    position: int       # index of the scored prompt token
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
