@@ -86,3 +86,15 @@ def test_merged_mode_equals_peft_generate(setup):
                                     num_kv_blocks=64, block_size=4), tokenizer=tokenizer)
     out = engine.generate([[9, 8, 7, 6]], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))[0]
     assert out.outputs[0].token_ids == greedy_reference(adapters[1][1], [9, 8, 7, 6], 8)
+
+
+@pytest.mark.slow
+def test_compiled_engine_gives_the_same_tokens(setup):
+    root, base, adapters, tokenizer = setup
+    prompts = [[1, 2, 3, 4], [5, 6, 7]]
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    eager = LLMEngine(EngineConfig(model=str(root / "base"), num_kv_blocks=64, block_size=4), tokenizer=tokenizer)
+    compiled = LLMEngine(EngineConfig(model=str(root / "base"), num_kv_blocks=64, block_size=4, compile=True),
+                         tokenizer=tokenizer)
+    assert [o.outputs[0].token_ids for o in compiled.generate(prompts, params)] == \
+        [o.outputs[0].token_ids for o in eager.generate(prompts, params)]

@@ -201,3 +201,8 @@ def compile_filter(node, fields: FieldMap) -> ColumnElement | None:
                               f"supported: {', '.join(sorted(fields))}")
     column, convert = fields[node.field]
     return _OPS[node.op](column, convert(node.value))
+
+
+def as_resource_id(v: Any) -> str:
+    """`name = "accounts/a/models/m"` or `name = "m"` both compare against the ID column."""
+    return str(v).rsplit("/", 1)[-1]

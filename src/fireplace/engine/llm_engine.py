@@ -88,6 +88,8 @@ class LLMEngine:
             max_loras=config.max_loras if config.enable_lora else None,
             enable_prefix_caching=config.enable_prefix_caching), eos_token_ids=self.eos_token_ids)
         self.runner = ModelRunner(self.model, kv_caches, config.block_size, self.device)
+        if config.compile:
+            self.runner.compile()
         self.sampler = Sampler()
         self.meter = ThroughputMeter()
         self._requests: dict[str, _Request] = {}

@@ -64,6 +64,16 @@ class ModelRunner:
             extras={"prompt_logprob_rows": prompt_rows} if prompt_rows else {},
         )
 
+    def compile(self) -> None:
+        """torch.compile the dense per-token parts (MLP) of every layer, shape-polymorphic.
+
+        On CUDA the mode is "reduce-overhead" (CUDA graphs per batch shape); on CPU inductor's
+        C++ kernels. Attention stays eager: its per-step Python layout would only break graphs.
+        The first steps of each new shape pay the compile time."""
+        mode = "reduce-overhead" if self.device.type == "cuda" else None
+        for layer in self.model.model.layers:
+            layer.mlp = torch.compile(layer.mlp, dynamic=True, mode=mode)
+
     @torch.inference_mode()
     def execute(self, ctx: ForwardContext) -> tuple[torch.Tensor, list[PromptLogprobs]]:
         """-> (logits [L, vocab] fp32 for ctx.logits_indices, prompt logprobs of this step's chunks)."""
