@@ -98,3 +98,31 @@ def test_compiled_engine_gives_the_same_tokens(setup):
                          tokenizer=tokenizer)
     assert [o.outputs[0].token_ids for o in compiled.generate(prompts, params)] == \
         [o.outputs[0].token_ids for o in eager.generate(prompts, params)]
+
+
+def test_prefix_cache_hits_reuse_kv_and_keep_outputs(setup):
+    root, base, adapters, tokenizer = setup
+    engine = make_engine(root, tokenizer)
+    engine.load_adapter("a0", str(adapters[0][0]))
+    prompt = list(range(10, 30))  # 5 full blocks of 4 tokens
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    first = engine.generate([prompt], params)[0]
+    again = engine.generate([prompt], params)[0]
+    assert first.num_cached_tokens == 0 and again.num_cached_tokens >= 16
+    assert again.outputs[0].token_ids == first.outputs[0].token_ids
+    # the same tokens under an adapter must not reuse the base model's KV
+    with_adapter = engine.generate([prompt], params, adapter_ids=["a0"])[0]
+    assert with_adapter.num_cached_tokens == 0
+    assert with_adapter.outputs[0].token_ids == greedy_reference(adapters[0][1], prompt, 4)
+
+
+def test_bfloat16_engine_runs_close_to_float32(setup):
+    root, base, adapters, tokenizer = setup
+    prompts = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8]]
+    params = SamplingParams(temperature=0, max_tokens=1, logprobs=1, ignore_eos=True)
+    fp32 = LLMEngine(EngineConfig(model=str(root / "base"), num_kv_blocks=64, block_size=4), tokenizer=tokenizer)
+    bf16 = LLMEngine(EngineConfig(model=str(root / "base"), dtype="bfloat16", num_kv_blocks=64, block_size=4),
+                     tokenizer=tokenizer)
+    assert bf16.model.dtype == torch.bfloat16
+    for a, b in zip(fp32.generate(prompts, params), bf16.generate(prompts, params)):
+        assert abs(a.outputs[0].logprobs[0].logprob - b.outputs[0].logprobs[0].logprob) < 0.1
