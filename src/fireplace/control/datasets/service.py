@@ -201,10 +201,7 @@ def update_dataset(session: Session, caller: Principal, account_id: str, dataset
 
 def _unfinished_jobs_using(session: Session, dataset_name: str) -> list[str]:
     """Fine-tuning jobs not finished that train or evaluate on the dataset (owner: fine_tuning)."""
-    try:
-        from fireplace.control.fine_tuning.usage import dataset_usage
-    except ImportError:  # fine-tuning not built yet
-        return []
+    from fireplace.control.fine_tuning.usage import dataset_usage  # lazy: fine_tuning imports datasets
     return dataset_usage(session, dataset_name)
 
 

@@ -158,10 +158,7 @@ def _set_base_details(row: ModelRow, spec) -> None:
 
 def deployed_model_refs(session: Session, caller: Principal, name: str) -> list[DeployedModelRef]:
     """Where this model is loaded, as far as the caller may see (their own account's rows)."""
-    try:
-        from fireplace.control.deployed_models.tables import DeployedModelRow
-    except ImportError:  # the deployed-models package is not there yet
-        return []
+    from fireplace.control.deployed_models.tables import DeployedModelRow  # lazy: it imports models
     stmt = select(DeployedModelRow).where(DeployedModelRow.model == name)
     if not caller.is_platform_admin:
         stmt = stmt.where(DeployedModelRow.account_id == caller.account_id)
@@ -258,13 +255,8 @@ def update_model(session: Session, caller: Principal, account_id: str, model_id:
 
 def model_users(session: Session, name: str) -> list[str]:
     """Names of deployments, deployed models and addons that rely on this model."""
-    users: list[str] = []
-    try:
-        from fireplace.control.deployments.usage import model_usage
-    except ImportError:  # the deployments package has not provided it yet
-        model_usage = None
-    if model_usage is not None:
-        users.extend(model_usage(session, name))
+    from fireplace.control.deployments.usage import model_usage  # lazy: deployments imports models
+    users: list[str] = list(model_usage(session, name))
     addons = session.scalars(select(ModelRow).where(ModelRow.base_model == name).limit(100))
     users.extend(a.name for a in addons)
     return users
