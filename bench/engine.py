@@ -67,7 +67,8 @@ def run_ours(model_dir: Path, prompts, output_tokens: int, dtype: str, adapters:
             engine.load_adapter(name, str(path))
         ids = [names[i % len(names)] for i in range(len(prompts))]
     params = SamplingParams(temperature=0, max_tokens=output_tokens, ignore_eos=True)
-    engine.generate([prompts[0][:32]], params.replace(max_tokens=2))  # warm-up
+    # warm-up on a slice of the workload (allocator and kernel caches), untimed
+    engine.generate(prompts[:8], params.replace(max_tokens=8), adapter_ids=ids[:8])
     t0 = time.perf_counter()
     outs = engine.generate(prompts, params, adapter_ids=ids)
     elapsed = time.perf_counter() - t0
@@ -93,6 +94,11 @@ def _padded_batches(prompts, batch_size: int, pad_id: int):
 def run_hf(model, prompts, output_tokens: int, batch_size: int = 16, adapter_names: list[str] | None = None) -> dict:
     pad_id = 0
     generated = 0
+    with torch.no_grad():  # warm-up on a slice of the workload, untimed (as for our engine)
+        _, ids, mask = next(_padded_batches(prompts[:8], batch_size, pad_id))
+        extra = {"adapter_names": adapter_names[:8]} if adapter_names is not None else {}
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
+                       pad_token_id=pad_id, **extra)
     t0 = time.perf_counter()
     with torch.no_grad():
         for start, ids, mask in _padded_batches(prompts, batch_size, pad_id):
