@@ -60,6 +60,16 @@ def fresh_server(request, tmp_path_factory):
         stop_server(srv)
 
 
+def expect_status(call, status: int, code: int):
+    """Run an SDK call that must fail with this HTTP status and gRPC code; returns the error."""
+    import fireworks
+    with pytest.raises(fireworks.APIStatusError) as info:
+        call()
+    assert info.value.status_code == status, info.value.body
+    assert info.value.body["code"] == code, info.value.body
+    return info.value
+
+
 def sdk(server: Server, api_key: str | None = None, account_id: str | None = None):
     from fireworks import Fireworks
     return Fireworks(api_key=api_key or server.api_key, account_id=account_id or server.account_id,

@@ -3,19 +3,10 @@ from __future__ import annotations
 
 import uuid
 
-import fireworks
 import pytest
 
 from fireplace.ids import is_valid_id
-from tests.conftest import http, new_account, sdk
-
-
-def expect_error(call, status: int, code: int):
-    with pytest.raises(fireworks.APIStatusError) as info:
-        call()
-    assert info.value.status_code == status, info.value.body
-    assert info.value.body["code"] == code, info.value.body
-    return info.value
+from tests.conftest import expect_status, http, new_account, sdk
 
 
 def create(server, body: dict, key: str | None = None, **params):
@@ -121,8 +112,8 @@ def test_other_account_is_indistinguishable_from_missing(server):
     a, _ = new_account(server)
     b, b_key = new_account(server)
     client = sdk(server, b_key, b)
-    hidden = expect_error(lambda: client.accounts.get(account_id=a), 404, 5)
-    missing = expect_error(lambda: client.accounts.get(account_id="no-such-account"), 404, 5)
+    hidden = expect_status(lambda: client.accounts.get(account_id=a), 404, 5)
+    missing = expect_status(lambda: client.accounts.get(account_id="no-such-account"), 404, 5)
     assert hidden.body["message"].replace(a, "X") == missing.body["message"].replace("no-such-account", "X")
     assert hidden.response.headers["x-should-retry"] == missing.response.headers["x-should-retry"]
 
@@ -133,7 +124,7 @@ def test_public_catalog_is_readable_by_everyone(server):
 
 
 def test_invalid_account_id_in_path_is_400(server, admin):
-    expect_error(lambda: admin.accounts.get(account_id="Bad_ID"), 400, 3)
+    expect_status(lambda: admin.accounts.get(account_id="Bad_ID"), 400, 3)
 
 
 def test_open_signup(fresh_server):

@@ -6,20 +6,11 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import fireworks
 import pytest
 from sqlalchemy import MetaData, create_engine, select
 
 from fireplace.db.engine import normalize_url
-from tests.conftest import http, new_account, sdk
-
-
-def expect_error(call, status: int, code: int):
-    with pytest.raises(fireworks.APIStatusError) as info:
-        call()
-    assert info.value.status_code == status, info.value.body
-    assert info.value.body["code"] == code, info.value.body
-    return info.value
+from tests.conftest import expect_status, http, new_account, sdk
 
 
 @pytest.fixture
@@ -50,9 +41,9 @@ def test_create_list_delete(server, account):
     assert sdk(server, created.key, account_id).accounts.get().name == f"accounts/{account_id}"
     client.api_keys.delete(admin_id, key_id=created.key_id)
     # Revocation is immediate.
-    expect_error(lambda: sdk(server, created.key, account_id).accounts.get(), 401, 16)
+    expect_status(lambda: sdk(server, created.key, account_id).accounts.get(), 401, 16)
     assert created.key_id not in {k.key_id for k in client.api_keys.list(admin_id)}
-    expect_error(lambda: client.api_keys.delete(admin_id, key_id=created.key_id), 404, 5)
+    expect_status(lambda: client.api_keys.delete(admin_id, key_id=created.key_id), 404, 5)
 
 
 def test_default_display_name_and_raw_list_has_no_secret(server, account):
@@ -73,11 +64,11 @@ def test_expire_time(server, account):
     user_client = sdk(server, created.key, account_id)
     assert user_client.accounts.get()
     time.sleep(max(0.0, (soon - datetime.now(timezone.utc)).total_seconds()) + 0.2)
-    error = expect_error(lambda: user_client.accounts.get(), 401, 16)
+    error = expect_status(lambda: user_client.accounts.get(), 401, 16)
     assert "expired" in error.body["message"]
     past = datetime.now(timezone.utc) - timedelta(minutes=1)
-    expect_error(lambda: client.api_keys.create(admin_id, api_key={"expire_time": past}), 400, 3)
-    expect_error(lambda: client.api_keys.create(admin_id, api_key={"expire_time": "yesterday"}), 400, 3)
+    expect_status(lambda: client.api_keys.create(admin_id, api_key={"expire_time": past}), 400, 3)
+    expect_status(lambda: client.api_keys.create(admin_id, api_key={"expire_time": "yesterday"}), 400, 3)
 
 
 def test_users_manage_their_own_keys_admins_everyones(server, account):
@@ -89,24 +80,24 @@ def test_users_manage_their_own_keys_admins_everyones(server, account):
     assert {k.key_id for k in mine.api_keys.list(me)} >= {second.key_id}
     mine.api_keys.delete(me, key_id=second.key_id)
     # Not someone else's keys.
-    expect_error(lambda: mine.api_keys.create(peer, api_key={}), 403, 7)
-    expect_error(lambda: mine.api_keys.list(peer), 403, 7)
+    expect_status(lambda: mine.api_keys.create(peer, api_key={}), 403, 7)
+    expect_status(lambda: mine.api_keys.list(peer), 403, 7)
     peer_key = client.api_keys.create(peer, api_key={})
-    expect_error(lambda: mine.api_keys.delete(peer, key_id=peer_key.key_id), 403, 7)
+    expect_status(lambda: mine.api_keys.delete(peer, key_id=peer_key.key_id), 403, 7)
     # A key ID of another user under my path is "not found", not a way to revoke theirs.
-    expect_error(lambda: mine.api_keys.delete(me, key_id=peer_key.key_id), 404, 5)
+    expect_status(lambda: mine.api_keys.delete(me, key_id=peer_key.key_id), 404, 5)
     # The admin revokes anyone's key.
     client.api_keys.delete(peer, key_id=peer_key.key_id)
-    expect_error(lambda: sdk(server, peer_key.key, account_id).accounts.get(), 401, 16)
+    expect_status(lambda: sdk(server, peer_key.key, account_id).accounts.get(), 401, 16)
 
 
 def test_keys_of_missing_user_and_bad_ids(account):
     _, admin_id, client = account
-    expect_error(lambda: client.api_keys.create("ghost", api_key={}), 404, 5)
-    expect_error(lambda: client.api_keys.list("ghost"), 404, 5)
-    expect_error(lambda: client.api_keys.delete(admin_id, key_id="no-such-key"), 404, 5)
-    expect_error(lambda: client.api_keys.delete(admin_id, key_id="../../etc"), 400, 3)
-    expect_error(lambda: client.api_keys.create(admin_id, api_key={"display_name": "d" * 300}), 400, 3)
+    expect_status(lambda: client.api_keys.create("ghost", api_key={}), 404, 5)
+    expect_status(lambda: client.api_keys.list("ghost"), 404, 5)
+    expect_status(lambda: client.api_keys.delete(admin_id, key_id="no-such-key"), 404, 5)
+    expect_status(lambda: client.api_keys.delete(admin_id, key_id="../../etc"), 400, 3)
+    expect_status(lambda: client.api_keys.create(admin_id, api_key={"display_name": "d" * 300}), 400, 3)
 
 
 @pytest.mark.parametrize("headers", [

@@ -3,18 +3,9 @@ from __future__ import annotations
 
 import uuid
 
-import fireworks
 import pytest
 
-from tests.conftest import http, new_account, sdk
-
-
-def expect_error(call, status: int, code: int):
-    with pytest.raises(fireworks.APIStatusError) as info:
-        call()
-    assert info.value.status_code == status, info.value.body
-    assert info.value.body["code"] == code, info.value.body
-    return info.value
+from tests.conftest import expect_status, http, new_account, sdk
 
 
 @pytest.fixture
@@ -77,7 +68,7 @@ def test_create_validation(account, kwargs, needle):
     kwargs.setdefault("email", f"{uid()}@example.com")
     if not kwargs["email"]:
         kwargs.pop("email")
-    error = expect_error(lambda: client.users.create(**kwargs), 400, 3)
+    error = expect_status(lambda: client.users.create(**kwargs), 400, 3)
     assert needle in error.body["message"]
 
 
@@ -92,24 +83,24 @@ def test_duplicates_are_409(account):
     _, _, client = account
     user_id = uid()
     client.users.create(role="user", user_id=user_id, email=f"{user_id}@example.com")
-    expect_error(lambda: client.users.create(role="user", user_id=user_id, email=f"{uid()}@example.com"), 409, 6)
-    expect_error(lambda: client.users.create(role="user", user_id=uid(), email=f"{user_id}@example.com"), 409, 6)
+    expect_status(lambda: client.users.create(role="user", user_id=user_id, email=f"{uid()}@example.com"), 409, 6)
+    expect_status(lambda: client.users.create(role="user", user_id=uid(), email=f"{user_id}@example.com"), 409, 6)
 
 
 def test_missing_user_is_404(account):
     account_id, _, client = account
-    error = expect_error(lambda: client.users.get("ghost"), 404, 5)
+    error = expect_status(lambda: client.users.get("ghost"), 404, 5)
     assert f"accounts/{account_id}/users/ghost" in error.body["message"]
-    expect_error(lambda: client.users.update("ghost", role="user"), 404, 5)
+    expect_status(lambda: client.users.update("ghost", role="user"), 404, 5)
 
 
 def test_update_refuses_immutable_fields(account):
     _, _, client = account
     user_id = uid()
     client.users.create(role="user", user_id=user_id, email=f"{user_id}@example.com")
-    expect_error(lambda: client.users.update(user_id, role="user", email="new@example.com"), 400, 3)
-    expect_error(lambda: client.users.update(user_id, role="user", service_account=True), 400, 3)
-    expect_error(lambda: client.users.update(user_id, role="emperor"), 400, 3)
+    expect_status(lambda: client.users.update(user_id, role="user", email="new@example.com"), 400, 3)
+    expect_status(lambda: client.users.update(user_id, role="user", service_account=True), 400, 3)
+    expect_status(lambda: client.users.update(user_id, role="emperor"), 400, 3)
     # Echoing the current values back is fine.
     same = client.users.update(user_id, role="user", email=f"{user_id}@example.com", service_account=False)
     assert same.email == f"{user_id}@example.com"
@@ -153,7 +144,7 @@ def test_last_admin_cannot_be_demoted(account):
     account_id, _, client = account
     admin_user = next(u for u in client.users.list() if u.role == "admin")
     admin_id = admin_user.name.rsplit("/", 1)[1]
-    error = expect_error(lambda: client.users.update(admin_id, role="user"), 400, 9)
+    error = expect_status(lambda: client.users.update(admin_id, role="user"), 400, 9)
     assert "last admin" in error.body["message"]
     other = uid()
     client.users.create(role="admin", user_id=other, email=f"{other}@example.com")
@@ -168,9 +159,9 @@ def test_non_admin_may_rename_only_themself(server, account):
     my_key = client.api_keys.create(me, api_key={}).key
     mine = sdk(server, my_key, account_id)
     assert mine.users.update(me, role="contributor", display_name="Me").display_name == "Me"
-    expect_error(lambda: mine.users.update(me, role="admin"), 403, 7)
-    expect_error(lambda: mine.users.update(peer, role="user", display_name="Peer"), 403, 7)
-    expect_error(lambda: mine.users.create(role="user", user_id=uid(), email=f"{uid()}@example.com"), 403, 7)
+    expect_status(lambda: mine.users.update(me, role="admin"), 403, 7)
+    expect_status(lambda: mine.users.update(peer, role="user", display_name="Peer"), 403, 7)
+    expect_status(lambda: mine.users.create(role="user", user_id=uid(), email=f"{uid()}@example.com"), 403, 7)
     assert client.users.get(me).role == "contributor"
 
 
@@ -179,5 +170,5 @@ def test_platform_admin_manages_users_in_any_account(account, admin):
     user_id = uid()
     created = admin.users.create(account_id=account_id, role="user", user_id=user_id, email=f"{user_id}@example.com")
     assert created.name == f"accounts/{account_id}/users/{user_id}"
-    expect_error(lambda: admin.users.list(account_id="no-such-account"), 404, 5)
-    expect_error(lambda: admin.users.create(account_id="no-such-account", role="user", email="x@example.com"), 404, 5)
+    expect_status(lambda: admin.users.list(account_id="no-such-account"), 404, 5)
+    expect_status(lambda: admin.users.create(account_id="no-such-account", role="user", email="x@example.com"), 404, 5)
