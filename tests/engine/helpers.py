@@ -6,10 +6,12 @@ for one step from "(sequence, number of new tokens)" pairs.
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import torch
 
 from fireplace.engine.forward_context import ForwardContext
@@ -96,3 +98,12 @@ def hf_logits(hf_model, token_ids: list[int]) -> torch.Tensor:
     """HF reference logits of the whole sequence: [len, vocab] fp32."""
     with torch.no_grad():
         return hf_model(torch.tensor([token_ids])).logits[0].float()
+
+
+def require_cpu_kernel() -> None:
+    """Skip unless the C decode kernel builds here; in CI (CI=true) fail instead of skipping."""
+    from fireplace.engine.kernels import paged_decode
+    if not paged_decode.available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("the C paged decode kernel must build in CI, but it is unavailable")
+        pytest.skip("the C paged decode kernel is unavailable (no C compiler?)")

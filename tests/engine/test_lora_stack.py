@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fireplace.engine.lora import LoRABatch, LoRAStack
+from fireplace.engine.lora.group import LoRAStackGroup
 
 IN, OUT, SLOTS, MAX_RANK = 24, 40, 6, 64
 RANKS = [4, 8, 16, 64, 8, 0]  # slot 5 stays empty: an adapter that does not target this projection
@@ -128,3 +129,26 @@ def test_bf16_stack_stays_close_to_fp32_math():
     want = _naive(x, y, batch.token_slots.tolist(), adapters)
     got = stack.apply(x.bfloat16(), y.bfloat16(), batch).float()
     assert (got - want).abs().max() <= 0.02 * want.abs().max()
+
+
+@pytest.mark.parametrize("ranks", [(8, 8, 8), (4, 0, 16), (0, 0, 0)], ids=["same-rank", "mixed-rank", "untargeted"])
+@pytest.mark.parametrize("use_dense", [True, False], ids=["dense", "runs"])
+def test_group_equals_its_stacks_applied_one_by_one(ranks, use_dense):
+    """A fused q/k/v-like group adds exactly what each part's own stack adds to its columns."""
+    sizes, in_features = [12, 6, 6], 10
+    stacks = [LoRAStack(in_features, n, max_loras=4, max_lora_rank=16) for n in sizes]
+    g = torch.Generator().manual_seed(0)
+    for slot in range(3):  # slot 3 stays empty
+        for stack, size, r in zip(stacks, sizes, ranks):
+            if r:
+                stack.write_slot(slot, torch.randn(r, in_features, generator=g), torch.randn(size, r, generator=g), 0.5)
+    batch = LoRABatch.from_token_slots([0, -1, 2, 1, 0, 3, 2], use_dense=use_dense)
+    x = torch.randn(7, in_features, generator=g)
+    y = torch.randn(7, sum(sizes), generator=g)
+    expected = [stack.apply(x, part.clone(), batch) for stack, part in zip(stacks, y.split(sizes, dim=1))]
+    fused = y.clone()  # parts as column views of one output, as FusedLinear passes them for prefill
+    for got in (LoRAStackGroup(stacks, sizes).apply(x, list(fused.split(sizes, dim=1)), batch),
+                LoRAStackGroup(stacks, sizes).apply(x, [part.clone() for part in y.split(sizes, dim=1)], batch)):
+        for got_part, expected_part in zip(got, expected):
+            torch.testing.assert_close(got_part, expected_part, atol=1e-5, rtol=1e-6)  # fp32, other summation order
+    torch.testing.assert_close(fused, torch.cat(expected, dim=1), atol=1e-5, rtol=1e-6)  # written in place

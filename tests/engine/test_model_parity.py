@@ -2,7 +2,9 @@
 
 Each architecture is a tiny random-weight HF model saved with save_pretrained and loaded with
 our loader. Block size 4 and shuffled block ids make every sequence span several
-non-contiguous blocks.
+non-contiguous blocks. Every test runs with both decode attention paths (the C kernel that
+reads the pools in place; the torch gather + SDPA path of CUDA, or CPU without a compiler)
+and both ways of computing fused q/k/v and gate/up (one matmul, or one per part).
 """
 from __future__ import annotations
 
@@ -10,9 +12,16 @@ import pytest
 import torch
 
 from fireplace.engine.kv_cache import KVCacheSpec
+from fireplace.engine.layers import attention, linear
 from fireplace.engine.loader import load_model
 
-from .helpers import PagedSequences, Sequence, hf_logits, make_hf_checkpoint
+from .helpers import (
+    PagedSequences,
+    Sequence,
+    hf_logits,
+    make_hf_checkpoint,
+    require_cpu_kernel,
+)
 
 ATOL = 1e-4
 BLOCK_SIZE = 4
@@ -34,6 +43,18 @@ ARCHITECTURES = {
 }
 
 PROMPT_LENS = (5, 11, 17)
+
+
+@pytest.fixture(autouse=True, params=[("cpu-kernel", "per-part"), ("torch", "fused")], ids=lambda p: "+".join(p))
+def code_paths(request, monkeypatch):
+    """(decode attention, q/k/v and gate/up matmuls): each option of both is covered once."""
+    decode, matmul = request.param
+    if decode == "cpu-kernel":
+        require_cpu_kernel()
+    monkeypatch.setattr(attention, "CPU_DECODE_KERNEL", decode == "cpu-kernel")
+    # per-part below FUSED_MATMUL_MIN_TOKENS; these tests' batches are all smaller than it
+    monkeypatch.setattr(linear, "FUSED_MATMUL_MIN_TOKENS", 1 if matmul == "fused" else 1 << 30)
+    return request.param
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHITECTURES))

@@ -3,10 +3,13 @@
 Every layer first writes the step's new keys/values into its pools at `ctx.slot_mapping`,
 then attends, splitting the batch in two groups:
 
-- decode group (query_len == 1): one batched call for all of them. Their blocks are gathered
-  into [Bd, Hkv, L, D] (L = max context rounded up to whole blocks, tail masked), and the H
-  query heads are viewed as [Bd, Hkv, G, D] (G = H / Hkv) so grouped-query attention needs no
-  repeat of K/V: the G heads sharing a KV head play the role of G "query rows".
+- decode group (query_len == 1). On CPU, when our C kernel is built
+  (fireplace.engine.kernels.paged_decode), one call reads K/V straight from the pools through
+  the block tables: no gather, each cached byte read once. Otherwise (CUDA, or no compiler)
+  their blocks are gathered into [Bd, Hkv, L, D] (L = max context rounded up to whole blocks,
+  tail masked), in a few calls bucketed by context length, and the H query heads are viewed
+  as [Bd, Hkv, G, D] (G = H / Hkv) so grouped-query attention needs no repeat of K/V: the G
+  heads sharing a KV head play the role of G "query rows".
 - prefill sequences (query_len > 1): one call each. Without a cached prefix the new k/v are
   used directly with a causal mask; with one (chunked prefill, prefix cache) the sequence's
   blocks are gathered and the chunk's queries, which sit at positions
@@ -24,7 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from fireplace.engine.forward_context import ForwardContext
+from fireplace.engine.kernels import paged_decode as cpu_decode_kernel
 
+# Use the C decode kernel on CPU when it builds; tests switch it off to cover the torch path.
+CPU_DECODE_KERNEL = True
 _EXTRAS_KEY = "paged_attention"
 DECODE_BUCKETS = 4  # decode calls per layer at most (sorted by context length)
 MIN_DECODE_GROUP = 8  # fewer sequences than this per group are not worth a separate call
@@ -52,8 +58,15 @@ class AttentionMetadata:
     num_tokens: int
     decode_rows: torch.Tensor | None  # [Bd] rows of T holding decode queries; None if no decodes
     decode_rows_are_all: bool  # decode_rows == arange(T): no gather/scatter of q needed
-    decode_groups: list[DecodeGroup]  # decodes bucketed by context length, in decode_rows order
+    decode_groups: list[DecodeGroup]  # decodes bucketed by context length (torch path; else [])
     prefills: list[PrefillSeq]
+    # C kernel path (else None): the decode sequences' tables [Bd, M] and context lengths [Bd], int32
+    decode_block_tables: torch.Tensor | None = None
+    decode_context_lens: torch.Tensor | None = None
+
+
+def uses_cpu_decode_kernel(device: torch.device) -> bool:
+    return device.type == "cpu" and CPU_DECODE_KERNEL and cpu_decode_kernel.available()
 
 
 def attention_metadata(ctx: ForwardContext) -> AttentionMetadata:
@@ -91,6 +104,11 @@ def _build_metadata(ctx: ForwardContext) -> AttentionMetadata:
         return AttentionMetadata(start, None, False, [], prefills)
     all_decode = len(decode_rows) == start
     rows = torch.tensor(decode_rows, dtype=torch.int64, device=device)
+    if uses_cpu_decode_kernel(device):
+        tables = ctx.block_tables if all_decode else ctx.block_tables.index_select(
+            0, torch.tensor(decode_seqs, dtype=torch.int64, device=device))
+        lens = torch.tensor([ctx.context_lens[i] for i in decode_seqs], dtype=torch.int32, device=device)
+        return AttentionMetadata(start, rows, all_decode, [], prefills, tables.to(torch.int32).contiguous(), lens)
     return AttentionMetadata(start, rows, all_decode, _decode_groups(ctx, decode_seqs), prefills)
 
 
@@ -154,6 +172,9 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 def _decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
                       meta: AttentionMetadata) -> torch.Tensor:
     """q: [Bd, H, D] (one query per sequence) -> [Bd, H, D]."""
+    if meta.decode_block_tables is not None:
+        return cpu_decode_kernel.paged_decode_attention(q, k_pool, v_pool, meta.decode_block_tables,
+                                                        meta.decode_context_lens, q.shape[-1] ** -0.5)
     if len(meta.decode_groups) == 1 and meta.decode_groups[0].members is None:
         return _decode_group(q, k_pool, v_pool, meta.decode_groups[0])
     out = torch.empty_like(q)
@@ -207,13 +228,14 @@ def _prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         keys = _flat_blocks(k_pool, seq.block_ids)[: seq.context_len]  # [ctx_len, Hkv, D]
         values = _flat_blocks(v_pool, seq.block_ids)[: seq.context_len]
     group = q.shape[1] // keys.shape[1]
-    # [H, q_len, D] x [Hkv, ctx_len, D]: repeat K/V so each query head has its KV head
-    # (a prefill's attention is matmul-bound, and the copy is small next to it).
-    keys = keys.transpose(0, 1).repeat_interleave(group, dim=0)
-    values = values.transpose(0, 1).repeat_interleave(group, dim=0)
-    out = F.scaled_dot_product_attention(q.transpose(0, 1).to(keys.dtype), keys, values,
+    # [1, H, q_len, D] x [1, H, ctx_len, D]: repeat K/V so each query head has its KV head
+    # (a prefill's attention is matmul-bound, and the copy is small next to it). The batch dim
+    # matters: with 3-D inputs CPU SDPA takes its unfused math path, 4-7x slower at 512 tokens.
+    keys = keys.transpose(0, 1).repeat_interleave(group, dim=0)[None]
+    values = values.transpose(0, 1).repeat_interleave(group, dim=0)[None]
+    out = F.scaled_dot_product_attention(q.transpose(0, 1)[None].to(keys.dtype), keys, values,
                                          attn_mask=seq.mask, is_causal=seq.mask is None)
-    return out.transpose(0, 1)  # [q_len, H, D]
+    return out[0].transpose(0, 1)  # [q_len, H, D]
 
 
 def _flat_blocks(pool: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:

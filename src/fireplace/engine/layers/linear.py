@@ -1,33 +1,88 @@
-"""The projection layer every model uses, with a hook for LoRA addons.
+"""The projection layers every model uses, with a hook for LoRA addons.
 
 `Linear` is a plain y = x W^T (+ b). When the LoRA subsystem attaches a stack of
 adapters to it (`lora_stack`), the per-token adapter delta is added:
     y[t] += scale[s_t] * (x[t] @ A[s_t]^T) @ B[s_t]^T     with s_t = ctx.lora slot of token t.
 Models call `proj(x, ctx)`; the base path never looks at `ctx`.
+
+`FusedLinear` groups projections that read the same input (q/k/v, gate/up) into one matmul.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# From this many tokens on a FusedLinear runs one matmul for all its parts (see FusedLinear).
+FUSED_MATMUL_MIN_TOKENS = 384
+
 
 class Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
-                 dtype: torch.dtype | None = None, device: torch.device | str | None = None):
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None, *,
+                 storage: tuple[torch.Tensor, torch.Tensor | None] | None = None):
+        """storage: existing (weight [out, in], bias [out] | None) tensors to use as the parameters
+        (views into a FusedLinear's matrix); None allocates fresh ones."""
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device),
-                                   requires_grad=False)
-        self.bias = (nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False)
-                     if bias else None)
+        if storage is None:
+            weight = torch.empty(out_features, in_features, dtype=dtype, device=device)
+            storage = (weight, torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
+        self.weight = nn.Parameter(storage[0], requires_grad=False)
+        self.bias = nn.Parameter(storage[1], requires_grad=False) if storage[1] is not None else None
         # Set by fireplace.engine.lora when adapters may target this projection.
         # Interface: lora_stack.apply(x [T, in], y [T, out], lora_batch) -> y' [T, out]
         self.lora_stack = None
 
     def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        return self.add_lora(x, F.linear(x, self.weight, self.bias), ctx)
+
+    def add_lora(self, x: torch.Tensor, y: torch.Tensor, ctx) -> torch.Tensor:
+        """y [T, out] = this layer's base output for x [T, in] -> y plus each token's adapter delta."""
         if self.lora_stack is not None and ctx is not None and ctx.lora is not None:
             y = self.lora_stack.apply(x, y, ctx.lora)
         return y
+
+
+class FusedLinear:
+    """Projections reading the same input: x [T, in] -> one [T, out_i] per part.
+
+    Each part stays a `Linear` (own checkpoint name, own LoRA stack), but its weight is a row
+    block of one [sum(out), in] matrix, so the loader and merged LoRA write through to it.
+    Large batches (prefill) run one F.linear over the whole matrix: ~10% faster than one per
+    part on CPU from ~512 tokens on. Small ones (decode) run one per part on the parts' views,
+    which are contiguous: there MKL does better with the thin matrices (measured on the
+    SmolLM2 shapes, 2 threads, 30 layers of distinct weights: 75 vs 68 GFLOP/s at 64 tokens,
+    125 vs 115 the other way round at 512).
+    Deliberately not an nn.Module: the matrix must not appear a second time in state_dict;
+    the parts, registered by the owning module, are the parameters.
+    """
+
+    def __init__(self, in_features: int, out_features: Sequence[int], bias: bool = False,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None):
+        self.sizes = list(out_features)
+        total = sum(self.sizes)
+        self.weight = torch.empty(total, in_features, dtype=dtype, device=device)
+        self.bias = torch.zeros(total, dtype=dtype, device=device) if bias else None
+        self.parts: list[Linear] = []
+        start = 0
+        for size in self.sizes:
+            rows = slice(start, start + size)
+            storage = (self.weight[rows], self.bias[rows] if bias else None)
+            self.parts.append(Linear(in_features, size, bias, dtype, device, storage=storage))
+            start += size
+        # Set by fireplace.engine.lora when every part has a LoRA stack: applies all parts' deltas
+        # together. Interface: lora_group.apply(x [T, in], [y_i [T, out_i]], lora_batch) -> [y_i']
+        self.lora_group = None
+
+    def __call__(self, x: torch.Tensor, ctx=None) -> list[torch.Tensor]:
+        if x.shape[0] >= FUSED_MATMUL_MIN_TOKENS or x.device.type != "cpu":
+            ys = list(F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1))  # views of [T, sum(out)]
+        else:
+            ys = [F.linear(x, part.weight, part.bias) for part in self.parts]
+        if self.lora_group is not None and ctx is not None and ctx.lora is not None:
+            return self.lora_group.apply(x, ys, ctx.lora)
+        return [part.add_lora(x, y, ctx) for part, y in zip(self.parts, ys)]

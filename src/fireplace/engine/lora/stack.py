@@ -30,7 +30,7 @@ class LoRAStack:
         self.a = torch.zeros(max_loras, max_lora_rank, in_features, dtype=dtype, device=device)
         self.b = torch.zeros(max_loras, max_lora_rank, out_features, dtype=dtype, device=device)
         self.ranks = [0] * max_loras  # rank of each slot here; 0 = empty or not targeted
-        self._version = 0  # bumped by every write; invalidates the dense cache
+        self.version = 0  # bumped by every write; invalidates dense caches (here and in groups)
         # (active_slots, version) -> (a_cat [U*Re, in], b_cat [U*Re, out], Re); Re = max active rank
         self._dense_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor, int]] | None = None
 
@@ -48,14 +48,14 @@ class LoRAStack:
         # scale in fp32 before casting, so a bf16 stack holds round(scale * B) not round(scale) * round(B)
         self.b[slot, :r].copy_((b.to(torch.float32) * scale).T)
         self.ranks[slot] = r
-        self._version += 1
+        self.version += 1
 
     def clear_slot(self, slot: int) -> None:
         if self.ranks[slot]:
             self.a[slot].zero_()
             self.b[slot].zero_()
             self.ranks[slot] = 0
-            self._version += 1
+            self.version += 1
 
     def apply(self, x: torch.Tensor, y: torch.Tensor, batch: LoRABatch) -> torch.Tensor:
         """x [T, in], y [T, out] (the base output) -> y with every token's adapter delta added, in place."""
@@ -69,7 +69,7 @@ class LoRAStack:
         return y
 
     def _apply_dense(self, x: torch.Tensor, y: torch.Tensor, batch: LoRABatch) -> torch.Tensor:
-        a_cat, b_cat, r = self._stacked_for(batch.active_slots)
+        a_cat, b_cat, r = self.stacked_for(batch.active_slots)
         if r == 0:  # no active adapter targets this projection
             return y
         num_active = len(batch.active_slots)
@@ -77,12 +77,12 @@ class LoRAStack:
         h.view(-1, num_active, r).mul_(batch.mask)  # keep each token's own slot only
         return y.addmm_(h, b_cat)  # += [T, U*Re] @ [U*Re, out]
 
-    def _stacked_for(self, active: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def stacked_for(self, active: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """A and B of the active slots as two matrices, trimmed to their largest rank here.
 
         Cached: between adapter loads consecutive decode steps reuse the same active set.
         """
-        key = (active, self._version)
+        key = (active, self.version)
         if self._dense_cache is not None and self._dense_cache[0] == key:
             return self._dense_cache[1]
         r = max(self.ranks[s] for s in active)

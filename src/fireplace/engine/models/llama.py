@@ -2,7 +2,8 @@
 
 Module and parameter names mirror the HF checkpoints (model.layers.N.self_attn.q_proj, ...),
 so loading is name-for-name and LoRA adapters (which PEFT names after the same modules) find
-their targets. q/k/v and gate/up stay separate `Linear`s on purpose: adapters target each one.
+their targets. q/k/v and gate/up stay separate `Linear`s, since adapters target each one, but
+their weights are slices of one matrix per group (`FusedLinear`): one matmul computes all.
 
 Variants, all from ModelConfig: attention biases (qwen2: q/k/v; llama/qwen3: attention_bias),
 per-head q/k RMSNorm before RoPE (qwen3), tied embeddings (SmolLM2, small qwen), RoPE scaling.
@@ -19,7 +20,7 @@ from torch import nn
 from fireplace.engine.forward_context import ForwardContext
 from fireplace.engine.kv_cache import KVCaches
 from fireplace.engine.layers.attention import paged_attention
-from fireplace.engine.layers.linear import Linear
+from fireplace.engine.layers.linear import FusedLinear, Linear
 from fireplace.engine.layers.norm import RMSNorm
 from fireplace.engine.layers.rotary import RotaryEmbedding, apply_rotary
 from fireplace.engine.model_config import ModelConfig
@@ -32,9 +33,9 @@ class LlamaAttention(nn.Module):
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
         hidden, q_size, kv_size = config.hidden_size, config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-        self.q_proj = Linear(hidden, q_size, bias=config.qkv_bias, dtype=dtype, device=device)
-        self.k_proj = Linear(hidden, kv_size, bias=config.qkv_bias, dtype=dtype, device=device)
-        self.v_proj = Linear(hidden, kv_size, bias=config.qkv_bias, dtype=dtype, device=device)
+        # one matmul for q/k/v; the parts keep their HF names for loading and LoRA
+        self.qkv = FusedLinear(hidden, [q_size, kv_size, kv_size], bias=config.qkv_bias, dtype=dtype, device=device)
+        self.q_proj, self.k_proj, self.v_proj = self.qkv.parts
         self.o_proj = Linear(q_size, hidden, bias=config.o_bias, dtype=dtype, device=device)
         if config.qk_norm:
             self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype=dtype, device=device)
@@ -46,9 +47,10 @@ class LlamaAttention(nn.Module):
                 kv_cache: tuple[torch.Tensor, torch.Tensor], ctx: ForwardContext) -> torch.Tensor:
         """x: [T, hidden] -> [T, hidden]."""
         num_tokens = x.shape[0]
-        q = self.q_proj(x, ctx).view(num_tokens, self.num_heads, self.head_dim)  # [T, H, D]
-        k = self.k_proj(x, ctx).view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-        v = self.v_proj(x, ctx).view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        q, k, v = self.qkv(x, ctx)  # row-strided views of one [T, q + 2 kv] product
+        q = q.view(num_tokens, self.num_heads, self.head_dim)  # [T, H, D]
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -60,13 +62,14 @@ class LlamaMLP(nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype, device):
         super().__init__()
         hidden, inter, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_proj = Linear(hidden, inter, bias=bias, dtype=dtype, device=device)
-        self.up_proj = Linear(hidden, inter, bias=bias, dtype=dtype, device=device)
+        self.gate_up = FusedLinear(hidden, [inter, inter], bias=bias, dtype=dtype, device=device)
+        self.gate_proj, self.up_proj = self.gate_up.parts
         self.down_proj = Linear(inter, hidden, bias=bias, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """SwiGLU. x: [T, hidden] -> [T, hidden]."""
-        return self.down_proj(F.silu(self.gate_proj(x, ctx)) * self.up_proj(x, ctx), ctx)
+        gate, up = self.gate_up(x, ctx)
+        return self.down_proj(F.silu(gate) * up, ctx)
 
 
 class LlamaDecoderLayer(nn.Module):
