@@ -11,8 +11,8 @@ places in a pool twice as large as needed.
 Prints median and best ms per call, the speedup over torch (medians) and the effective
 bandwidth: bytes of K and V the sequences actually hold / median time. Aim: >= 5x.
 
-Note: after a torch op, torch's OpenMP workers spin for a while (OMP_WAIT_POLICY unset), on
-the cores the kernel's threads want; OMP_WAIT_POLICY=PASSIVE shows the kernel without them.
+The kernel runs on torch's own OpenMP threads (see paged_decode.c), so the workers still
+spinning after a torch op pick its work up rather than compete with it for the cores.
 
     .venv/bin/python bench/paged_decode_kernel.py [--dtype float32|bfloat16] [--repeats 30]
 """

@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 # No -ffast-math: the kernels keep IEEE results (no reassociation, inf/NaN honoured) and are
 # written to vectorize without it. -fno-trapping-math changes no result, only lets gcc assume
 # that no code watches floating-point exception flags, which it needs to vectorize selects.
-CFLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
+# -fopenmp links libgomp.so.1, which resolves to the copy torch has loaded (see paged_decode.c).
+CFLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-shared", "-fPIC", "-fopenmp")
 LIBS = ("-lm",)
 COMPILE_TIMEOUT_S = 120
 

@@ -17,15 +17,17 @@
  * Blocks sit at random places in the pool, so the next block is prefetched by hand.
  * All arithmetic is fp32; bf16 rows are widened to fp32 (exactly) before use.
  *
- * Threads: pthreads (not OpenMP: torch ships its own libgomp, and two OpenMP runtimes in one
- * process conflict). Workers take sequences, longest first, from a shared atomic counter, so
- * the threads finish together whatever the mix of context lengths.
+ * Threads: OpenMP, on torch's own thread pool. torch's wheel ships libgomp.so.1 and has loaded
+ * it before this library is, so our DT_NEEDED libgomp.so.1 resolves to that same runtime (one
+ * OpenMP runtime per process; checked in /proc/self/maps). Its workers, still spinning after
+ * the previous matmul, take our work at once; with pthreads of our own they competed with them
+ * for the cores, ~12% slower per decode step. Workers take sequences, longest first, from a
+ * shared atomic counter, so they finish together whatever the mix of context lengths.
  *
  * Built with -O3 -march=native and without -ffast-math: the loops are written so gcc
  * vectorizes them without reassociating (dot products keep LANES independent partial sums).
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,9 +40,9 @@ enum { FP_OK = 0, FP_ERR_CONTEXT_LEN = 1, FP_ERR_BLOCK_ID = 2, FP_ERR_NO_MEMORY 
 #define LANES 8                /* partial sums per dot product: one AVX2 register */
 #define V_UNROLL 4             /* V rows folded into the accumulator per load/store of it */
 _Static_assert(V_UNROLL == 4, "axpy_rows is written out for 4 rows");
-/* Context tokens per thread at least: creating and joining a thread costs ~50 us (measured in
-   a 2-vCPU VM), about the time of a few hundred tokens of work. */
-#define TOKENS_PER_THREAD 1024
+/* Context tokens per thread at least: waking a pool thread costs microseconds, a few dozen
+   tokens of work; below this a call stays on the calling thread. */
+#define TOKENS_PER_THREAD 256
 #define MAX_THREADS 256
 #define CACHE_LINE 64
 
@@ -378,16 +380,12 @@ int fp_paged_decode_attention(const float *q, const void *k_pool, const void *v_
         job.order = order;
     }
 
-    pthread_t threads[MAX_THREADS];
-    int64_t started = 0;
-    for (int64_t i = 1; i < n; i++) { /* the calling thread is worker 0 */
-        if (pthread_create(&threads[started], NULL, worker, &job) != 0)
-            break; /* fewer threads: the shared counter hands their work to the others */
-        started++;
+    if (n > 1) {
+#pragma omp parallel num_threads((int)n)
+        worker(&job);
+    } else {
+        worker(&job);
     }
-    worker(&job);
-    for (int64_t i = 0; i < started; i++)
-        pthread_join(threads[i], NULL);
     free(order);
     return job.error;
 }

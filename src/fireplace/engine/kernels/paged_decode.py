@@ -21,9 +21,9 @@ from fireplace.engine.kernels.cpu_build import build_shared_library
 logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("paged_decode.c")
-# The kernel starts a thread per this many context tokens at most (TOKENS_PER_THREAD in the C
+# The kernel uses a thread per this many context tokens at most (TOKENS_PER_THREAD in the C
 # source): smaller calls run on the calling thread whatever num_threads says.
-TOKENS_PER_THREAD = 1024
+TOKENS_PER_THREAD = 256
 _POOL_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # the C side's pool_dtype flag
 _Q_DTYPES = (torch.float32, torch.bfloat16)
 # Return codes of fp_paged_decode_attention (FP_ERR_* in the C source).
