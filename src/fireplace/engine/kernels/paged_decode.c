@@ -306,9 +306,8 @@ static void record_error(job_t *job, int code) {
     __atomic_compare_exchange_n(&job->error, &expected, code, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
 }
 
-/* Thread body: take the next sequence until none is left. */
-static void *worker(void *arg) {
-    job_t *job = arg;
+/* One thread's share (every OpenMP thread runs it): take the next sequence until none is left. */
+static void worker(job_t *job) {
     const int64_t H = job->num_heads, D = job->head_dim;
     int (*run)(const job_t *, scratch_t *, int64_t) =
         D == 64 ? run_sequence_d64 : D == 128 ? run_sequence_d128 : run_sequence_any;
@@ -334,7 +333,6 @@ static void *worker(void *arg) {
     free(s.acc);
     free(s.max_sum);
     free(s.rows);
-    return NULL;
 }
 
 /*
@@ -369,6 +367,8 @@ int fp_paged_decode_attention(const float *q, const void *k_pool, const void *v_
         n = total_tokens / TOKENS_PER_THREAD;
     if (n > MAX_THREADS)
         n = MAX_THREADS;
+    if (n < 1)
+        n = 1; /* num_threads() must be positive even where the if() clause is false */
 
     /* Longest first: the last sequences taken are short, so no thread is left with a long one
        while the others idle. Without memory for the order, index order is still correct. */
@@ -380,12 +380,8 @@ int fp_paged_decode_attention(const float *q, const void *k_pool, const void *v_
         job.order = order;
     }
 
-    if (n > 1) {
-#pragma omp parallel num_threads((int)n)
-        worker(&job);
-    } else {
-        worker(&job);
-    }
+#pragma omp parallel num_threads((int)n) if (n > 1)
+    worker(&job);
     free(order);
     return job.error;
 }
