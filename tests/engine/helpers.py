@@ -100,10 +100,16 @@ def hf_logits(hf_model, token_ids: list[int]) -> torch.Tensor:
         return hf_model(torch.tensor([token_ids])).logits[0].float()
 
 
-def require_cpu_kernel() -> None:
-    """Skip unless the C decode kernel builds here; in CI (CI=true) fail instead of skipping."""
-    from fireplace.engine.kernels import paged_decode
-    if not paged_decode.available():
+def require_kernel(kernel_module, what: str) -> None:
+    """Skip unless a C kernel (a fireplace.engine.kernels module) builds here; in CI (CI=true)
+    fail instead of skipping."""
+    if not kernel_module.available():
         if os.environ.get("CI") == "true":
-            pytest.fail("the C paged decode kernel must build in CI, but it is unavailable")
-        pytest.skip("the C paged decode kernel is unavailable (no C compiler?)")
+            pytest.fail(f"the C {what} must build in CI, but it is unavailable")
+        pytest.skip(f"the C {what} is unavailable (no C compiler?)")
+
+
+def require_cpu_kernel() -> None:
+    """The paged decode attention kernel (see require_kernel)."""
+    from fireplace.engine.kernels import paged_decode
+    require_kernel(paged_decode, "paged decode kernel")

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from fireplace.engine.kv_cache import KVCacheSpec
-from fireplace.engine.layers import attention, linear
+from fireplace.engine.kernels import elementwise
+from fireplace.engine.layers import attention, kernel_paths, linear
 from fireplace.engine.loader import load_model
 
 from .helpers import (
@@ -21,6 +22,7 @@ from .helpers import (
     hf_logits,
     make_hf_checkpoint,
     require_cpu_kernel,
+    require_kernel,
 )
 
 ATOL = 1e-4
@@ -47,11 +49,14 @@ PROMPT_LENS = (5, 11, 17)
 
 @pytest.fixture(autouse=True, params=[("cpu-kernel", "per-part"), ("torch", "fused")], ids=lambda p: "+".join(p))
 def code_paths(request, monkeypatch):
-    """(decode attention, q/k/v and gate/up matmuls): each option of both is covered once."""
+    """(decode attention and elementwise ops, q/k/v and gate/up matmuls): each option of both
+    is covered once."""
     decode, matmul = request.param
     if decode == "cpu-kernel":
         require_cpu_kernel()
+        require_kernel(elementwise, "elementwise kernels")
     monkeypatch.setattr(attention, "CPU_DECODE_KERNEL", decode == "cpu-kernel")
+    monkeypatch.setattr(kernel_paths, "CPU_ELEMENTWISE", decode == "cpu-kernel")
     # per-part below FUSED_MATMUL_MIN_TOKENS; these tests' batches are all smaller than it
     monkeypatch.setattr(linear, "FUSED_MATMUL_MIN_TOKENS", 1 if matmul == "fused" else 1 << 30)
     return request.param

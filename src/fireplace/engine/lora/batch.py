@@ -31,6 +31,7 @@ DENSE_MAX_TOKENS_PER_RUN = 16
 @dataclass(frozen=True, eq=False)
 class LoRABatch:
     token_slots: torch.Tensor  # [T] int64, -1 = base
+    token_slots_i32: torch.Tensor  # [T] int32, the same (for the C kernel)
     runs: tuple[tuple[int, int, int], ...]  # (start, end, slot) of adapter tokens, maximal
     active_slots: tuple[int, ...]  # U distinct adapter slots, ascending
     mask: torch.Tensor | None  # [T, U, 1] one-hot of each token's slot among active_slots (dense only)
@@ -94,5 +95,5 @@ class LoRABatch:
         if use_dense:
             active_t = torch.tensor(active, dtype=torch.int64, device=token_slots.device)
             mask = (token_slots[:, None] == active_t[None, :]).to(dtype).unsqueeze(-1)  # [T, U, 1]
-        return cls(token_slots=token_slots, runs=tuple(runs), active_slots=active, mask=mask,
+        return cls(token_slots=token_slots, token_slots_i32=token_slots.to(torch.int32), runs=tuple(runs), active_slots=active, mask=mask,
                    use_dense=use_dense)

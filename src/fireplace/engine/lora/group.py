@@ -7,7 +7,8 @@ low-rank activations at once:
     h_i *= one-hot slot mask          (one multiply when all parts share a rank)
     y_i += h_i @ B_i                  one addmm per part, into that part's output
 That is 2 + P ops for a group of P parts instead of 3P, which is what LoRA costs at decode
-batch sizes (op count, not flops). In runs mode each part's stack applies on its own.
+batch sizes (op count, not flops). In runs mode, and where the stacks' C kernel runs (one
+call per part), each part's stack applies on its own.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class LoRAStackGroup:
     def apply(self, x: torch.Tensor, ys: list[torch.Tensor], batch: LoRABatch) -> list[torch.Tensor]:
         """x [T, in], ys[i] [T, out_i] (part i's base output, maybe a view of the fused one)
         -> ys with each part's deltas added, in place."""
-        if not batch.use_dense:
+        if not batch.use_dense or self.stacks[0].uses_kernel(x):
             return [stack.apply(x, y, batch) for stack, y in zip(self.stacks, ys)]
         a, parts = self._stacked_for(batch.active_slots)
         if a is None:  # no active adapter targets any part

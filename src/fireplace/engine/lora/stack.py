@@ -9,6 +9,10 @@ prefix of both (a[s, :r], b[s, :r]) and the delta is one F.linear and one addmm:
 Zero padding keeps the math exact whatever the mix of ranks. A slot an adapter does not target
 here has rank 0 and is skipped.
 
+On CPU in fp32, when the C kernel (fireplace.engine.kernels.lora_delta) is built, one call
+computes every token's delta straight from the stacks: no mask, no per-run matmuls. That is
+what decode needs, where the torch ops cost ~100 us each for a few microseconds of math.
+
 The stack is a plain object, not an nn.Module: it is not part of the model's state_dict, and
 slot writes copy into the preallocated tensors in place.
 """
@@ -17,7 +21,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fireplace.engine.kernels import lora_delta
 from fireplace.engine.lora.batch import LoRABatch
+
+# Use the C kernel on CPU when it builds; tests switch it off to cover the torch paths.
+CPU_LORA_KERNEL = True
 
 
 class LoRAStack:
@@ -30,6 +38,7 @@ class LoRAStack:
         self.a = torch.zeros(max_loras, max_lora_rank, in_features, dtype=dtype, device=device)
         self.b = torch.zeros(max_loras, max_lora_rank, out_features, dtype=dtype, device=device)
         self.ranks = [0] * max_loras  # rank of each slot here; 0 = empty or not targeted
+        self.rank_table = torch.zeros(max_loras, dtype=torch.int32)  # the same, for the C kernel
         self.version = 0  # bumped by every write; invalidates dense caches (here and in groups)
         # (active_slots, version) -> (a_cat [U*Re, in], b_cat [U*Re, out], Re); Re = max active rank
         self._dense_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor, int]] | None = None
@@ -48,6 +57,7 @@ class LoRAStack:
         # scale in fp32 before casting, so a bf16 stack holds round(scale * B) not round(scale) * round(B)
         self.b[slot, :r].copy_((b.to(torch.float32) * scale).T)
         self.ranks[slot] = r
+        self.rank_table[slot] = r
         self.version += 1
 
     def clear_slot(self, slot: int) -> None:
@@ -55,10 +65,13 @@ class LoRAStack:
             self.a[slot].zero_()
             self.b[slot].zero_()
             self.ranks[slot] = 0
+            self.rank_table[slot] = 0
             self.version += 1
 
     def apply(self, x: torch.Tensor, y: torch.Tensor, batch: LoRABatch) -> torch.Tensor:
         """x [T, in], y [T, out] (the base output) -> y with every token's adapter delta added, in place."""
+        if self.uses_kernel(x):
+            return lora_delta.lora_delta_unchecked_(x, self.a, self.b, self.rank_table, batch.token_slots_i32, y)
         if batch.use_dense:
             return self._apply_dense(x, y, batch)
         for start, end, slot in batch.runs:
@@ -67,6 +80,11 @@ class LoRAStack:
                 h = F.linear(x[start:end], self.a[slot, :r])  # [n, r]
                 y[start:end].addmm_(h, self.b[slot, :r])  # += [n, r] @ [r, out]
         return y
+
+    def uses_kernel(self, x: torch.Tensor) -> bool:
+        """Whether apply() runs the C kernel for input x: CPU fp32 stacks and input, kernel built."""
+        return (CPU_LORA_KERNEL and x.dtype == torch.float32 and x.device.type == "cpu"
+                and self.a.dtype == torch.float32 and self.a.device.type == "cpu" and lora_delta.available())
 
     def _apply_dense(self, x: torch.Tensor, y: torch.Tensor, batch: LoRABatch) -> torch.Tensor:
         a_cat, b_cat, r = self.stacked_for(batch.active_slots)

@@ -14,15 +14,15 @@ All activations are flattened: x: [T, hidden], T = the step's new tokens of ever
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fireplace.engine.forward_context import ForwardContext
 from fireplace.engine.kv_cache import KVCaches
+from fireplace.engine.layers.activation import silu_and_mul
 from fireplace.engine.layers.attention import paged_attention
 from fireplace.engine.layers.linear import FusedLinear, Linear
 from fireplace.engine.layers.norm import RMSNorm
-from fireplace.engine.layers.rotary import RotaryEmbedding, apply_rotary
+from fireplace.engine.layers.rotary import RotaryEmbedding, apply_rotary_qk
 from fireplace.engine.model_config import ModelConfig
 
 
@@ -53,7 +53,7 @@ class LlamaAttention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary_qk(q, k, cos, sin)
         out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], ctx)  # [T, H, D]
         return self.o_proj(out.reshape(num_tokens, -1).to(x.dtype), ctx)
 
@@ -69,7 +69,7 @@ class LlamaMLP(nn.Module):
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """SwiGLU. x: [T, hidden] -> [T, hidden]."""
         gate, up = self.gate_up(x, ctx)
-        return self.down_proj(F.silu(gate) * up, ctx)
+        return self.down_proj(silu_and_mul(gate, up), ctx)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -80,10 +80,18 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                kv_cache: tuple[torch.Tensor, torch.Tensor], ctx: ForwardContext) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, ctx)
-        return x + self.mlp(self.post_attention_layernorm(x), ctx)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                kv_cache: tuple[torch.Tensor, torch.Tensor], ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-norm block, with the residual stream carried separately so that each add is fused
+        into the norm after it: x [T, hidden] is the previous layer's MLP output (the embeddings,
+        with residual None, for layer 0) -> (this layer's MLP output, residual stream)."""
+        if residual is None:
+            residual, h = x, self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm.add_forward(x, residual)
+        h = self.self_attn(h, cos, sin, kv_cache, ctx)
+        h, residual = self.post_attention_layernorm.add_forward(h, residual)
+        return self.mlp(h, ctx), residual
 
 
 class LlamaModel(nn.Module):
@@ -101,9 +109,10 @@ class LlamaModel(nn.Module):
     def forward(self, ctx: ForwardContext, kv_caches: KVCaches) -> torch.Tensor:
         x = self.embed_tokens(ctx.input_ids)  # [T, hidden]
         cos, sin = self.rotary_emb.cos_sin(ctx.positions, x.dtype)  # [T, 1, D/2], shared by all layers
+        residual = None  # the residual stream; the layers update it in place on the kernel path
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            x = layer(x, cos, sin, kv_cache, ctx)
-        return self.norm(x)
+            x, residual = layer(x, residual, cos, sin, kv_cache, ctx)
+        return self.norm.add_forward(x, residual)[0] if residual is not None else self.norm(x)
 
 
 class LlamaForCausalLM(nn.Module):
