@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fireplace.engine.kv_cache import KVCacheSpec
-from fireplace.engine.kernels import elementwise
+from fireplace.engine.kernels import elementwise, small_gemm
 from fireplace.engine.layers import attention, kernel_paths, linear
 from fireplace.engine.loader import load_model
 
@@ -47,16 +47,19 @@ ARCHITECTURES = {
 PROMPT_LENS = (5, 11, 17)
 
 
-@pytest.fixture(autouse=True, params=[("cpu-kernel", "per-part"), ("torch", "fused")], ids=lambda p: "+".join(p))
+@pytest.fixture(autouse=True, params=[("cpu-kernels", "small-gemm"), ("torch", "per-part"), ("torch", "fused")],
+                ids=lambda p: "+".join(p))
 def code_paths(request, monkeypatch):
-    """(decode attention and elementwise ops, q/k/v and gate/up matmuls): each option of both
-    is covered once."""
-    decode, matmul = request.param
-    if decode == "cpu-kernel":
+    """(decode attention and elementwise ops, matmuls): our C kernels for all (decode-sized
+    batches, as these tests' are), or torch with q/k/v and gate/up matmuls per part or fused."""
+    kernels, matmul = request.param
+    if kernels == "cpu-kernels":
         require_cpu_kernel()
         require_kernel(elementwise, "elementwise kernels")
-    monkeypatch.setattr(attention, "CPU_DECODE_KERNEL", decode == "cpu-kernel")
-    monkeypatch.setattr(kernel_paths, "CPU_ELEMENTWISE", decode == "cpu-kernel")
+        require_kernel(small_gemm, "small-batch GEMM")
+    monkeypatch.setattr(attention, "CPU_DECODE_KERNEL", kernels == "cpu-kernels")
+    monkeypatch.setattr(kernel_paths, "CPU_ELEMENTWISE", kernels == "cpu-kernels")
+    monkeypatch.setattr(kernel_paths, "CPU_SMALL_GEMM", kernels == "cpu-kernels")
     # per-part below FUSED_MATMUL_MIN_TOKENS; these tests' batches are all smaller than it
     monkeypatch.setattr(linear, "FUSED_MATMUL_MIN_TOKENS", 1 if matmul == "fused" else 1 << 30)
     return request.param

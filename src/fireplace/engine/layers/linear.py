@@ -6,6 +6,7 @@ adapters to it (`lora_stack`), the per-token adapter delta is added:
 Models call `proj(x, ctx)`; the base path never looks at `ctx`.
 
 `FusedLinear` groups projections that read the same input (q/k/v, gate/up) into one matmul.
+On CPU fp32, decode-sized batches go through our C GEMM (see kernel_paths.uses_small_gemm).
 """
 from __future__ import annotations
 
@@ -15,8 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fireplace.engine.kernels import small_gemm
+from fireplace.engine.layers.kernel_paths import uses_small_gemm
+
 # From this many tokens on a FusedLinear runs one matmul for all its parts (see FusedLinear).
 FUSED_MATMUL_MIN_TOKENS = 384
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear, or the C small-batch GEMM where that is faster: x [T, in] -> [T, out]."""
+    if uses_small_gemm(x, weight):
+        return small_gemm.linear_unchecked(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 class Linear(nn.Module):
@@ -38,7 +49,7 @@ class Linear(nn.Module):
         self.lora_stack = None
 
     def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
-        return self.add_lora(x, F.linear(x, self.weight, self.bias), ctx)
+        return self.add_lora(x, linear(x, self.weight, self.bias), ctx)
 
     def add_lora(self, x: torch.Tensor, y: torch.Tensor, ctx) -> torch.Tensor:
         """y [T, out] = this layer's base output for x [T, in] -> y plus each token's adapter delta."""
@@ -79,7 +90,9 @@ class FusedLinear:
         self.lora_group = None
 
     def __call__(self, x: torch.Tensor, ctx=None) -> list[torch.Tensor]:
-        if x.shape[0] >= FUSED_MATMUL_MIN_TOKENS or x.device.type != "cpu":
+        if uses_small_gemm(x, self.weight):  # our GEMM does best on the whole matrix
+            ys = list(small_gemm.linear_unchecked(x, self.weight, self.bias).split(self.sizes, dim=-1))
+        elif x.shape[0] >= FUSED_MATMUL_MIN_TOKENS or x.device.type != "cpu":
             ys = list(F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1))  # views of [T, sum(out)]
         else:
             ys = [F.linear(x, part.weight, part.bias) for part in self.parts]
