@@ -10,6 +10,7 @@ FIREPLACE_CPU_KERNELS=0 turns every kernel off (callers fall back to torch).
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import logging
@@ -18,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -104,3 +106,18 @@ def build_shared_library(source: Path, name: str) -> Path | None:
     finally:
         if tmp_path is not None:
             Path(tmp_path).unlink(missing_ok=True)
+
+
+def load_library(source: Path, name: str, declare: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL | None:
+    """Build (or find cached) and load `source`, then let `declare` set its functions' ctypes
+    signatures. None, with one warning logged, when any step fails: callers fall back to torch."""
+    path = build_shared_library(source, name)
+    if path is None:
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+        declare(lib)
+    except (OSError, AttributeError) as exc:
+        logger.warning("Loading CPU kernel %s failed; it is unavailable: %s", path, exc)
+        return None
+    return lib

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from fireplace.engine.kernels.cpu_build import build_shared_library
+from fireplace.engine.kernels.cpu_build import load_library
 
 logger = logging.getLogger(__name__)
 
@@ -86,17 +86,8 @@ def _load() -> ctypes.CDLL | None:
     with _lock:
         if _loaded:
             return _lib
-        _loaded = True
-        path = build_shared_library(_SOURCE, "elementwise")
-        if path is None:
-            return None
-        try:
-            lib = ctypes.CDLL(str(path))
-            _declare(lib)
-        except (OSError, AttributeError) as exc:
-            logger.warning("Loading CPU kernel %s failed; it is unavailable: %s", path, exc)
-            return None
-        _lib = lib
+        _lib = load_library(_SOURCE, "elementwise", _declare)
+        _loaded = True  # after _lib: a lock-free reader that sees it sees the library
         return _lib
 
 

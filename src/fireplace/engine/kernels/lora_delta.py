@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from fireplace.engine.kernels.cpu_build import build_shared_library
+from fireplace.engine.kernels.cpu_build import load_library
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,16 @@ _fn = None  # _lib.fp_lora_delta with its argtypes, kept at hand for the hot pat
 _loaded = False  # True once loading was attempted, whatever the outcome
 
 
+def _declare(lib: ctypes.CDLL) -> None:
+    fn = lib.fp_lora_delta
+    c_i64, c_ptr = ctypes.c_int64, ctypes.c_void_p
+    fn.argtypes = [c_ptr, c_i64, c_ptr, c_ptr,  # x, ldx, a, b
+                   c_ptr, c_ptr, c_ptr, c_i64,  # ranks, token_slots, y, ldy
+                   c_i64, c_i64, c_i64, c_i64, c_i64,  # T, K, N, S, R
+                   ctypes.c_int]  # nthreads
+    fn.restype = ctypes.c_int
+
+
 def _load() -> ctypes.CDLL | None:
     """Compile (or find cached) and load the library once per process."""
     global _lib, _fn, _loaded
@@ -47,23 +57,9 @@ def _load() -> ctypes.CDLL | None:
     with _lock:
         if _loaded:
             return _lib
-        _loaded = True
-        path = build_shared_library(_SOURCE, "lora_delta")
-        if path is None:
-            return None
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as exc:
-            logger.warning("Loading CPU kernel %s failed; it is unavailable: %s", path, exc)
-            return None
-        fn = lib.fp_lora_delta
-        c_i64, c_ptr = ctypes.c_int64, ctypes.c_void_p
-        fn.argtypes = [c_ptr, c_i64, c_ptr, c_ptr,  # x, ldx, a, b
-                       c_ptr, c_ptr, c_ptr, c_i64,  # ranks, token_slots, y, ldy
-                       c_i64, c_i64, c_i64, c_i64, c_i64,  # T, K, N, S, R
-                       ctypes.c_int]  # nthreads
-        fn.restype = ctypes.c_int
-        _lib, _fn = lib, fn
+        lib = load_library(_SOURCE, "lora_delta", _declare)
+        _lib, _fn = lib, (lib.fp_lora_delta if lib is not None else None)
+        _loaded = True  # after _lib: a lock-free reader that sees it sees the library
         return _lib
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fireplace.engine.kernels.cpu_build import build_shared_library
+from fireplace.engine.kernels.cpu_build import load_library
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,16 @@ _lib: ctypes.CDLL | None = None
 _loaded = False  # True once loading was attempted, whatever the outcome
 
 
+def _declare(lib: ctypes.CDLL) -> None:
+    fn = lib.fp_paged_decode_attention
+    c_i64 = ctypes.c_int64
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,  # q, k, v, pool dtype
+                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,  # block_tables, context_lens, out
+                   c_i64, c_i64, c_i64, c_i64, c_i64, c_i64, c_i64,  # B, H, Hkv, D, bs, M, N
+                   ctypes.c_float, ctypes.c_int]  # scale, nthreads
+    fn.restype = ctypes.c_int
+
+
 def _load() -> ctypes.CDLL | None:
     """Compile (or find cached) and load the library once per process."""
     global _lib, _loaded
@@ -47,23 +57,8 @@ def _load() -> ctypes.CDLL | None:
     with _lock:
         if _loaded:
             return _lib
-        _loaded = True
-        path = build_shared_library(_SOURCE, "paged_decode")
-        if path is None:
-            return None
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as exc:
-            logger.warning("Loading CPU kernel %s failed; it is unavailable: %s", path, exc)
-            return None
-        fn = lib.fp_paged_decode_attention
-        c_i64 = ctypes.c_int64
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,  # q, k, v, pool dtype
-                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,  # block_tables, context_lens, out
-                       c_i64, c_i64, c_i64, c_i64, c_i64, c_i64, c_i64,  # B, H, Hkv, D, bs, M, N
-                       ctypes.c_float, ctypes.c_int]  # scale, nthreads
-        fn.restype = ctypes.c_int
-        _lib = lib
+        _lib = load_library(_SOURCE, "paged_decode", _declare)
+        _loaded = True  # after _lib: a lock-free reader that sees it sees the library
         return _lib
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from fireplace.engine.kernels.cpu_build import build_shared_library
+from fireplace.engine.kernels.cpu_build import load_library
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,18 @@ _fn = None  # _lib.fp_linear, looked up once: attribute access on a CDLL costs a
 _loaded = False  # True once loading was attempted, whatever the outcome
 
 
+def _declare(lib: ctypes.CDLL) -> None:
+    fn = lib.fp_linear
+    c_i64, c_ptr = ctypes.c_int64, ctypes.c_void_p
+    fn.argtypes = [c_ptr, c_i64, c_ptr, c_ptr,  # x, ldx, w, bias (NULL: none)
+                   c_ptr, c_i64,  # y, ldy
+                   c_i64, c_i64, c_i64,  # M, K, N
+                   ctypes.c_int]  # nthreads
+    fn.restype = ctypes.c_int
+    lib.fp_linear_uses_avx2.argtypes = []
+    lib.fp_linear_uses_avx2.restype = ctypes.c_int
+
+
 def _load() -> ctypes.CDLL | None:
     """Compile (or find cached) and load the library once per process."""
     global _lib, _fn, _loaded
@@ -50,25 +62,9 @@ def _load() -> ctypes.CDLL | None:
     with _lock:
         if _loaded:
             return _lib
-        _loaded = True
-        path = build_shared_library(_SOURCE, "small_gemm")
-        if path is None:
-            return None
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as exc:
-            logger.warning("Loading CPU kernel %s failed; it is unavailable: %s", path, exc)
-            return None
-        fn = lib.fp_linear
-        c_i64, c_ptr = ctypes.c_int64, ctypes.c_void_p
-        fn.argtypes = [c_ptr, c_i64, c_ptr, c_ptr,  # x, ldx, w, bias (NULL: none)
-                       c_ptr, c_i64,  # y, ldy
-                       c_i64, c_i64, c_i64,  # M, K, N
-                       ctypes.c_int]  # nthreads
-        fn.restype = ctypes.c_int
-        lib.fp_linear_uses_avx2.argtypes = []
-        lib.fp_linear_uses_avx2.restype = ctypes.c_int
-        _lib, _fn = lib, fn
+        lib = load_library(_SOURCE, "small_gemm", _declare)
+        _lib, _fn = lib, (lib.fp_linear if lib is not None else None)
+        _loaded = True  # after _lib: a lock-free reader that sees it sees the library
         return _lib
 
 
