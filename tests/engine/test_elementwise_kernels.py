@@ -358,8 +358,8 @@ def test_thresholds_match_c_source():
 def test_disabled_by_env(monkeypatch):
     # available() caches its answer per process: start from "not loaded yet" (monkeypatch puts
     # the loaded library back afterwards).
-    monkeypatch.setattr(ew, "_loaded", False)
-    monkeypatch.setattr(ew, "_lib", None)
+    monkeypatch.setattr(ew._kernels, "_loaded", False)
+    monkeypatch.setattr(ew._kernels, "_lib", None)
     monkeypatch.setenv("FIREPLACE_CPU_KERNELS", "0")
     assert ew.available() is False
     x = torch.randn(2, 8)

@@ -228,9 +228,8 @@ def test_type_errors(kernel):
 def test_disabled_by_env(monkeypatch):
     # available() caches its answer per process: start from "not loaded yet" (monkeypatch puts
     # the loaded library back afterwards).
-    monkeypatch.setattr(ld, "_loaded", False)
-    monkeypatch.setattr(ld, "_lib", None)
-    monkeypatch.setattr(ld, "_fn", None)
+    monkeypatch.setattr(ld._kernels, "_loaded", False)
+    monkeypatch.setattr(ld._kernels, "_lib", None)
     monkeypatch.setenv("FIREPLACE_CPU_KERNELS", "0")
     assert ld.available() is False
     with pytest.raises(RuntimeError, match="unavailable"):

@@ -221,8 +221,8 @@ def test_padding_ids_beyond_context_are_not_read(kernel):
 def test_disabled_by_env(monkeypatch):
     # available() caches its answer per process: start from "not loaded yet" (monkeypatch puts
     # the loaded library back afterwards).
-    monkeypatch.setattr(pd, "_loaded", False)
-    monkeypatch.setattr(pd, "_lib", None)
+    monkeypatch.setattr(pd._kernels, "_loaded", False)
+    monkeypatch.setattr(pd._kernels, "_lib", None)
     monkeypatch.setenv("FIREPLACE_CPU_KERNELS", "0")
     assert pd.available() is False
     q, k_pool, v_pool, tables, ctx = make_case([5], 4, 2, 64, 16)

@@ -277,9 +277,9 @@ def test_kernel_rejects_bad_sizes(kernel):
     # the C side checks sizes and row strides itself (error code 1, nothing written)
     x, w, out = torch.randn(4, 8), torch.randn(6, 8), torch.empty(4, 6)
     args = [x.data_ptr(), 8, w.data_ptr(), None, out.data_ptr(), 6]
-    assert sg._fn(*args, -1, 8, 6, 1) == 1
-    assert sg._fn(x.data_ptr(), 7, *args[2:], 4, 8, 6, 1) == 1  # ldx < K
-    assert sg._fn(*args[:5], 5, 4, 8, 6, 1) == 1  # ldy < N
+    assert sg._kernels.get().fp_linear(*args, -1, 8, 6, 1) == 1
+    assert sg._kernels.get().fp_linear(x.data_ptr(), 7, *args[2:], 4, 8, 6, 1) == 1  # ldx < K
+    assert sg._kernels.get().fp_linear(*args[:5], 5, 4, 8, 6, 1) == 1  # ldy < N
     with pytest.raises(ValueError, match="invalid sizes"):
         sg._raise_for(1)
 
@@ -287,9 +287,8 @@ def test_kernel_rejects_bad_sizes(kernel):
 def test_disabled_by_env(monkeypatch):
     # available() caches its answer per process: start from "not loaded yet" (monkeypatch puts
     # the loaded library back afterwards).
-    monkeypatch.setattr(sg, "_loaded", False)
-    monkeypatch.setattr(sg, "_lib", None)
-    monkeypatch.setattr(sg, "_fn", None)
+    monkeypatch.setattr(sg._kernels, "_loaded", False)
+    monkeypatch.setattr(sg._kernels, "_lib", None)
     monkeypatch.setenv("FIREPLACE_CPU_KERNELS", "0")
     assert sg.available() is False
     assert sg.uses_avx2() is False

@@ -19,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,3 +122,25 @@ def load_library(source: Path, name: str, declare: Callable[[ctypes.CDLL], None]
         logger.warning("Loading CPU kernel %s failed; it is unavailable: %s", path, exc)
         return None
     return lib
+
+
+class KernelLibrary:
+    """One kernel source, built and loaded on first use, once per process (thread-safe).
+
+    get() -> the CDLL with its signatures declared, or None when it cannot be built or loaded
+    (the outcome is kept: a failed build is not retried in the same process)."""
+
+    def __init__(self, source: Path, name: str, declare: Callable[[ctypes.CDLL], None]):
+        self._source, self._name, self._declare = source, name, declare
+        self._lock = threading.Lock()
+        self._lib: ctypes.CDLL | None = None
+        self._loaded = False  # True once loading was attempted, whatever the outcome
+
+    def get(self) -> ctypes.CDLL | None:
+        if self._loaded:  # the common case, without the lock
+            return self._lib
+        with self._lock:
+            if not self._loaded:
+                self._lib = load_library(self._source, self._name, self._declare)
+                self._loaded = True  # after _lib: a lock-free reader that sees it sees the library
+        return self._lib

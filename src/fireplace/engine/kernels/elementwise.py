@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import threading
 from pathlib import Path
 
 import torch
 
-from fireplace.engine.kernels.cpu_build import load_library
+from fireplace.engine.kernels.cpu_build import KernelLibrary
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +52,6 @@ ROTARY_WORK_PER_THREAD = 8192
 _F32 = torch.float32
 # Return codes of the fp_* functions (FP_ERR_* in the C source).
 _ERR_ARGS = 4
-
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_loaded = False  # True once loading was attempted, whatever the outcome
-
 
 def _declare(lib: ctypes.CDLL) -> None:
     """argtypes/restype of each kernel (pointers as c_void_p, sizes and strides in floats)."""
@@ -78,18 +72,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.restype = ctypes.c_int
 
 
-def _load() -> ctypes.CDLL | None:
-    """Compile (or find cached) and load the library once per process."""
-    global _lib, _loaded
-    if _loaded:  # the common case, without the lock
-        return _lib
-    with _lock:
-        if _loaded:
-            return _lib
-        _lib = load_library(_SOURCE, "elementwise", _declare)
-        _loaded = True  # after _lib: a lock-free reader that sees it sees the library
-        return _lib
-
+_kernels = KernelLibrary(_SOURCE, "elementwise", _declare)
+_load = _kernels.get
 
 def available() -> bool:
     """Whether the kernels compiled and loaded on this machine (cached after the first call)."""
@@ -97,7 +81,7 @@ def available() -> bool:
 
 
 def _library() -> ctypes.CDLL:
-    lib = _lib if _loaded else _load()
+    lib = _load()
     if lib is None:
         raise RuntimeError("elementwise CPU kernels are unavailable (see available())")
     return lib

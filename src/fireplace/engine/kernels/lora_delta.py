@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import threading
 from pathlib import Path
 
 import torch
 
-from fireplace.engine.kernels.cpu_build import load_library
+from fireplace.engine.kernels.cpu_build import KernelLibrary
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +32,6 @@ _ERRORS = {
     4: (MemoryError, "LoRA delta kernel ran out of memory"),
 }
 
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_fn = None  # _lib.fp_lora_delta with its argtypes, kept at hand for the hot path
-_loaded = False  # True once loading was attempted, whatever the outcome
-
-
 def _declare(lib: ctypes.CDLL) -> None:
     fn = lib.fp_lora_delta
     c_i64, c_ptr = ctypes.c_int64, ctypes.c_void_p
@@ -49,19 +42,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     fn.restype = ctypes.c_int
 
 
-def _load() -> ctypes.CDLL | None:
-    """Compile (or find cached) and load the library once per process."""
-    global _lib, _fn, _loaded
-    if _loaded:  # the common case, without the lock
-        return _lib
-    with _lock:
-        if _loaded:
-            return _lib
-        lib = load_library(_SOURCE, "lora_delta", _declare)
-        _lib, _fn = lib, (lib.fp_lora_delta if lib is not None else None)
-        _loaded = True  # after _lib: a lock-free reader that sees it sees the library
-        return _lib
-
+_kernels = KernelLibrary(_SOURCE, "lora_delta", _declare)
+_load = _kernels.get
 
 def available() -> bool:
     """Whether the kernel compiled and loaded on this machine (cached after the first call)."""
@@ -150,9 +132,10 @@ def lora_delta_unchecked_(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ran
     num_tokens, in_features = x.shape
     num_slots, max_rank, _ = a.shape
     # .stride() and .shape: a tuple each, 3x cheaper than .stride(0) (argument parsing)
-    code = _fn(x.data_ptr(), x.stride()[0], a.data_ptr(), b.data_ptr(), ranks.data_ptr(), token_slots.data_ptr(),
-               y.data_ptr(), y.stride()[0], num_tokens, in_features, y.shape[1], num_slots, max_rank,
-               torch.get_num_threads() if num_threads is None else num_threads)
+    code = _kernels.get().fp_lora_delta(
+        x.data_ptr(), x.stride()[0], a.data_ptr(), b.data_ptr(), ranks.data_ptr(), token_slots.data_ptr(),
+        y.data_ptr(), y.stride()[0], num_tokens, in_features, y.shape[1], num_slots, max_rank,
+        torch.get_num_threads() if num_threads is None else num_threads)
     if code != 0:
         _raise_for(code)
     return y

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import threading
 from pathlib import Path
 
 import torch
 
-from fireplace.engine.kernels.cpu_build import load_library
+from fireplace.engine.kernels.cpu_build import KernelLibrary
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +33,6 @@ _ERRORS = {
     4: (ValueError, "invalid sizes passed to the paged decode attention kernel"),
 }
 
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_loaded = False  # True once loading was attempted, whatever the outcome
-
-
 def _declare(lib: ctypes.CDLL) -> None:
     fn = lib.fp_paged_decode_attention
     c_i64 = ctypes.c_int64
@@ -49,18 +43,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     fn.restype = ctypes.c_int
 
 
-def _load() -> ctypes.CDLL | None:
-    """Compile (or find cached) and load the library once per process."""
-    global _lib, _loaded
-    if _loaded:  # the common case, without the lock
-        return _lib
-    with _lock:
-        if _loaded:
-            return _lib
-        _lib = load_library(_SOURCE, "paged_decode", _declare)
-        _loaded = True  # after _lib: a lock-free reader that sees it sees the library
-        return _lib
-
+_kernels = KernelLibrary(_SOURCE, "paged_decode", _declare)
+_load = _kernels.get
 
 def available() -> bool:
     """Whether the kernel compiled and loaded on this machine (cached after the first call)."""

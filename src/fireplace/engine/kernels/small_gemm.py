@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import threading
 from pathlib import Path
 
 import torch
 
-from fireplace.engine.kernels.cpu_build import load_library
+from fireplace.engine.kernels.cpu_build import KernelLibrary
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +34,6 @@ _ERRORS = {
     1: (ValueError, "invalid sizes or strides passed to the small GEMM kernel"),
     2: (MemoryError, "small GEMM kernel ran out of memory"),
 }
-
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_fn = None  # _lib.fp_linear, looked up once: attribute access on a CDLL costs a dict lookup and more
-_loaded = False  # True once loading was attempted, whatever the outcome
-
 
 def _declare(lib: ctypes.CDLL) -> None:
     fn = lib.fp_linear
@@ -54,19 +47,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.fp_linear_uses_avx2.restype = ctypes.c_int
 
 
-def _load() -> ctypes.CDLL | None:
-    """Compile (or find cached) and load the library once per process."""
-    global _lib, _fn, _loaded
-    if _loaded:  # the common case, without the lock
-        return _lib
-    with _lock:
-        if _loaded:
-            return _lib
-        lib = load_library(_SOURCE, "small_gemm", _declare)
-        _lib, _fn = lib, (lib.fp_linear if lib is not None else None)
-        _loaded = True  # after _lib: a lock-free reader that sees it sees the library
-        return _lib
-
+_kernels = KernelLibrary(_SOURCE, "small_gemm", _declare)
+_load = _kernels.get
 
 def available() -> bool:
     """Whether the kernel compiled and loaded on this machine (cached after the first call)."""
@@ -163,9 +145,10 @@ def linear_unchecked(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     out_features, _ = weight.shape
     if out is None:
         out = torch.empty((num_tokens, out_features), dtype=torch.float32)
-    code = _fn(x.data_ptr(), x.stride()[0], weight.data_ptr(), None if bias is None else bias.data_ptr(),
-               out.data_ptr(), out.stride()[0], num_tokens, in_features, out_features,
-               torch.get_num_threads() if num_threads is None else num_threads)
+    code = _kernels.get().fp_linear(
+        x.data_ptr(), x.stride()[0], weight.data_ptr(), None if bias is None else bias.data_ptr(),
+        out.data_ptr(), out.stride()[0], num_tokens, in_features, out_features,
+        torch.get_num_threads() if num_threads is None else num_threads)
     if code != 0:
         _raise_for(code)
     return out
