@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from fireplace.engine.kernels.arg_checks import thread_count
 from fireplace.engine.kernels.cpu_build import KernelLibrary
 
 logger = logging.getLogger(__name__)
@@ -110,17 +111,6 @@ def _check_weight(weight: object, size: int) -> None:
         raise ValueError(f"weight has {shape[0]} elements, rows have {size}")
 
 
-def _threads(num_threads: int | None) -> int:
-    """num_threads, checked; None: torch's own setting."""
-    if num_threads is None:
-        return torch.get_num_threads()
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int):
-        raise TypeError(f"num_threads must be an int, got {num_threads!r}")
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    return num_threads
-
-
 def _raise_for(code: int, kernel: str) -> None:
     if code == _ERR_ARGS:
         raise ValueError(f"invalid sizes or strides passed to the {kernel} kernel (overlapping rows written in place?)")
@@ -137,7 +127,7 @@ def silu_mul(g: torch.Tensor, u: torch.Tensor, num_threads: int | None = None) -
     u_shape, (u_stride, _) = _tensor("u", u, 2)
     if u_shape != (rows, n):
         raise ValueError(f"g {(rows, n)} and u {tuple(u_shape)} differ in shape")
-    nthreads = _threads(num_threads)
+    nthreads = thread_count(num_threads)
     out = torch.empty(rows, n, dtype=_F32)
     if rows == 0 or n == 0:
         return out
@@ -155,7 +145,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, num_threads: int
     Raises as silu_mul."""
     (rows, n), (x_stride, _) = _tensor("x", x, 2)
     _check_weight(weight, n)
-    nthreads = _threads(num_threads)
+    nthreads = thread_count(num_threads)
     out = torch.empty(rows, n, dtype=_F32)
     if rows == 0 or n == 0:
         return out
@@ -179,7 +169,7 @@ def add_rms_norm_(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
     if r_shape != (rows, n):
         raise ValueError(f"x {(rows, n)} and residual {tuple(r_shape)} differ in shape")
     _check_weight(weight, n)
-    nthreads = _threads(num_threads)
+    nthreads = thread_count(num_threads)
     out = torch.empty(rows, n, dtype=_F32)
     if rows == 0 or n == 0:
         return out
@@ -228,7 +218,7 @@ def rotary_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
         raise ValueError(f"head_dim must be even, got {dim}")
     _check_angles("cos", cos, rows, dim // 2)
     _check_angles("sin", sin, rows, dim // 2)
-    nthreads = _threads(num_threads)
+    nthreads = thread_count(num_threads)
     if rows == 0 or dim == 0:
         return
     code = _library().fp_rotary(q.data_ptr(), q_stride, q_heads, k.data_ptr(), k_stride, k_heads,

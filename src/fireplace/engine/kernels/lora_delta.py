@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from fireplace.engine.kernels.arg_checks import check_tensor, thread_count
 from fireplace.engine.kernels.cpu_build import KernelLibrary
 
 logger = logging.getLogger(__name__)
@@ -50,17 +51,6 @@ def available() -> bool:
     return _load() is not None
 
 
-def _check_tensor(name: str, t: object, dim: int, dtype: torch.dtype) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_cpu:
-        raise ValueError(f"{name} must be a CPU tensor, got device {t.device}")
-    if t.dim() != dim:
-        raise ValueError(f"{name} must have {dim} dims, got shape {tuple(t.shape)}")
-    if t.dtype != dtype:
-        raise ValueError(f"{name} must be {dtype}, got {t.dtype}")
-
-
 def _check_rows(name: str, t: torch.Tensor) -> None:
     """Unit column stride, and rows that do not overlap (the kernel writes y rows in parallel)."""
     (rows, cols), (row_stride, col_stride) = t.shape, t.stride()
@@ -86,12 +76,12 @@ def lora_delta_(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ranks: torch.
     unchanged), TypeError for arguments that are not tensors, RuntimeError when the kernel is
     unavailable (check `available()` first). Autograd does not see the update.
     The checks add ~4 us a call to lora_delta_unchecked_'s ~4; use that one on the decode hot path."""
-    _check_tensor("x", x, 2, torch.float32)
-    _check_tensor("a", a, 3, torch.float32)
-    _check_tensor("b", b, 3, torch.float32)
-    _check_tensor("ranks", ranks, 1, torch.int32)
-    _check_tensor("token_slots", token_slots, 1, torch.int32)
-    _check_tensor("y", y, 2, torch.float32)
+    check_tensor("x", x, 2, torch.float32)
+    check_tensor("a", a, 3, torch.float32)
+    check_tensor("b", b, 3, torch.float32)
+    check_tensor("ranks", ranks, 1, torch.int32)
+    check_tensor("token_slots", token_slots, 1, torch.int32)
+    check_tensor("y", y, 2, torch.float32)
     num_tokens, in_features = x.shape
     num_slots, max_rank, a_in = a.shape
     out_features = y.shape[1]
@@ -109,12 +99,7 @@ def lora_delta_(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ranks: torch.
         raise ValueError("a, b, ranks and token_slots must be contiguous")
     _check_rows("x", x)
     _check_rows("y", y)
-    if num_threads is None:
-        num_threads = torch.get_num_threads()
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int):
-        raise TypeError(f"num_threads must be an int, got {num_threads!r}")
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    num_threads = thread_count(num_threads)
     if _load() is None:
         raise RuntimeError("LoRA delta CPU kernel is unavailable (see available())")
     return lora_delta_unchecked_(x, a, b, ranks, token_slots, y, num_threads)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from fireplace.engine.kernels.arg_checks import check_tensor, thread_count
 from fireplace.engine.kernels.cpu_build import KernelLibrary
 
 logger = logging.getLogger(__name__)
@@ -51,16 +52,6 @@ def available() -> bool:
     return _load() is not None
 
 
-def _check_tensor(name: str, t: object, dim: int) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_cpu:
-        raise ValueError(f"{name} must be a CPU tensor, got device {t.device}")
-    if t.dim() != dim:
-        raise ValueError(f"{name} must have {dim} dims, got shape {tuple(t.shape)}")
-    return t
-
-
 def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
                            num_threads: int | None = None) -> torch.Tensor:
@@ -70,11 +61,11 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     Raises ValueError for bad shapes, dtypes, devices or out-of-range lengths/block ids
     (TypeError for arguments that are not tensors), RuntimeError when the kernel is
     unavailable (check `available()` first)."""
-    _check_tensor("q", q, 3)
-    _check_tensor("k_pool", k_pool, 4)
-    _check_tensor("v_pool", v_pool, 4)
-    _check_tensor("block_tables", block_tables, 2)
-    _check_tensor("context_lens", context_lens, 1)
+    check_tensor("q", q, 3)
+    check_tensor("k_pool", k_pool, 4)
+    check_tensor("v_pool", v_pool, 4)
+    check_tensor("block_tables", block_tables, 2)
+    check_tensor("context_lens", context_lens, 1)
     num_seqs, num_heads, head_dim = q.shape
     num_blocks, block_size, num_kv_heads, pool_dim = k_pool.shape
     if q.dtype not in _Q_DTYPES:
@@ -95,12 +86,7 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     for name, t in (("block_tables", block_tables), ("context_lens", context_lens)):
         if t.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"{name} must be int32 or int64, got {t.dtype}")
-    if num_threads is None:
-        num_threads = torch.get_num_threads()
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int):
-        raise TypeError(f"num_threads must be an int, got {num_threads!r}")
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    num_threads = thread_count(num_threads)
 
     if num_seqs == 0 or num_heads == 0 or head_dim == 0:
         return torch.empty(q.shape, dtype=q.dtype)

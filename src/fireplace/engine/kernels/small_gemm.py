@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from fireplace.engine.kernels.arg_checks import check_tensor, thread_count
 from fireplace.engine.kernels.cpu_build import KernelLibrary
 
 logger = logging.getLogger(__name__)
@@ -63,17 +64,6 @@ def uses_avx2() -> bool:
     return lib is not None and bool(lib.fp_linear_uses_avx2())
 
 
-def _check_tensor(name: str, t: object, dim: int) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_cpu:
-        raise ValueError(f"{name} must be a CPU tensor, got device {t.device}")
-    if t.dim() != dim:
-        raise ValueError(f"{name} must have {dim} dims, got shape {tuple(t.shape)}")
-    if t.dtype != torch.float32:
-        raise ValueError(f"{name} must be torch.float32, got {t.dtype}")
-
-
 def _check_matrix_strides(name: str, t: torch.Tensor) -> None:
     """Unit column stride and rows that do not overlap (strides of size-1 dims do not matter)."""
     rows, cols = t.shape
@@ -101,8 +91,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
     Raises ValueError for bad shapes, dtypes, devices or strides, TypeError for arguments of the
     wrong type, RuntimeError when the kernel is unavailable (check `available()` first)."""
-    _check_tensor("x", x, 2)
-    _check_tensor("weight", weight, 2)
+    check_tensor("x", x, 2, torch.float32)
+    check_tensor("weight", weight, 2, torch.float32)
     num_tokens, in_features = x.shape
     out_features, weight_in = weight.shape
     if weight_in != in_features:
@@ -112,22 +102,17 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         raise ValueError(f"weight must be contiguous, got strides {weight.stride()}")
     _check_matrix_strides("x", x)
     if bias is not None:
-        _check_tensor("bias", bias, 1)
+        check_tensor("bias", bias, 1, torch.float32)
         if bias.shape[0] != out_features:
             raise ValueError(f"bias {tuple(bias.shape)} must have {out_features} entries, one per weight row")
         if out_features > 1 and bias.stride(0) != 1:
             raise ValueError(f"bias must be contiguous, got stride {bias.stride()}")
     if out is not None:
-        _check_tensor("out", out, 2)
+        check_tensor("out", out, 2, torch.float32)
         if out.shape != (num_tokens, out_features):
             raise ValueError(f"out {tuple(out.shape)} must have shape {(num_tokens, out_features)}")
         _check_matrix_strides("out", out)
-    if num_threads is None:
-        num_threads = torch.get_num_threads()
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int):
-        raise TypeError(f"num_threads must be an int, got {num_threads!r}")
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    num_threads = thread_count(num_threads)
     if _load() is None:
         raise RuntimeError("small GEMM CPU kernel is unavailable (see available())")
     return linear_unchecked(x, weight, bias, out, num_threads)
