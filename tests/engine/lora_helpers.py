@@ -2,13 +2,22 @@
 
 PEFT initialises lora_B to zero, which would make every adapter a no-op: both halves are
 randomised so each adapter visibly changes the logits.
+
+`lora_path` is an autouse fixture for test modules that import it: every test runs once with
+the C LoRA kernel and once with the torch paths.
 """
 from __future__ import annotations
 
 import copy
 from pathlib import Path
 
+import pytest
 import torch
+
+from fireplace.engine.kernels import lora_delta
+from fireplace.engine.lora import stack as lora_stack
+
+from .helpers import require_kernel
 
 TINY_LLAMA = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
@@ -38,3 +47,12 @@ def make_peft_adapter(base_model, out_dir: Path, *, r: int = 8, lora_alpha: floa
                 param.copy_(torch.randn(param.shape, generator=g) * 0.1)
     peft_model.save_pretrained(str(out_dir), safe_serialization=safe, save_embedding_layers=save_embedding_layers)
     return peft_model.eval()
+
+
+@pytest.fixture(autouse=True, params=["cpu-kernel", "torch"])
+def lora_path(request, monkeypatch):
+    """Every test runs with the C LoRA kernel and with the torch paths (CPU fp32 uses the kernel)."""
+    if request.param == "cpu-kernel":
+        require_kernel(lora_delta, "LoRA delta kernel")
+    monkeypatch.setattr(lora_stack, "CPU_LORA_KERNEL", request.param == "cpu-kernel")
+    return request.param

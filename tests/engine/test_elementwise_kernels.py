@@ -7,7 +7,6 @@ Without a C compiler the kernel tests skip, except in CI (CI=true), where they f
 """
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
@@ -19,15 +18,14 @@ from fireplace.engine.layers.norm import RMSNorm
 from fireplace.engine.layers.rotary import RotaryEmbedding, apply_rotary
 from fireplace.engine.model_config import RopeScaling
 
+from .helpers import require_kernel
+
 INF, NAN = float("inf"), float("nan")
 
 
 @pytest.fixture(scope="module")
 def kernel():
-    if not ew.available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("the elementwise C kernels must build in CI, but they are unavailable")
-        pytest.skip("elementwise C kernels unavailable (no C compiler?)")
+    require_kernel(ew, "elementwise kernels")
 
 
 def gen(seed: int) -> torch.Generator:

@@ -4,20 +4,17 @@ Without a C compiler the kernel tests skip, except in CI (CI=true), where they f
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from fireplace.engine.kernels import lora_delta as ld
 
+from .helpers import require_kernel
+
 
 @pytest.fixture(scope="module")
 def kernel():
-    if not ld.available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("the LoRA delta C kernel must build in CI, but it is unavailable")
-        pytest.skip("LoRA delta C kernel unavailable (no C compiler?)")
+    require_kernel(ld, "LoRA delta kernel")
 
 
 def make_stack(ranks: list[int], max_rank: int, k: int, n: int, seed: int = 0):

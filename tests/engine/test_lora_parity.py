@@ -15,12 +15,10 @@ import torch
 
 from fireplace.engine.kv_cache import KVCacheSpec
 from fireplace.engine.loader import load_model
-from fireplace.engine.kernels import lora_delta
-from fireplace.engine.lora import stack as lora_stack
 from fireplace.engine.lora import AdapterManager, LoRAAdapter, LoRABatch, merge_adapter, unmerge_adapter
 
-from .helpers import PagedSequences, Sequence, hf_logits, make_hf_checkpoint, require_kernel
-from .lora_helpers import make_peft_adapter
+from .helpers import PagedSequences, Sequence, hf_logits, make_hf_checkpoint
+from .lora_helpers import lora_path, make_peft_adapter  # noqa: F401  (lora_path: autouse)
 
 ATOL = 1e-4
 BLOCK_SIZE = 4
@@ -40,14 +38,6 @@ ADAPTERS = {  # name -> PEFT LoraConfig arguments
 BATCH = [("r4-qv", 5), (None, 7), ("r8-all", 3), ("r16-ko", 9), ("r64-mlp", 4), (None, 2), ("r8-rslora", 6),
          ("r32-q-down", 8), ("r4-up-v", 5), ("r8-all", 4), ("r12-patterns", 7)]
 
-
-@pytest.fixture(autouse=True, params=["cpu-kernel", "torch"])
-def lora_path(request, monkeypatch):
-    """Every test runs with the C LoRA kernel and with the torch paths (CPU fp32 uses the kernel)."""
-    if request.param == "cpu-kernel":
-        require_kernel(lora_delta, "LoRA delta kernel")
-    monkeypatch.setattr(lora_stack, "CPU_LORA_KERNEL", request.param == "cpu-kernel")
-    return request.param
 
 
 @pytest.fixture(scope="module")

@@ -8,24 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fireplace.engine.kernels import lora_delta
-from fireplace.engine.lora import stack as lora_stack
 from fireplace.engine.lora import LoRABatch, LoRAStack
 from fireplace.engine.lora.group import LoRAStackGroup
 
-from .helpers import require_kernel
+from .lora_helpers import lora_path  # noqa: F401  (autouse: kernel and torch paths)
 
 IN, OUT, SLOTS, MAX_RANK = 24, 40, 6, 64
 RANKS = [4, 8, 16, 64, 8, 0]  # slot 5 stays empty: an adapter that does not target this projection
 
-
-@pytest.fixture(autouse=True, params=["cpu-kernel", "torch"])
-def lora_path(request, monkeypatch):
-    """Every test runs with the C LoRA kernel and with the torch paths (CPU fp32 uses the kernel)."""
-    if request.param == "cpu-kernel":
-        require_kernel(lora_delta, "LoRA delta kernel")
-    monkeypatch.setattr(lora_stack, "CPU_LORA_KERNEL", request.param == "cpu-kernel")
-    return request.param
 
 
 def _adapters(seed: int = 0):

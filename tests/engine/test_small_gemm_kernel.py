@@ -16,15 +16,14 @@ import torch
 
 from fireplace.engine.kernels import small_gemm as sg
 
+from .helpers import require_kernel
+
 RTOL = 1e-5  # of the largest |y|: fp32 accumulation over K <= 1536 stays well inside
 
 
 @pytest.fixture(scope="module")
 def kernel():
-    if not sg.available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("the small GEMM C kernel must build in CI, but it is unavailable")
-        pytest.skip("small GEMM C kernel unavailable (no C compiler?)")
+    require_kernel(sg, "small GEMM kernel")
 
 
 @functools.cache
