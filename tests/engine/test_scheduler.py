@@ -385,21 +385,22 @@ def test_stats_snapshot_and_throughput_window():
 
 def test_older_prefill_preempts_a_newer_decode_already_in_the_batch():
     # "newer" got in first (as when an older request waited for an adapter slot) and decodes;
-    # the older one's prefill then runs out of blocks and takes them from the newer one.
-    sched = Scheduler(_config(num_blocks=6, max_model_len=24, max_num_seqs=2, max_num_batched_tokens=8,
+    # the older one is admitted with its whole prompt reserved, but newer's decodes grow into
+    # that reserve, so the older prefill runs out of blocks and takes them from the newer one.
+    sched = Scheduler(_config(num_blocks=7, max_model_len=24, max_num_seqs=2, max_num_batched_tokens=3,
                               enable_prefix_caching=False))
-    newer = _request("newer", 7, max_tokens=10, arrival=2.0)
+    newer = _request("newer", 3, max_tokens=12, arrival=2.0)
     older = _request("older", 20, max_tokens=2, arrival=1.0)
     sched.add(newer)
     _step(sched)
     sched.add(older)
-    for _ in range(10):
+    for _ in range(20):
         out, _ = _step(sched)
-        assert out.num_batched_tokens <= 8
+        assert out.num_batched_tokens <= 3
         if out.preempted:
             break
     assert out.preempted == [newer]
     assert [e.seq for e in out.scheduled] == [older]
-    assert out.scheduled[0].num_new_tokens == 8  # the victim's decode token went back to the budget
+    assert out.scheduled[0].num_new_tokens == 3  # the victim's decode token went back to the budget
     _run(sched)
     assert older.finish_reason == newer.finish_reason == "length"

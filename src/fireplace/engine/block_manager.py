@@ -4,8 +4,9 @@ The pool has num_blocks blocks of block_size token slots; token at position p of
 lives in slot block_table[p // block_size] * block_size + p % block_size.
 
 Prefix caching: once a block is full and its KV computed, it is registered under a content
-hash chained over (previous block's hash, its token ids, adapter id), so the same prefix under
-two adapters never shares KV. A freed registered block keeps its content (evictable) until a
+hash chained over (previous block's hash, its token ids, adapter version), so the same prefix
+under two adapters, or two versions of one adapter id, never shares KV; an adapter version that
+is gone has its blocks dropped (drop_adapter_blocks). A freed registered block keeps its content (evictable) until a
 fresh block is needed and the free list is empty; then the least recently freed one is reused.
 
 Block states:  free (ref 0, no hash) | evictable (ref 0, hashed) | in use (ref >= 1).
@@ -37,10 +38,11 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def hash_block(prev_hash: bytes | None, token_ids: list[int], adapter_id: str | None) -> bytes:
+def hash_block(prev_hash: bytes | None, token_ids: list[int], adapter_key: str | None) -> bytes:
+    """adapter_key: the adapter's content version (Sequence.lora_key), None for the base model."""
     h = hashlib.blake2b(digest_size=16)
     h.update(prev_hash or b"\0" * 16)
-    h.update(b"\1" + adapter_id.encode() if adapter_id is not None else b"\0")
+    h.update(b"\1" + adapter_key.encode() if adapter_key is not None else b"\0")
     h.update(array("q", token_ids).tobytes())
     return h.digest()
 
@@ -54,6 +56,7 @@ class BlockManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_counts = [0] * num_blocks
         self._block_hash: list[bytes | None] = [None] * num_blocks
+        self._block_adapter: list[str | None] = [None] * num_blocks  # lora_key of a hashed block
         self._free: deque[int] = deque(range(num_blocks))
         self._evictable: OrderedDict[int, None] = OrderedDict()  # oldest freed first
         self._cached: dict[bytes, int] = {}  # content hash -> block id
@@ -83,7 +86,7 @@ class BlockManager:
         while len(hashes) < num_blocks:
             i = len(hashes)
             prev = hashes[-1] if hashes else None
-            hashes.append(hash_block(prev, tokens[i * bs:(i + 1) * bs], seq.adapter_id))
+            hashes.append(hash_block(prev, tokens[i * bs:(i + 1) * bs], seq.lora_key))
         return hashes[:num_blocks]
 
     def lookup_prefix(self, seq: Sequence) -> list[int]:
@@ -178,6 +181,7 @@ class BlockManager:
             block_id, h = seq.block_table[i], hashes[i]
             if self._block_hash[block_id] is None and h not in self._cached:
                 self._block_hash[block_id] = h
+                self._block_adapter[block_id] = seq.lora_key
                 self._cached[h] = block_id
         self._num_registered[seq.seq_id] = num_full
 
@@ -186,8 +190,28 @@ class BlockManager:
         for block_id in list(self._evictable):
             del self._cached[self._block_hash[block_id]]
             self._block_hash[block_id] = None
+            self._block_adapter[block_id] = None
             self._free.append(block_id)
         self._evictable.clear()
+
+    def drop_adapter_blocks(self, adapter_key: str) -> int:
+        """Forget every cached block computed under an adapter version nobody uses any more.
+
+        Evictable ones become free now; ones still referenced stop matching and are freed
+        plainly. Returns how many blocks were forgotten.
+        """
+        dropped = 0
+        for block_id, key in enumerate(self._block_adapter):
+            if key != adapter_key or self._block_hash[block_id] is None:
+                continue
+            del self._cached[self._block_hash[block_id]]
+            self._block_hash[block_id] = None
+            self._block_adapter[block_id] = None
+            if block_id in self._evictable:
+                del self._evictable[block_id]
+                self._free.append(block_id)
+            dropped += 1
+        return dropped
 
     # -- slots -----------------------------------------------------------------------------
     def slot_mapping(self, seq: Sequence, start_pos: int, num_tokens: int) -> list[int]:
@@ -207,5 +231,6 @@ class BlockManager:
             block_id, _ = self._evictable.popitem(last=False)
             del self._cached[self._block_hash[block_id]]
             self._block_hash[block_id] = None
+            self._block_adapter[block_id] = None
         self.ref_counts[block_id] = 1
         return block_id

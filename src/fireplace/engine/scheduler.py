@@ -7,11 +7,16 @@ Policy, in order, for one step (token budget = max_num_batched_tokens):
     front of the waiting queue, keeping its output tokens (a later prefill covers prompt + output).
  2. Admission (skipped in a step that preempted): waiting sequences in FCFS order take
     prefix-cache hits and a prefill chunk while the budget, max_num_seqs and KV blocks allow. The
-    first one that does not fit stops admission, so none starves. With max_loras, one needing an
+    first one that does not fit stops admission, so none starves. While anything runs, a
+    sequence is admitted only if the blocks for its *whole* prompt (+ its first decode token),
+    on top of what the running prefills still need to finish theirs, leave `watermark_blocks`
+    free: admitted prefills then never preempt each other chunk by chunk, and decodes have
+    headroom before a preemption is needed. With max_loras, one needing an
     adapter slot while all are taken is passed over by requests for active adapters at most
     max_adapter_bypass times, then it blocks admission until a slot frees.
  A sequence that can never run (prompt >= max_model_len, or more blocks than the pool) is
- rejected at admission with a FINISHED_REJECTED status rather than blocking the queue.
+ rejected at admission with a FINISHED_REJECTED status rather than blocking the queue; so is
+ one never admitted whose `deadline` has passed (DeadlineExceededError), checked every step.
 
 After the model ran, update() appends the sampled tokens, forks n > 1 requests after prefill,
 applies EOS / stop token / length limits and frees finished sequences' blocks. Stop strings are
@@ -19,11 +24,12 @@ the detokenizer's job; the engine then calls finish().
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable
 
 from fireplace.engine.block_manager import BlockManager
-from fireplace.engine.errors import ContextLengthExceededError, InvalidRequestError
+from fireplace.engine.errors import ContextLengthExceededError, DeadlineExceededError, InvalidRequestError
 from fireplace.engine.scheduler_config import SchedulerConfig
 from fireplace.engine.scheduler_output import ScheduledSeq, SchedulerOutput
 from fireplace.engine.sequence import Sequence, SequenceStatus
@@ -101,15 +107,18 @@ class Scheduler:
 
     @property
     def active_adapter_ids(self) -> set[str]:
-        return {s.adapter_id for s in self.running if s.adapter_id is not None}
+        """Adapter versions (Sequence.lora_key) among running sequences: each needs its own slot."""
+        return {s.lora_key for s in self.running if s.lora_key is not None}
 
     def sequences(self, request_id: str) -> list[Sequence]:
         """The request's live sequences (children appear once forked)."""
         return list(self._requests.get(request_id, ()))
 
     # -- one step --------------------------------------------------------------------------
-    def schedule(self) -> SchedulerOutput:
+    def schedule(self, now: float | None = None) -> SchedulerOutput:
+        """now: monotonic seconds, for deadlines (default: time.monotonic())."""
         out = SchedulerOutput()
+        self._expire_deadlines(time.monotonic() if now is None else now, out)
         scheduled: dict[int, ScheduledSeq] = {}
         budget = self.config.max_num_batched_tokens
         bm = self.block_manager
@@ -149,6 +158,8 @@ class Scheduler:
         cfg, bm = self.config, self.block_manager
         num_seq_slots = sum(1 + s.num_pending_forks for s in self.running)
         adapters = self.active_adapter_ids
+        # blocks the running prefills still need to finish their prompt and take a first token
+        reserved = sum(self._blocks_to_finish_prefill(s) for s in self.running if s.is_prefill)
         passed_over: list[Sequence] = []  # waiting for an adapter slot, ahead of later admissions
         i = 0
         while i < len(self.waiting) and budget > 0:
@@ -160,8 +171,8 @@ class Scheduler:
                 continue
             if num_seq_slots + 1 + seq.num_pending_forks > cfg.max_num_seqs:
                 break
-            if (cfg.max_loras is not None and seq.adapter_id is not None
-                    and seq.adapter_id not in adapters and len(adapters) >= cfg.max_loras):
+            if (cfg.max_loras is not None and seq.lora_key is not None
+                    and seq.lora_key not in adapters and len(adapters) >= cfg.max_loras):
                 passed_over.append(seq)
                 i += 1
                 continue
@@ -173,6 +184,8 @@ class Scheduler:
             num_new = min(seq.num_tokens - num_cached, budget)
             if not bm.can_allocate(seq, num_new, hits):
                 break
+            if self.running and not self._leaves_watermark(seq, hits, reserved):
+                break
             bm.allocate(seq, num_new, hits)
             bm.record_admission(seq, num_cached)
             del self.waiting[i]
@@ -182,8 +195,9 @@ class Scheduler:
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             num_seq_slots += 1 + seq.num_pending_forks
-            if seq.adapter_id is not None:
-                adapters.add(seq.adapter_id)
+            if seq.lora_key is not None:
+                adapters.add(seq.lora_key)
+            reserved += self._blocks_to_finish_prefill(seq)
             scheduled[seq.seq_id] = self._entry(seq, num_new)
             budget -= num_new
         return budget
@@ -192,13 +206,35 @@ class Scheduler:
         start = seq.num_computed_tokens
         return ScheduledSeq(seq, start, num_new, needs_logits=start + num_new == seq.num_tokens)
 
+    def _blocks_to_finish_prefill(self, seq: Sequence) -> int:
+        """Fresh blocks seq still needs for all its tokens plus the first one it samples."""
+        return max(0, self.block_manager.num_blocks_for(seq.num_tokens + 1) - len(seq.block_table))
+
+    def _leaves_watermark(self, seq: Sequence, hits: list[int], reserved: int) -> bool:
+        """Admitting seq (whole prompt) keeps watermark_blocks free beyond the reservations."""
+        bm = self.block_manager
+        need = max(0, bm.num_blocks_for(seq.num_tokens + 1) - len(hits))
+        taken = sum(1 for b in hits if bm.ref_counts[b] == 0)  # evictable hits stop being free
+        return bm.num_free_blocks - taken - need - reserved >= self.config.watermark_blocks
+
+    def _expire_deadlines(self, now: float, out: SchedulerOutput) -> None:
+        expired = [s for s in self.waiting if s.deadline is not None and now > s.deadline
+                   and s.status is SequenceStatus.WAITING]  # a preempted one has started: it stays
+        for seq in expired:
+            self.waiting.remove(seq)
+            waited = max(0.0, now - seq.arrival_time)
+            self._reject(seq, DeadlineExceededError(
+                f"request {seq.request_id!r} waited {waited:.3f}s in the queue and passed its deadline "
+                "before it could start; retry later or with a longer timeout", waited_s=waited))
+            out.rejected.append(seq)
+
     def _can_never_run(self, seq: Sequence) -> bool:
         return (seq.num_prompt_tokens >= self.config.max_model_len
                 or self.block_manager.num_blocks_for(seq.num_tokens) > self.config.num_blocks)
 
-    def _reject(self, seq: Sequence) -> None:
+    def _reject(self, seq: Sequence, error: Exception | None = None) -> None:
         seq.status = SequenceStatus.FINISHED_REJECTED
-        seq.error = ContextLengthExceededError(
+        seq.error = error or ContextLengthExceededError(
             f"the prompt has {seq.num_prompt_tokens} tokens; this deployment fits at most "
             f"{self.config.max_model_len - 1} prompt tokens", "prompt")
         self._num_bypassed.pop(seq.seq_id, None)

@@ -18,6 +18,9 @@ class SchedulerConfig:
     # before admission stops behind it (bounds its wait: the running adapters then drain).
     max_adapter_bypass: int = 32
     enable_prefix_caching: bool = True
+    # Free blocks admission leaves beyond the whole prompts of running prefills (only while
+    # something runs, so a lone request is never held back): headroom for decodes to grow.
+    watermark_blocks: int = 0
 
     def __post_init__(self) -> None:
         for name in ("num_blocks", "max_model_len", "block_size", "max_num_seqs", "max_num_batched_tokens"):
@@ -26,6 +29,8 @@ class SchedulerConfig:
                 raise ValueError(f"SchedulerConfig.{name} must be an integer >= 1, got {value!r}")
         if self.max_loras is not None and (not isinstance(self.max_loras, int) or self.max_loras < 1):
             raise ValueError(f"SchedulerConfig.max_loras must be None or >= 1, got {self.max_loras!r}")
+        if not isinstance(self.watermark_blocks, int) or not 0 <= self.watermark_blocks < self.num_blocks:
+            raise ValueError("SchedulerConfig.watermark_blocks must be an integer in [0, num_blocks)")
         if not isinstance(self.max_adapter_bypass, int) or self.max_adapter_bypass < 0:
             raise ValueError("SchedulerConfig.max_adapter_bypass must be an integer >= 0")
         if self.max_num_batched_tokens < self.max_num_seqs:

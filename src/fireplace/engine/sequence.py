@@ -50,16 +50,22 @@ class Sequence:
         params: SamplingParams | None = None,
         *,
         adapter_id: str | None = None,
+        adapter_version: str | None = None,
         arrival_time: float | None = None,
+        deadline: float | None = None,
         sample_index: int = 0,
     ):
         self.seq_id = next(_seq_ids)
         self.request_id = request_id
         self.params = params if params is not None else SamplingParams()
-        # Identifies adapter *weights*: a reloaded adapter must get a new id, since the id keys
-        # prefix-cached KV.
-        self.adapter_id = adapter_id
+        self.adapter_id = adapter_id  # the name the request used (messages, stats)
+        # The content version of the adapter's weights when the request was accepted (see
+        # AdapterManager.version_of): it keys prefix-cached KV and the LoRA slot, so a reload
+        # under the same id never mixes old and new weights.
+        self.adapter_version = adapter_version
         self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
+        # monotonic time after which a sequence never admitted is rejected (None: no deadline)
+        self.deadline = deadline
         self.sample_index = sample_index  # which of the request's n completions
         self.num_prompt_tokens = len(prompt_token_ids)
         self._token_ids = list(prompt_token_ids)
@@ -111,6 +117,13 @@ class Sequence:
     def append_token(self, token_id: int) -> None:
         self._token_ids.append(token_id)
 
+    @property
+    def lora_key(self) -> str | None:
+        """What identifies the adapter weights: the version when known, else the id; None = base."""
+        if self.adapter_id is None:
+            return None
+        return self.adapter_version or self.adapter_id
+
     # -- life cycle ------------------------------------------------------------------------
     @property
     def is_finished(self) -> bool:
@@ -133,6 +146,7 @@ class Sequence:
             self.prompt_token_ids,
             self.params,
             adapter_id=self.adapter_id,
+            adapter_version=self.adapter_version,
             arrival_time=self.arrival_time,
             sample_index=sample_index,
         )

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load as load_safetensors_bytes
 
-from fireplace.engine.errors import EngineError
+from fireplace.engine.errors import AdapterError
 from fireplace.engine.lora.projections import PROJECTIONS, ProjectionKey, parse_projection_path, projection_shapes
 from fireplace.engine.model_config import ModelConfig
 
@@ -56,10 +56,6 @@ _UNSUPPORTED_FEATURES = {
     "velora_config": "VeLoRA (velora_config)",
     "monteclora_config": "MonteCLoRA (monteclora_config)",
 }
-
-
-class AdapterError(EngineError):
-    """A LoRA addon that cannot be loaded or served; the message says why and how to fix it."""
 
 
 @dataclass(frozen=True)
