@@ -18,6 +18,7 @@ from fireplace.engine.errors import InvalidRequestError
 from fireplace.engine.kv_cache import KVCacheSpec
 from fireplace.engine.lora.adapter import AdapterError
 from fireplace.engine.loader import load_model
+from fireplace.engine.logits_processors import LogitsProcessors
 from fireplace.engine.model_runner import ModelRunner
 from fireplace.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
 from fireplace.engine.sampler import Sampler, SamplingRow
@@ -91,6 +92,7 @@ class LLMEngine:
         if config.compile:
             self.runner.compile()
         self.sampler = Sampler()
+        self.logits_processors = LogitsProcessors(self.eos_token_ids)  # per-sample constraints
         self.meter = ThroughputMeter()
         self._requests: dict[str, _Request] = {}
         self._draining: set[str] = set()  # adapters unloaded while requests still use them
@@ -165,6 +167,8 @@ class LLMEngine:
                 request.prompt_logprobs[item.position] = TokenLogprob(item.token_id, item.logprob, item.top)
         sampled_seqs = step.logits_seqs
         rows = [SamplingRow.for_sequence(e.seq, self.eos_token_ids) for e in sampled_seqs]
+        if rows:
+            logits = self.logits_processors.apply(logits, sampled_seqs)
         sampled = self.sampler(logits, rows) if rows else None
         token_ids = sampled.token_ids.tolist() if sampled is not None else []
         self.scheduler.update(step, token_ids)

@@ -13,12 +13,17 @@ Ranges follow the OpenAI API, plus Fireworks/vLLM extras (top_k, min_p, repetiti
   n                  1 .. MAX_N completions per request
   logprobs           None, or 0 .. MAX_LOGPROBS top alternatives per token (0 = chosen token only)
   prompt_logprobs    same, for prompt tokens
+  logits_processor   None, or a factory called once per sample returning a
+                     fireplace.engine.logits_processors.LogitsProcessor (structured output);
+                     if the factory has check_params(params), validate() calls it
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fireplace.engine.errors import ContextLengthExceededError, InvalidRequestError
 
@@ -53,6 +58,8 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     echo: bool = False
     skip_special_tokens: bool = True
+    # per-sample token constraint (see engine/logits_processors.py); not part of equality
+    logits_processor: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_greedy(self) -> bool:
@@ -89,6 +96,12 @@ class SamplingParams:
             _integer("prompt_logprobs", self.prompt_logprobs, 0, MAX_LOGPROBS)
         _boolean("echo", self.echo)
         _boolean("skip_special_tokens", self.skip_special_tokens)
+        if self.logits_processor is not None:
+            if not callable(self.logits_processor):
+                raise InvalidRequestError("logits_processor must be a callable factory", "logits_processor")
+            check = getattr(self.logits_processor, "check_params", None)
+            if check is not None:
+                check(self)
         return self
 
     def _validate_stop(self) -> None:
