@@ -30,11 +30,23 @@ class EngineConfig:
     merged_adapter: str | None = None   # a PEFT directory folded into the base weights
     compile: bool = False               # torch.compile the decode step (CUDA graphs on CUDA)
     num_threads: int | None = None      # torch intra-op threads on CPU
+    # Admission control (see scheduler): requests allowed to wait before add_request raises
+    # EngineOverloadedError (None: unbounded); the default deadline of a waiting request
+    # (arrival + queue_timeout_s; None: none); the share of KV blocks admission keeps free.
+    max_waiting_requests: int | None = 1024
+    queue_timeout_s: float | None = None
+    kv_watermark: float = 0.01
     extra: dict = field(default_factory=dict)
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    def watermark_blocks(self, num_blocks: int) -> int:
+        """kv_watermark of the pool in blocks (at least 1 when the share is > 0, below the pool)."""
+        if self.kv_watermark <= 0:
+            return 0
+        return min(max(1, int(self.kv_watermark * num_blocks)), num_blocks - 1)
 
     def validate(self) -> "EngineConfig":
         if self.dtype not in DTYPES:
@@ -47,6 +59,12 @@ class EngineConfig:
                      "max_cpu_loras"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.max_waiting_requests is not None and self.max_waiting_requests < 1:
+            raise ValueError("max_waiting_requests must be >= 1 or None")
+        if self.queue_timeout_s is not None and not self.queue_timeout_s > 0:
+            raise ValueError("queue_timeout_s must be > 0 or None")
+        if not 0 <= self.kv_watermark < 1:
+            raise ValueError("kv_watermark must be in [0, 1)")
         unknown = set(self.lora_target_modules) - set(ALL_LORA_TARGETS)
         if unknown:
             raise ValueError(f"unknown LoRA target modules {sorted(unknown)}")

@@ -14,9 +14,9 @@ import torch
 
 from fireplace.engine.detokenizer import IncrementalDetokenizer
 from fireplace.engine.engine_config import EngineConfig
-from fireplace.engine.errors import InvalidRequestError
+from fireplace.engine.errors import (AdapterError, AdapterLoadError, AdapterUnavailableError, EngineOverloadedError,
+                                     InvalidRequestError)
 from fireplace.engine.kv_cache import KVCacheSpec
-from fireplace.engine.lora.adapter import AdapterError
 from fireplace.engine.loader import load_model
 from fireplace.engine.logits_processors import LogitsProcessors
 from fireplace.engine.model_runner import ModelRunner
@@ -39,6 +39,7 @@ class _Request:
         self.prompt_token_ids = prompt_token_ids
         self.params = params
         self.metrics = RequestMetrics(arrival_time=arrival)
+        self.exception: Exception | None = None  # the typed error behind `error`
         self.detokenizers: dict[int, IncrementalDetokenizer] = {}  # sample index -> detokenizer
         self.num_tokens: dict[int, int] = {}                         # sample index -> generated
         self.finish: dict[int, tuple[str, int | str | None]] = {}    # sample index -> (reason, stop)
@@ -65,8 +66,10 @@ class LLMEngine:
             from transformers import AutoTokenizer
             tokenizer = AutoTokenizer.from_pretrained(config.model)
         self.tokenizer = tokenizer
-        self.max_model_len = min(config.max_model_len or min(self.model_config.max_position_embeddings, 4096),
-                                 self.model_config.max_position_embeddings)
+        # model_config.max_model_len is the context capped at a sliding window (which we serve
+        # exactly only inside the window: see model_config)
+        model_limit = self.model_config.max_model_len
+        self.max_model_len = min(config.max_model_len or min(model_limit, 4096), model_limit)
         spec = KVCacheSpec.for_model(self.model_config, config.block_size, config.torch_dtype)
         num_blocks = config.num_kv_blocks or spec.num_blocks_for_budget(config.kv_cache_bytes)
         kv_caches = spec.allocate(num_blocks, self.device)
@@ -87,7 +90,8 @@ class LLMEngine:
             num_blocks=num_blocks, max_model_len=self.max_model_len, block_size=config.block_size,
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
             max_loras=config.max_loras if config.enable_lora else None,
-            enable_prefix_caching=config.enable_prefix_caching), eos_token_ids=self.eos_token_ids)
+            enable_prefix_caching=config.enable_prefix_caching,
+            watermark_blocks=config.watermark_blocks(num_blocks)), eos_token_ids=self.eos_token_ids)
         self.runner = ModelRunner(self.model, kv_caches, config.block_size, self.device)
         if config.compile:
             self.runner.compile()
@@ -95,19 +99,35 @@ class LLMEngine:
         self.logits_processors = LogitsProcessors(self.eos_token_ids)  # per-sample constraints
         self.meter = ThroughputMeter()
         self._requests: dict[str, _Request] = {}
-        self._draining: set[str] = set()  # adapters unloaded while requests still use them
+        self._load_failures: dict[str, str] = {}  # adapter id -> why its last load failed (none serving)
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, request_id: str | None, prompt: str | list[int], params: SamplingParams | None = None,
                     *, adapter_id: str | None = None, truncate_prompt: bool = False,
-                    arrival_time: float | None = None) -> str:
-        """Queue a request; raises InvalidRequestError (HTTP 400) for bad input."""
+                    arrival_time: float | None = None, deadline: float | None = None,
+                    add_special_tokens: bool = True) -> str:
+        """Queue a request. Raises InvalidRequestError (HTTP 400) for bad input (its subclass
+        AdapterUnavailableError for an adapter not loaded here) and EngineOverloadedError when
+        `max_waiting_requests` requests already wait.
+
+        A string prompt is tokenized with the tokenizer's special tokens (BOS for Llama/Mistral),
+        as transformers and vLLM do by default; pass add_special_tokens=False for text that
+        already has them (a rendered chat template). Token ids are used as given.
+        arrival_time / deadline: time.monotonic() seconds. A request not yet admitted at its
+        deadline (default: arrival + queue_timeout_s, if configured) ends with an error output
+        whose exception is DeadlineExceededError.
+        """
+        limit = self.config.max_waiting_requests
+        if limit is not None and self.scheduler.num_waiting >= limit:
+            raise EngineOverloadedError(
+                f"the engine has {self.scheduler.num_waiting} requests waiting (max_waiting_requests={limit}); "
+                "retry later", num_waiting=self.scheduler.num_waiting, max_waiting=limit)
         params = (params or SamplingParams()).validate()
         request_id = request_id or f"req-{next(_request_counter)}"
         if request_id in self._requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
         if isinstance(prompt, str):
-            token_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+            token_ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
         else:
             token_ids = [int(t) for t in prompt]
         vocab = self.model_config.vocab_size
@@ -117,19 +137,25 @@ class LLMEngine:
             token_ids = token_ids[-(self.max_model_len - 1):]
         max_tokens = params.max_new_tokens(len(token_ids), self.max_model_len, truncate=truncate_prompt)
         params = params.replace(max_tokens=max_tokens) if params.max_tokens != max_tokens else params
-        if adapter_id is not None:
-            if self.adapters is None:
-                raise InvalidRequestError("this engine serves no LoRA addons", "model")
-            if adapter_id in self._draining:
-                raise InvalidRequestError(f"LoRA adapter {adapter_id!r} is being unloaded", "model")
-            try:
-                self.adapters.check_servable(adapter_id)
-            except AdapterError as exc:
-                raise InvalidRequestError(str(exc), "model") from exc
+        version = self._adapter_version(adapter_id) if adapter_id is not None else None
         arrival = time.monotonic() if arrival_time is None else arrival_time
+        if deadline is None and self.config.queue_timeout_s is not None:
+            deadline = arrival + self.config.queue_timeout_s
+        self.scheduler.add(Sequence(request_id, token_ids, params, adapter_id=adapter_id, adapter_version=version,
+                                    arrival_time=arrival, deadline=deadline))
         self._requests[request_id] = _Request(request_id, token_ids, params, arrival)
-        self.scheduler.add(Sequence(request_id, token_ids, params, adapter_id=adapter_id, arrival_time=arrival))
         return request_id
+
+    def _adapter_version(self, adapter_id: str) -> str:
+        if self.adapters is None:
+            raise AdapterUnavailableError("this engine serves no LoRA addons", adapter_id)
+        try:
+            return self.adapters.version_of(adapter_id)
+        except AdapterError:
+            failure = self._load_failures.get(adapter_id)
+            why = f"its load failed: {failure}" if failure else "it is not loaded on this deployment"
+            raise AdapterUnavailableError(f"LoRA adapter {adapter_id!r} cannot serve requests: {why}",
+                                          adapter_id) from None
 
     def abort(self, request_id: str) -> None:
         """Stop a request now; its KV blocks are freed before this returns."""
@@ -174,8 +200,8 @@ class LLMEngine:
         self.scheduler.update(step, token_ids)
         self.meter.record(step.num_prompt_tokens, step.num_generated_tokens)
         outputs += self._collect(sampled_seqs, token_ids, sampled)
-        if self._draining:
-            self._finish_draining()
+        if self.adapters is not None and self.adapters.has_orphans:
+            self._drop_unused_adapter_versions()
         return outputs
 
     def _collect(self, entries, token_ids: list[int], sampled) -> list[RequestOutput]:
@@ -203,7 +229,8 @@ class LLMEngine:
             delta = detok.step([] if is_stop_token else [token], is_final=seq.is_finished)
             text = delta.text
             if request.params.echo and request.num_tokens.get(index, 0) == 0:
-                text = self.tokenizer.decode(request.prompt_token_ids) + text  # echo: prompt first
+                text = self.tokenizer.decode(request.prompt_token_ids,  # echo: prompt first
+                                             skip_special_tokens=request.params.skip_special_tokens) + text
             out = CompletionOutput(index=index, token_ids=[token], text=text)
             request.num_tokens[index] = request.num_tokens.get(index, 0) + 1
             out.num_tokens = request.num_tokens[index]
@@ -238,35 +265,55 @@ class LLMEngine:
             if request is None:
                 continue
             request.error = str(seq.error) if seq.error else "request can never fit in the KV cache"
+            request.exception = seq.error
             request.metrics.finished_time = time.monotonic()
             outs = [CompletionOutput(index=i, finish_reason="error") for i in range(request.params.n)]
             results.append(RequestOutput(seq.request_id, outs, request.prompt_token_ids, True, request.metrics,
-                                         error=request.error))
+                                         error=request.error, exception=request.exception))
         return results
 
     # -- adapters and stats -------------------------------------------------------------------
-    def load_adapter(self, adapter_id: str, source) -> None:
-        """Register and read an adapter (a PEFT directory, or its files' bytes from the blob store)."""
+    def load_adapter(self, adapter_id: str, source) -> str:
+        """Read, check and register an adapter: a PEFT directory, or a mapping {filename: bytes}
+        (the blob store's files), or a callable returning either. Returns its content version.
+
+        The files are read here, once, and kept in host memory: a step never reads them again.
+        Loading an id again replaces its version for new requests (identical files: the same
+        version, prefix cache kept); queued and running requests finish on the version they
+        started with. Raises AdapterLoadError (nothing changed; other adapters and requests are
+        unaffected); requests for an id whose only load failed get AdapterUnavailableError.
+        """
         if self.adapters is None:
-            raise InvalidRequestError("LoRA is not enabled on this engine", "model")
-        if adapter_id in self._draining:
-            raise InvalidRequestError(f"LoRA adapter {adapter_id!r} is still being unloaded", "model")
-        self.adapters.load_adapter(adapter_id, source)
+            raise AdapterLoadError("LoRA is not enabled on this engine", adapter_id)
+        try:
+            self.adapters.load_adapter(adapter_id, source)
+        except Exception as exc:  # a corrupt file, a failing download: typed, never the engine's end
+            message = str(exc) or type(exc).__name__
+            if not self.adapters.is_registered(adapter_id):
+                self._load_failures[adapter_id] = message
+            raise AdapterLoadError(f"LoRA adapter {adapter_id!r} could not be loaded: {message}",
+                                   adapter_id) from exc
+        self._load_failures.pop(adapter_id, None)
+        self._drop_unused_adapter_versions()
+        return self.adapters.version_of(adapter_id)
 
     def unload_adapter(self, adapter_id: str) -> None:
-        """New requests for the adapter are refused at once; requests already queued or running
-        (preempted ones included) finish on it, then it is dropped."""
+        """New requests for the adapter are refused at once (AdapterUnavailableError); requests
+        already queued or running (preempted ones included) finish on it, then it is dropped."""
         if self.adapters is None:
-            raise InvalidRequestError("LoRA is not enabled on this engine", "model")
-        self.adapters.check_servable(adapter_id)
-        self._draining.add(adapter_id)
-        self._finish_draining()
-
-    def _finish_draining(self) -> None:
-        in_use = {s.adapter_id for s in (*self.scheduler.running, *self.scheduler.waiting)}
-        for adapter_id in [a for a in self._draining if a not in in_use]:
-            self._draining.discard(adapter_id)
+            raise AdapterUnavailableError("LoRA is not enabled on this engine", adapter_id)
+        self._load_failures.pop(adapter_id, None)
+        try:
             self.adapters.unload_adapter(adapter_id)
+        except AdapterError as exc:
+            raise AdapterUnavailableError(str(exc), adapter_id) from None
+        self._drop_unused_adapter_versions()
+
+    def _drop_unused_adapter_versions(self) -> None:
+        """Free the bytes, slot and cached KV of adapter versions no live sequence needs."""
+        in_use = {s.adapter_version for s in (*self.scheduler.running, *self.scheduler.waiting)}
+        for version in self.adapters.drop_unused(in_use):
+            self.scheduler.block_manager.drop_adapter_blocks(version)
 
     def stats(self) -> EngineStats:
         used = total = 0

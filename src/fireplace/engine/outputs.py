@@ -43,6 +43,7 @@ class RequestOutput:
     metrics: RequestMetrics
     num_cached_tokens: int = 0
     error: str | None = None                       # set when the request was rejected
+    exception: Exception | None = None             # the typed error behind `error` (engine.errors)
     prompt_logprobs: list[TokenLogprob | None] | None = None  # per prompt token (first: None), once
 
     @property

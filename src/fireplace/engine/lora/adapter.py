@@ -91,16 +91,7 @@ class LoRAAdapter:
 
     @classmethod
     def from_dir(cls, path: str | Path, model_config: ModelConfig | None = None) -> LoRAAdapter:
-        root = Path(path)
-        if not root.is_dir():
-            raise AdapterError(f"LoRA adapter directory {str(root)!r} does not exist")
-        files = {p.name: p for p in root.iterdir() if p.is_file()}
-        _refuse_pickle(files, where=str(root))
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if name not in files:
-                raise AdapterError(f"{name} is missing from the LoRA adapter directory {str(root)!r}; "
-                                   "save the adapter with PEFT's save_pretrained()")
-        return cls.from_files({n: files[n].read_bytes() for n in (CONFIG_FILE, WEIGHTS_FILE)}, model_config)
+        return cls.from_files(read_adapter_dir(path), model_config)
 
     @classmethod
     def from_files(cls, files: Mapping[str, bytes], model_config: ModelConfig | None = None) -> LoRAAdapter:
@@ -138,6 +129,23 @@ class LoRAAdapter:
                     f"LoRA adapter layer {layer} {name} has A {tuple(m.a.shape)} and B {tuple(m.b.shape)}, but "
                     f"the base model's {name} maps {in_f} -> {out_f} features; was it trained for another "
                     f"base model ({self.base_model_name_or_path or 'unknown'})?")
+
+
+def read_adapter_dir(path: str | Path) -> dict[str, bytes]:
+    """The bytes of a PEFT directory's config and safetensors files (nothing else is read)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise AdapterError(f"LoRA adapter directory {str(root)!r} does not exist")
+    files = {p.name: p for p in root.iterdir() if p.is_file()}
+    _refuse_pickle(files, where=str(root))
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if name not in files:
+            raise AdapterError(f"{name} is missing from the LoRA adapter directory {str(root)!r}; "
+                               "save the adapter with PEFT's save_pretrained()")
+    try:
+        return {n: files[n].read_bytes() for n in (CONFIG_FILE, WEIGHTS_FILE)}
+    except OSError as e:
+        raise AdapterError(f"cannot read the LoRA adapter directory {str(root)!r}: {e}") from None
 
 
 def _refuse_pickle(names, *, where: str) -> None:

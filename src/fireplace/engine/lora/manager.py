@@ -1,33 +1,43 @@
 """Which addons sit in the compute slots, which wait in host memory, and who is using them.
 
-Three tiers, as in S-LoRA:
-    registered    adapter id -> how to load it (directory, files' bytes, or a loader callable)
-    host cache    LRU of up to `max_cpu_loras` parsed LoRAAdapters (host memory)
+An adapter *id* names whatever version was loaded under it last; a *version* is the content
+hash of its files (or tensors), so identity is the weights, not the name. Slots, pins and the
+prefix-cache key (Sequence.adapter_version) all use the version: re-loading an id with other
+weights gives new requests a new version while running ones finish on the old one, and the two
+never share a slot or cached KV.
+
+Tiers, as in S-LoRA:
+    versions      version -> the adapter's files' bytes (read once at register/load time and kept
+                  in host memory, so a step never touches a directory or the blob store)
+    host cache    LRU of up to `max_cpu_loras` parsed LoRAAdapters, re-parsed from those bytes
     slots         `max_loras` rows of every LoRAStack (compute memory), written on demand
 
 A pinned slot is never overwritten. Pins are taken either by the engine's step hooks
 (`prepare_batch(step)` pins once per running sequence and builds the step's LoRABatch;
 pins drop when the sequence stops running) or directly with `acquire(adapter_id) -> slot` /
-`release(slot)`. When all slots are pinned a new adapter must wait (`can_acquire`; the
-scheduler caps distinct running adapters at max_loras). `unload_adapter` while sequences still
-run on it takes effect at once for new requests; the slot is freed at its last release.
+`release(slot)`. When all slots are pinned a new version must wait (`can_acquire`; the
+scheduler caps distinct running versions at max_loras). A version no id names any more
+(unloaded or replaced) is *orphaned*: its slot is freed at its last release, and its bytes are
+dropped by `drop_unused(in_use)` once no queued or running sequence needs it.
 
 Thread-safety: one lock guards all state, so the serving thread may load/unload while the
 engine thread acquires and releases.
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 import torch
 from torch import nn
 
-from fireplace.engine.lora.adapter import AdapterError, LoRAAdapter
+from fireplace.engine.lora.adapter import (CONFIG_FILE, PICKLE_FILES, WEIGHTS_FILE, AdapterError, LoRAAdapter,
+                                           read_adapter_dir)
 from fireplace.engine.lora.attach import attach_lora_stacks
 from fireplace.engine.lora.batch import BASE_SLOT, LoRABatch
 from fireplace.engine.model_config import ModelConfig
@@ -36,8 +46,8 @@ from fireplace.engine.sequence import Sequence, SequenceStatus
 if TYPE_CHECKING:
     from fireplace.engine.scheduler import SchedulerOutput
 
-# A directory, the two files' bytes, a parsed adapter, or a callable returning one of those
-# (the blob store's lazy download).
+# A directory, the files' bytes, a parsed adapter, or a callable returning one of those (the
+# blob store's download); whatever it is, it is read once, when the adapter is registered.
 AdapterSource = Union[str, Path, Mapping[str, bytes], LoRAAdapter, Callable[[], object]]
 
 
@@ -64,10 +74,17 @@ class LoRAStats:
 
 
 @dataclass
+class _Version:
+    key: str                                 # "sha256:<hex>" of the files (or tensors)
+    files: dict[str, bytes] | None           # host-resident bytes to parse from
+    parsed: LoRAAdapter | None               # a source given parsed: kept as is
+    ids: set[str] = field(default_factory=set)  # adapter ids whose current version this is
+
+
+@dataclass
 class _Slot:
-    adapter_id: str | None = None
+    version: str | None = None
     num_pins: int = 0
-    is_draining: bool = False  # unloaded while pinned: freed at the last release
     last_used: int = 0
 
 
@@ -85,8 +102,9 @@ class AdapterManager:
         first = next(iter(self.stacks.values()))
         self.dtype, self.device = first.a.dtype, first.a.device
         self._targets = frozenset(name for _, name in self.stacks)
-        self._sources: dict[str, AdapterSource] = {}
-        self._host: OrderedDict[str, LoRAAdapter] = OrderedDict()
+        self._current: dict[str, str] = {}  # adapter id -> version new requests get
+        self._versions: dict[str, _Version] = {}
+        self._host: OrderedDict[str, LoRAAdapter] = OrderedDict()  # version -> parsed (LRU)
         self._slots = [_Slot() for _ in range(max_loras)]
         self._seq_pins: dict[int, tuple[Sequence, int]] = {}  # seq_id -> (running sequence, pinned slot)
         self._clock = 0
@@ -100,72 +118,111 @@ class AdapterManager:
     @property
     def num_slots_used(self) -> int:
         with self._lock:
-            return sum(s.adapter_id is not None for s in self._slots)
+            return sum(s.version is not None for s in self._slots)
 
     # -- registry and host cache -------------------------------------------------------------
 
-    def register(self, adapter_id: str, source: AdapterSource) -> None:
-        """Make `adapter_id` loadable; nothing is read until it is loaded or acquired."""
+    def register(self, adapter_id: str, source: AdapterSource) -> str:
+        """Read the source's bytes into host memory and make them `adapter_id`'s current version.
+
+        Returns the version. The files are parsed and checked later (load_adapter or the first
+        acquire); use load_adapter to find a bad adapter at once.
+        """
+        version = self._materialize(source)
         with self._lock:
-            if adapter_id in self._sources:
-                self._forget(adapter_id)  # a new version replaces the old one everywhere
-            self._sources[adapter_id] = source
+            self._install(adapter_id, version)
+            return version.key
 
     def is_registered(self, adapter_id: str) -> bool:
         with self._lock:
-            return adapter_id in self._sources
+            return adapter_id in self._current
+
+    def version_of(self, adapter_id: str) -> str:
+        """The content version new requests for `adapter_id` run on (UnknownAdapterError if none)."""
+        with self._lock:
+            key = self._current.get(adapter_id)
+            if key is None:
+                raise UnknownAdapterError(f"LoRA adapter {adapter_id!r} is not loaded on this deployment")
+            return key
 
     def load_adapter(self, adapter_id: str, source: AdapterSource | None = None) -> LoRAAdapter:
-        """Read and check the adapter into the host cache (registering `source` if given).
+        """Read, parse and check the adapter into the host cache (registering `source` if given).
 
         Raises AdapterError when it cannot be served by this model with these limits, so a
-        deployment's "load LoRA" fails early rather than on the first request.
+        deployment's "load LoRA" fails early rather than on the first request. A failed load
+        with a source changes nothing: a version loaded before under the id keeps serving.
         """
+        if source is None:
+            with self._lock:
+                return self._host_adapter(self.version_of(adapter_id), adapter_id)
+        version = self._materialize(source)
         with self._lock:
-            if source is not None:
-                self.register(adapter_id, source)
-            try:
-                return self._host_adapter(adapter_id)
-            except AdapterError:
-                if source is not None:
-                    self._forget(adapter_id)  # a failed load leaves nothing registered
-                raise
+            adapter = self._parse(version, adapter_id)
+            self._install(adapter_id, version)
+            self._cache_host(version.key, adapter)
+            return adapter
 
     def unload_adapter(self, adapter_id: str) -> None:
-        """Forget the adapter. Its slot is freed now, or at its last release if sequences use it."""
+        """Forget the id. Its version's slot is freed now, or at its last release if sequences use it."""
         with self._lock:
-            if adapter_id not in self._sources:
+            key = self._current.pop(adapter_id, None)
+            if key is None:
                 raise UnknownAdapterError(f"LoRA adapter {adapter_id!r} is not loaded")
-            self._forget(adapter_id)
+            self._versions[key].ids.discard(adapter_id)
+            self._release_stopped()
+            self._free_orphan_slots()
+
+    @property
+    def has_orphans(self) -> bool:
+        """Some version no id names is still kept (for the sequences that may still need it)."""
+        with self._lock:
+            return any(not v.ids for v in self._versions.values())
+
+    def drop_unused(self, in_use: Iterable[str | None]) -> list[str]:
+        """Drop orphaned versions none of `in_use` (live sequences' versions) needs; returns them."""
+        needed = set(in_use)
+        with self._lock:
+            self._release_stopped()
+            pinned = {s.version for s in self._slots if s.num_pins}
+            dropped = [k for k, v in self._versions.items() if not v.ids and k not in needed and k not in pinned]
+            for key in dropped:
+                del self._versions[key]
+                self._host.pop(key, None)
+            self._free_orphan_slots()
+            return dropped
 
     # -- slots -------------------------------------------------------------------------------
 
     def slot_of(self, adapter_id: str) -> int | None:
-        """The slot serving `adapter_id` to new requests, if it is in one."""
+        """The slot serving `adapter_id`'s current version to new requests, if it is in one."""
         with self._lock:
-            return self._find_slot(adapter_id)
+            key = self._current.get(adapter_id)
+            return None if key is None else self._find_slot(key)
 
     def can_acquire(self, adapter_id: str) -> bool:
         """True when `acquire` would not raise NoFreeSlotError (the adapter may still be invalid)."""
         with self._lock:
             self._release_stopped()
-            return self._find_slot(adapter_id) is not None or self._victim_slot() is not None
+            key = self._current.get(adapter_id)
+            return (key is not None and self._find_slot(key) is not None) or self._victim_slot() is not None
 
-    def acquire(self, adapter_id: str) -> int:
-        """Pin the adapter's slot for one running sequence, loading it into a slot if needed."""
+    def acquire(self, adapter_id: str, *, version: str | None = None) -> int:
+        """Pin a slot holding `version` (default: the id's current one) for one running sequence,
+        writing it into a slot if needed."""
         with self._lock:
-            if adapter_id not in self._sources:
+            key = version if version is not None else self._current.get(adapter_id)
+            if key is None or key not in self._versions:
                 raise UnknownAdapterError(f"LoRA adapter {adapter_id!r} is not loaded on this replica")
-            slot = self._find_slot(adapter_id)
+            slot = self._find_slot(key)
             if slot is None:
-                adapter = self._host_adapter(adapter_id)
+                adapter = self._host_adapter(key, adapter_id)
                 slot = self._victim_slot()
                 if slot is None:
                     raise NoFreeSlotError(f"all {self.max_loras} LoRA slots are in use by running requests")
-                if self._slots[slot].adapter_id is not None:
+                if self._slots[slot].version is not None:
                     self._counts["slot_evictions"] += 1
                 self._write_slot(slot, adapter)
-                self._slots[slot] = _Slot(adapter_id=adapter_id)
+                self._slots[slot] = _Slot(version=key)
             state = self._slots[slot]
             state.num_pins += 1
             self._clock += 1
@@ -179,23 +236,22 @@ class AdapterManager:
             if state.num_pins <= 0:
                 raise ValueError(f"LoRA slot {slot} is not pinned")
             state.num_pins -= 1
-            if state.num_pins == 0 and state.is_draining:
+            if state.num_pins == 0 and self._is_orphan(state.version):
                 self._free_slot(slot)
 
     # -- engine step hooks: one pin per running sequence ------------------------------------
 
     def check_servable(self, adapter_id: str) -> None:
         """Raise UnknownAdapterError unless new requests may use `adapter_id`."""
-        with self._lock:
-            if adapter_id not in self._sources:
-                raise UnknownAdapterError(f"LoRA adapter {adapter_id!r} is not loaded on this deployment")
+        self.version_of(adapter_id)
 
     def prepare_batch(self, step: SchedulerOutput) -> LoRABatch | None:
         """Pin a slot for each newly running sequence of `step` and lay out its tokens' slots.
 
         A sequence keeps its pin across steps until it stops running (finished, aborted or
         preempted; released lazily here, in finish_batch and in unload_adapter), so an adapter
-        unloaded mid-generation keeps serving the sequences already using it.
+        unloaded or replaced mid-generation keeps serving the sequences already using it. A
+        sequence runs on its `adapter_version` (the id's current version when it has none).
         """
         with self._lock:
             self._release_stopped()
@@ -206,7 +262,7 @@ class AdapterManager:
                 if seq.adapter_id is not None:
                     pinned = self._seq_pins.get(seq.seq_id)
                     if pinned is None:
-                        slot = self.acquire(seq.adapter_id)
+                        slot = self.acquire(seq.adapter_id, version=seq.adapter_version)
                         self._seq_pins[seq.seq_id] = (seq, slot)
                     else:
                         slot = pinned[1]
@@ -224,9 +280,9 @@ class AdapterManager:
             self._release_stopped()
             return LoRAStats(
                 num_slots=self.max_loras,
-                num_slots_used=sum(s.adapter_id is not None for s in self._slots),
+                num_slots_used=sum(s.version is not None for s in self._slots),
                 num_slots_pinned=sum(s.num_pins > 0 for s in self._slots),
-                num_registered=len(self._sources),
+                num_registered=len(self._current),
                 num_host_cached=len(self._host),
                 max_cpu_loras=self.max_cpu_loras,
                 num_slot_loads=self._counts["slot_loads"],
@@ -235,7 +291,43 @@ class AdapterManager:
                 num_host_evictions=self._counts["host_evictions"],
             )
 
-    # -- internals (lock held) ---------------------------------------------------------------
+    # -- internals ---------------------------------------------------------------------------
+
+    def _materialize(self, source: AdapterSource) -> _Version:
+        """Read the source completely (no lock held: a download or disk read may be slow)."""
+        if callable(source) and not isinstance(source, LoRAAdapter):
+            source = source()
+        if isinstance(source, LoRAAdapter):
+            return _Version(key=_tensors_version(source), files=None, parsed=source)
+        if isinstance(source, (str, Path)):
+            files = read_adapter_dir(source)
+        elif isinstance(source, Mapping):
+            # the two files PEFT needs; pickle names are kept (empty) so the refusal names them
+            files = {n: bytes(source[n]) for n in (CONFIG_FILE, WEIGHTS_FILE) if n in source}
+            files.update({n: b"" for n in source if n in PICKLE_FILES})
+        else:
+            raise AdapterError(f"cannot load a LoRA adapter from {type(source).__name__}")
+        return _Version(key=_files_version(files), files=files, parsed=None)
+
+    def _install(self, adapter_id: str, version: _Version) -> None:
+        """Make `version` the id's current one (lock held); the previous one may become orphaned."""
+        old = self._current.get(adapter_id)
+        kept = self._versions.setdefault(version.key, version)
+        kept.ids.add(adapter_id)
+        self._current[adapter_id] = version.key
+        if old is not None and old != version.key:
+            self._versions[old].ids.discard(adapter_id)
+            self._release_stopped()
+            self._free_orphan_slots()
+
+    def _is_orphan(self, key: str | None) -> bool:
+        version = self._versions.get(key) if key is not None else None
+        return version is None or not version.ids
+
+    def _free_orphan_slots(self) -> None:
+        for i, s in enumerate(self._slots):
+            if s.version is not None and s.num_pins == 0 and self._is_orphan(s.version):
+                self._free_slot(i)
 
     def _release_stopped(self) -> None:
         for seq_id, (seq, slot) in list(self._seq_pins.items()):
@@ -243,59 +335,47 @@ class AdapterManager:
                 del self._seq_pins[seq_id]
                 self.release(slot)
 
-    def _forget(self, adapter_id: str) -> None:
-        self._release_stopped()
-        self._sources.pop(adapter_id, None)
-        self._host.pop(adapter_id, None)
-        slot = self._find_slot(adapter_id)
-        if slot is None:
-            return
-        if self._slots[slot].num_pins:
-            self._slots[slot].is_draining = True
-        else:
-            self._free_slot(slot)
-
-    def _find_slot(self, adapter_id: str) -> int | None:
+    def _find_slot(self, key: str) -> int | None:
         for i, s in enumerate(self._slots):
-            if s.adapter_id == adapter_id and not s.is_draining:
+            if s.version == key:
                 return i
         return None
 
     def _victim_slot(self) -> int | None:
         """A free slot, else the least recently used unpinned one, else None."""
         for i, s in enumerate(self._slots):
-            if s.adapter_id is None:
+            if s.version is None:
                 return i
         unpinned = [i for i, s in enumerate(self._slots) if s.num_pins == 0]
         return min(unpinned, key=lambda i: self._slots[i].last_used) if unpinned else None
 
-    def _host_adapter(self, adapter_id: str) -> LoRAAdapter:
-        if adapter_id in self._host:
-            self._host.move_to_end(adapter_id)
-            return self._host[adapter_id]
-        source = self._sources.get(adapter_id)
-        if source is None:
+    def _host_adapter(self, key: str, adapter_id: str) -> LoRAAdapter:
+        if key in self._host:
+            self._host.move_to_end(key)
+            return self._host[key]
+        version = self._versions.get(key)
+        if version is None:
             raise UnknownAdapterError(f"LoRA adapter {adapter_id!r} is not loaded on this replica")
-        adapter = self._read(source)
+        adapter = self._parse(version, adapter_id)
+        self._cache_host(key, adapter)
+        return adapter
+
+    def _parse(self, version: _Version, adapter_id: str) -> LoRAAdapter:
+        if version.parsed is not None:
+            adapter = version.parsed
+            adapter.check_compatible(self.model_config)
+        else:
+            adapter = LoRAAdapter.from_files(version.files, self.model_config)
         self._check_servable(adapter_id, adapter)
         self._counts["host_loads"] += 1
-        self._host[adapter_id] = adapter
+        return adapter
+
+    def _cache_host(self, key: str, adapter: LoRAAdapter) -> None:
+        self._host[key] = adapter
+        self._host.move_to_end(key)
         while len(self._host) > self.max_cpu_loras:
             self._host.popitem(last=False)
             self._counts["host_evictions"] += 1
-        return adapter
-
-    def _read(self, source: AdapterSource) -> LoRAAdapter:
-        if callable(source) and not isinstance(source, LoRAAdapter):
-            source = source()
-        if isinstance(source, LoRAAdapter):
-            source.check_compatible(self.model_config)
-            return source
-        if isinstance(source, (str, Path)):
-            return LoRAAdapter.from_dir(source, self.model_config)
-        if isinstance(source, Mapping):
-            return LoRAAdapter.from_files(source, self.model_config)
-        raise AdapterError(f"cannot load a LoRA adapter from {type(source).__name__}")
 
     def _check_servable(self, adapter_id: str, adapter: LoRAAdapter) -> None:
         if adapter.max_rank > self.max_lora_rank:
@@ -320,3 +400,21 @@ class AdapterManager:
         for stack in self.stacks.values():
             stack.clear_slot(slot)
         self._slots[slot] = _Slot()
+
+
+def _files_version(files: Mapping[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(files):
+        data = files[name]
+        h.update(name.encode() + b"\0" + len(data).to_bytes(8, "little"))
+        h.update(data)
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def _tensors_version(adapter: LoRAAdapter) -> str:
+    h = hashlib.sha256(b"parsed\0")
+    for (layer, name), m in sorted(adapter.modules.items()):
+        h.update(f"{layer}.{name}:{m.scale!r}:{tuple(m.a.shape)}:{tuple(m.b.shape)}:{m.a.dtype}".encode())
+        for t in (m.a, m.b):
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()[:32]
