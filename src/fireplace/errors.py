@@ -14,7 +14,8 @@ status code (Fireworks' error body is grpc-gateway's: {"code": int, "message": s
       Aborted             10  -> 409
       PayloadTooLarge      3  -> 413
       ResourceExhausted    8  -> 429
-      Internal            13  -> 500
+      Internal            13  -> 500 (not retryable)
+      Unimplemented       12  -> 501
       Unavailable         14  -> 503
 """
 from __future__ import annotations
@@ -25,9 +26,11 @@ class FireplaceError(Exception):
     http_status: int = 500
     retryable: bool = False
 
-    def __init__(self, message: str, *, details: list | None = None, headers: dict | None = None):
+    def __init__(self, message: str, *, details: list | None = None, headers: dict | None = None,
+                 param: str | None = None):
         super().__init__(message)
         self.message = message
+        self.param = param  # the request field at fault (the OpenAI error shape's `param`)
         self.details = details or []
         self.headers = headers or {}
 
@@ -74,7 +77,13 @@ class ResourceExhausted(FireplaceError):
 
 
 class Internal(FireplaceError):
-    grpc_code, http_status, retryable = 13, 500, True
+    """A bug or broken invariant: retrying does not help (transient trouble is Unavailable)."""
+    grpc_code, http_status = 13, 500
+
+
+class Unimplemented(FireplaceError):
+    """A Fireworks API resource or field that Fireplace does not serve."""
+    grpc_code, http_status = 12, 501
 
 
 class Unavailable(FireplaceError):
@@ -84,3 +93,23 @@ class Unavailable(FireplaceError):
 def not_found(kind: str, name: str) -> NotFound:
     """The one message for a missing resource (also used for another account's private one)."""
     return NotFound(f"{kind} {name!r} not found")
+
+
+# SQLSTATE classes (PostgreSQL) and message prefixes (SQLite) of integrity violations.
+_UNIQUE = ("23505", "UNIQUE constraint failed")
+_FOREIGN_KEY = ("23503", "FOREIGN KEY constraint failed")
+
+
+def integrity_violation(exc: Exception, what: str) -> FireplaceError:
+    """A database integrity error (sqlalchemy.exc.IntegrityError) mapped by its cause:
+    a unique or primary-key clash -> 409 ALREADY_EXISTS naming `what`; a foreign key ->
+    400 FAILED_PRECONDITION (what it refers to is gone); anything else (NOT NULL, CHECK)
+    -> 400 INVALID_ARGUMENT."""
+    orig = getattr(exc, "orig", exc)
+    state = str(getattr(orig, "sqlstate", "") or "")
+    text = str(orig)
+    if state == _UNIQUE[0] or _UNIQUE[1] in text:
+        return AlreadyExists(f"{what} already exists")
+    if state == _FOREIGN_KEY[0] or _FOREIGN_KEY[1] in text:
+        return FailedPrecondition(f"{what} refers to a resource that does not exist (any more)")
+    return InvalidArgument(f"{what}: the request violates a constraint of the data")

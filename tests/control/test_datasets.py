@@ -248,9 +248,10 @@ def test_delete_removes_the_dataset_and_its_files(server, admin, unique):
     error_of(exc, 404, 5)
     with pytest.raises(fireworks.NotFoundError):
         admin.datasets.delete(dataset_id)
-    assert httpx.get(download).status_code == 404
+    assert httpx.get(download).status_code == 403   # bound to the deleted instance: refused
     admin.datasets.create(dataset_id=dataset_id, dataset={})             # the ID is free again
     assert admin.datasets.get(dataset_id).state == "UPLOADING"
+    assert httpx.get(download).status_code == 403   # ... also for the re-created dataset
 
 
 def test_source_dataset_copies_ready_data(server, admin, unique):

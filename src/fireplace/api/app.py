@@ -80,5 +80,7 @@ def create_app(settings: Settings | None = None, *, bootstrap: bool = True) -> F
         return {"status": "ready"}
 
     install_openapi(app)
-    app.add_middleware(RequestContext, max_body_bytes=settings.limits.max_body_bytes)
+    from fireplace.api.auth import header_authenticator
+    app.add_middleware(RequestContext, max_body_bytes=settings.limits.max_body_bytes,
+                       authenticate_headers=header_authenticator(session_factory))
     return app

@@ -54,18 +54,21 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _key_from_request(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+def key_from_headers(headers) -> str | None:
+    """The API key of `Authorization: Bearer <key>` or `x-api-key` (headers: a mapping with
+    lower-case names)."""
+    header = headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip() or None
-    return request.headers.get("x-api-key") or None
+    return headers.get("x-api-key") or None
 
 
-def authenticate(request: Request, session: SessionDep) -> Principal:
+def authenticate_secret(session, secret: str | None) -> Principal:
+    """The Principal of an API key, or Unauthenticated (401). Reads the key row on every call,
+    so a revoked key or a disabled user stops working at once."""
     from fireplace.control.api_keys.tables import ApiKeyRow
     from fireplace.control.users.tables import UserRow
 
-    secret = _key_from_request(request)
     if not secret or len(secret) > 256:
         raise Unauthenticated("missing or malformed API key: send 'Authorization: Bearer <key>'")
     row = session.execute(
@@ -82,6 +85,28 @@ def authenticate(request: Request, session: SessionDep) -> Principal:
     if user.state != "READY":
         raise Unauthenticated("user is not active")
     return Principal(user.account_id, user.user_id, user.role, user.is_platform_admin, key.key_id)
+
+
+def header_authenticator(session_factory):
+    """For the request middleware: headers -> Principal, None when no key was sent, or
+    Unauthenticated for a bad one (one short session per call)."""
+    def authenticate_headers(headers) -> Principal | None:
+        secret = key_from_headers(headers)
+        if secret is None:
+            return None
+        with session_factory() as session:
+            return authenticate_secret(session, secret)
+    return authenticate_headers
+
+
+def authenticate(request: Request, session: SessionDep) -> Principal:
+    """The caller; the middleware has usually checked the key already (before the body)."""
+    state = request.scope.get("state") or {}
+    if "principal" in state:
+        if state["principal"] is None:
+            raise Unauthenticated("missing or malformed API key: send 'Authorization: Bearer <key>'")
+        return state["principal"]
+    return authenticate_secret(session, key_from_headers(request.headers))
 
 
 CallerDep = Annotated[Principal, Depends(authenticate)]

@@ -1,8 +1,10 @@
 """The one place where errors become HTTP responses.
 
 Control plane body (grpc-gateway): {"code": <gRPC int>, "message": str, "details": []}.
-Non-retryable 4xx also carry `x-should-retry: false` so the SDK does not retry them
-(it retries 408/409/429/5xx by default).
+Non-retryable errors (every 4xx but ABORTED and RESOURCE_EXHAUSTED, and every 5xx but
+UNAVAILABLE) carry `x-should-retry: false`, so the SDK (which retries 408/409/429/5xx by
+default) retries only what may succeed. Integrity errors a service did not catch are mapped
+by cause (unique -> 409, foreign key -> 400), a lost database connection is 503.
 """
 from __future__ import annotations
 
@@ -13,18 +15,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fireplace.errors import FireplaceError
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from fireplace.errors import FireplaceError, integrity_violation
 
 log = logging.getLogger("fireplace.api")
 
-HTTP_TO_GRPC = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 409: 6, 413: 3, 415: 3, 422: 3, 429: 8,
+HTTP_TO_GRPC = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 409: 6, 411: 3, 413: 3, 415: 3, 422: 3, 429: 8,
                 500: 13, 501: 12, 503: 14, 504: 4}
 
 
 def error_response(http_status: int, grpc_code: int, message: str, details: list | None = None,
                    retryable: bool = False, headers: dict | None = None) -> JSONResponse:
     hdrs = dict(headers or {})
-    if 400 <= http_status < 500 and not retryable:
+    if http_status >= 400 and not retryable:
         hdrs["x-should-retry"] = "false"
     return JSONResponse({"code": grpc_code, "message": message, "details": details or []},
                         status_code=http_status, headers=hdrs)
@@ -65,7 +69,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, HTTP_TO_GRPC.get(exc.status_code, 2), message,
                               headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(IntegrityError)
+    async def _integrity(_req: Request, exc: IntegrityError):
+        err = integrity_violation(exc, "the resource")
+        return error_response(err.http_status, err.grpc_code, err.message, retryable=err.retryable)
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(req: Request, exc: OperationalError):
+        log.warning("database unavailable on %s %s: %s", req.method, req.url.path, type(exc.orig).__name__)
+        return error_response(503, 14, "the database is unavailable or busy; retry", retryable=True)
+
     @app.exception_handler(Exception)
     async def _unexpected(req: Request, exc: Exception):
         log.exception("unhandled error on %s %s", req.method, req.url.path)
-        return error_response(500, 13, "internal error", retryable=True)
+        return error_response(500, 13, "internal error", retryable=False)

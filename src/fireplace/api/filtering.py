@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
 
-from sqlalchemy import and_, not_, or_
+from sqlalchemy import String, and_, literal, not_, or_
 from sqlalchemy.sql import ColumnElement
 
 from fireplace.errors import InvalidArgument
@@ -166,11 +166,18 @@ def as_str(v: Any) -> str:
     return str(v)
 
 
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def as_int(v: Any) -> int:
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"invalid filter: {v!r} is not an integer") from None
+    """An int64 literal (columns are at most BIGINT; a larger number is a 400, not an overflow)."""
+    text = str(v)
+    if len(text) > 20 or not text.lstrip("-").isdigit() or not text.isascii():
+        raise InvalidArgument(f"invalid filter: {text[:40]!r} is not an integer")
+    value = int(text)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise InvalidArgument(f"invalid filter: {text[:40]} is outside the int64 range")
+    return value
 
 
 def as_bool(v: Any) -> bool:
@@ -200,9 +207,36 @@ def compile_filter(node, fields: FieldMap) -> ColumnElement | None:
         raise InvalidArgument(f"invalid filter: unsupported field {node.field!r}; "
                               f"supported: {', '.join(sorted(fields))}")
     column, convert = fields[node.field]
+    if isinstance(convert, FullName):
+        return convert.compare(node.op, column, str(node.value))
     return _OPS[node.op](column, convert(node.value))
 
 
-def as_resource_id(v: Any) -> str:
-    """`name = "accounts/a/models/m"` or `name = "m"` both compare against the ID column."""
-    return str(v).rsplit("/", 1)[-1]
+class FullName:
+    """The converter of a `name` field: a full name ('accounts/a/models/m') compares with the
+    row's full name, so another account's name matches nothing; a bare ID ('m') compares
+    with the ID column. `parts` spell the full name: literal strings and columns in order."""
+
+    def __init__(self, *parts: Any):
+        self.parts = parts
+
+    def expression(self) -> ColumnElement:
+        out = None
+        for part in self.parts:
+            piece = literal(part, String) if isinstance(part, str) else part
+            out = piece if out is None else out + piece
+        return out
+
+    def compare(self, op: str, id_column: Any, value: str) -> ColumnElement:
+        if "/" in value:
+            return _OPS[op](self.expression(), value)
+        return _OPS[op](id_column, value)
+
+    def __call__(self, v: Any) -> str:
+        return str(v)
+
+
+def name_field(id_column: Any, *parts: Any) -> tuple[Any, FullName]:
+    """FieldMap entry for `name`: name_field(ModelRow.model_id, "accounts/", ModelRow.account_id,
+    "/models/", ModelRow.model_id)."""
+    return id_column, FullName(*parts)

@@ -1,8 +1,11 @@
 """proto3-JSON conventions of the Fireworks API, as pydantic building blocks.
 
 - lowerCamelCase field names (snake_case also accepted on input),
-- unknown fields on input ignored (output-only fields a client echoes back are harmless),
-- int64 as strings (`Int64`), RFC 3339 UTC times (`rfc3339`), enums as strings,
+- unknown fields on input ignored (output-only fields a client echoes back are harmless);
+  SDK fields Fireplace does not honour are refused by name (`refuse_unhonoured`),
+- int64 as strings (`Int64`, range-checked), RFC 3339 UTC times (`rfc3339`), enums as strings,
+- no NaN or Infinity anywhere (JSON has none; PostgreSQL's JSON refuses them),
+- free-form JSON objects bounded in size and depth (`BoundedJson`),
 - every resource has `status {code, message}`.
 """
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
 from fireplace.errors import InvalidArgument
@@ -21,10 +24,13 @@ MAX_STRING = 4096
 class Wire(BaseModel):
     """Base of every request/response body."""
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore",
-                              str_max_length=MAX_STRING)
+                              str_max_length=MAX_STRING, allow_inf_nan=False)
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def _int64_in(v: Any) -> Any:
@@ -32,14 +38,63 @@ def _int64_in(v: Any) -> Any:
         raise ValueError("expected an integer")
     if isinstance(v, str):
         v = v.strip()
-        if not v.lstrip("-").isdigit():
+        if not v.lstrip("-").isascii() or not v.lstrip("-").isdigit() or len(v) > 20:
             raise ValueError("expected an integer (int64 as a string)")
-        return int(v)
+        v = int(v)
+    if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
+        raise ValueError("out of the int64 range")
     return v
 
 
 # int64 on the wire: accepted as number or string, always written as a string.
 Int64 = Annotated[int, BeforeValidator(_int64_in), PlainSerializer(lambda v: str(v), return_type=str)]
+
+MAX_JSON_FIELD_BYTES = 64 << 10
+MAX_JSON_DEPTH = 16
+
+
+def check_json_value(value: Any, what: str = "value", *, max_bytes: int = MAX_JSON_FIELD_BYTES,
+                     max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """A free-form JSON value stored as given: at most max_depth levels, max_bytes when
+    serialized, finite numbers, integers within int64. Raises ValueError naming the problem."""
+    import json
+    import math
+
+    budget = [max_bytes]
+
+    def walk(node: Any, depth: int) -> None:
+        if depth > max_depth:
+            raise ValueError(f"{what} is nested deeper than {max_depth} levels")
+        budget[0] -= 8
+        if budget[0] < 0:
+            raise ValueError(f"{what} is larger than {max_bytes} bytes")
+        if isinstance(node, dict):
+            for key, item in node.items():
+                budget[0] -= len(str(key))
+                walk(item, depth + 1)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, depth + 1)
+        elif isinstance(node, str):
+            budget[0] -= len(node)
+        elif isinstance(node, bool) or node is None:
+            pass
+        elif isinstance(node, int):
+            if not INT64_MIN <= node <= INT64_MAX:
+                raise ValueError(f"{what} holds an integer outside the int64 range")
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                raise ValueError(f"{what} holds NaN or Infinity, which JSON does not allow")
+        else:
+            raise ValueError(f"{what} holds a value that is not JSON")
+    walk(value, 0)
+    if len(json.dumps(value, separators=(",", ":"))) > max_bytes:
+        raise ValueError(f"{what} is larger than {max_bytes} bytes")
+    return value
+
+
+# A free-form JSON object (userUploaded, evalProtocol ...): bounded in size and depth.
+BoundedJson = Annotated[dict[str, Any], AfterValidator(lambda v: check_json_value(v, "the object"))]
 
 
 def rfc3339(dt: datetime | None) -> str | None:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from fireplace.api.auth import Action, Principal, authorize
 from fireplace.errors import Aborted, not_found
-from fireplace.ids import validate_id
+from fireplace.ids import parse_name, validate_id
 
 Row = TypeVar("Row")
 
@@ -23,23 +23,49 @@ def resource_name(account_id: str, collection: str, resource_id: str) -> str:
     return f"accounts/{account_id}/{collection}/{resource_id}"
 
 
+def path_id(account_id: str, ref: str, collection: str, kind: str) -> str:
+    """A path segment naming a resource of the path's account: its ID, or its full name (the
+    SDK percent-encodes the slashes). The same rule for every resource: a full name in
+    another account answers exactly like a missing resource (404)."""
+    ref_account, ref_id = parse_name(ref, collection, account_id=account_id, what=kind)
+    if ref_account != account_id:
+        raise not_found(kind, resource_name(ref_account, collection, ref_id))
+    return ref_id
+
+
 def fetch(session: Session, table: type[Row], caller: Principal, account_id: str, resource_id: str, *,
-          kind: str, collection: str, action: Action = Action.READ, for_update: bool = False) -> Row:
-    """The row, or the one not-found error (also for another account's private row)."""
-    name = resource_name(account_id, collection, resource_id)
+          kind: str, collection: str, action: Action = Action.READ, for_update: bool = False,
+          serialize: bool = False) -> Row:
+    """The row, or the one not-found error (also for another account's private row).
+    `resource_id` may be a full name of the same account (path_id). for_update: a row lock
+    (PostgreSQL). serialize: take the account lock first (control.locks), for writes whose
+    checks count rows or must not lose a concurrent update."""
     validate_id(account_id, "account id")
-    validate_id(resource_id, f"{kind} id")
+    resource_id = path_id(account_id, resource_id, collection, kind)
+    name = resource_name(account_id, collection, resource_id)
     authorize(caller, account_id, action, kind=kind, name=name)
-    row = session.get(table, (account_id, resource_id), with_for_update=for_update)
+    if serialize:
+        from fireplace.control.locks import serialize_account
+        serialize_account(session, account_id)
+    row = session.get(table, (account_id, resource_id), with_for_update=for_update or serialize,
+                      populate_existing=serialize)
     if row is None:
         raise not_found(kind, name)
     return row
 
 
 def check_etag(row: Any, etag: str | None) -> None:
-    """Optimistic concurrency (AIP-154): a stale etag is 409 ABORTED."""
-    if etag and str(row.etag) != str(etag).strip('"'):
-        raise Aborted(f"etag mismatch: resource changed (current etag {row.etag})")
+    """Optimistic concurrency (AIP-154): an etag the client sends (the resource's `etag`
+    field, an If-Match header or ?etag=) must be the current one, else 409 ABORTED.
+    No etag: last writer wins (the row lock still merges PATCHes without losing any)."""
+    if etag is None:
+        return
+    given = str(etag).strip().removeprefix("W/").strip('"')
+    if given in ("", "*"):
+        return
+    if given != str(row.etag):
+        raise Aborted(f"etag mismatch: the resource changed since etag {given[:32]!r} was read "
+                      f"(current etag {row.etag}); read it again and retry")
 
 
 def touch(row: Any) -> None:

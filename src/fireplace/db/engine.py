@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from fireplace.errors import AlreadyExists
+from fireplace.errors import integrity_violation
 
 
 def normalize_url(url: str) -> str:
@@ -59,10 +59,11 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def add_unique(session: Session, row, what: str) -> None:
-    """Insert a row; a primary-key or unique clash becomes AlreadyExists (409)."""
+    """Insert a row; a primary-key or unique clash becomes AlreadyExists (409), a missing
+    referenced row FailedPrecondition (400): fireplace.errors.integrity_violation."""
     session.add(row)
     try:
         session.flush()
     except IntegrityError as exc:
         session.rollback()
-        raise AlreadyExists(f"{what} already exists") from exc
+        raise integrity_violation(exc, what) from exc

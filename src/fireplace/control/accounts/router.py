@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from fireplace.api.auth import CallerDep, Principal, authenticate
+from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep, SettingsDep
 from fireplace.api.listing import ListQuery
 from fireplace.control.accounts import service
@@ -43,5 +44,5 @@ def create_account(body: AccountCreate, session: SessionDep, settings: SettingsD
 
 @router.get("/v1/accounts/{account_id}", response_model=Account, **OUT, summary="Get an account")
 def get_account(account_id: str, caller: CallerDep, session: SessionDep,
-                read_mask: Annotated[str | None, Query(alias="readMask", max_length=1024)] = None) -> Account:
+                read_mask: ReadMask = None) -> Account:
     return Account.of(service.get_account(session, caller, account_id))

@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fireplace.api.auth import Action, Principal, authorize
-from fireplace.api.filtering import FieldMap, as_resource_id, as_str, as_time
+from fireplace.api.filtering import FieldMap, name_field, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
 from fireplace.config import Settings
 from fireplace.control.accounts.schemas import AccountCreate, normalize_email
@@ -18,7 +18,7 @@ from fireplace.errors import AlreadyExists, InvalidArgument, PermissionDenied, U
 from fireplace.ids import account_id_from_email, validate_id
 
 FIELDS: FieldMap = {
-    "name": (AccountRow.account_id, as_resource_id),
+    "name": name_field(AccountRow.account_id, "accounts/", AccountRow.account_id),
     "email": (AccountRow.email, as_str),
     "display_name": (AccountRow.display_name, as_str),
     "account_type": (AccountRow.account_type, as_str),

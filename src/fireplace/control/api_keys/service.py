@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fireplace.api.auth import Action, Principal
-from fireplace.api.filtering import FieldMap, as_resource_id, as_str, as_time
+from fireplace.api.filtering import FieldMap, name_field, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
 from fireplace.control.api_keys.schemas import ApiKeySpec
 from fireplace.control.api_keys.secrets import NewKey, new_key, new_key_id
@@ -26,7 +26,8 @@ MAX_ACTIVE_KEYS_PER_USER = 100
 
 FIELDS: FieldMap = {
     "key_id": (ApiKeyRow.key_id, as_str),
-    "name": (ApiKeyRow.key_id, as_resource_id),
+    "name": name_field(ApiKeyRow.key_id, "accounts/", ApiKeyRow.account_id, "/users/", ApiKeyRow.user_id,
+                       "/apiKeys/", ApiKeyRow.key_id),
     "display_name": (ApiKeyRow.display_name, as_str),
     "prefix": (ApiKeyRow.prefix, as_str),
     "create_time": (ApiKeyRow.create_time, as_time),

@@ -18,19 +18,21 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from fireplace.api.auth import CallerDep
+from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep, SettingsDep, get_blobs
+from fireplace.api.etags import EtagDep, body_or_header
 from fireplace.api.listing import ListQuery
 from fireplace.api.wire import Empty
 from fireplace.control.datasets import service, uploads
 from fireplace.control.datasets.schemas import (
-    Dataset, DatasetCreate, DatasetFields, ListDatasetsResponse, SignedUrls, UploadEndpointRequest, UploadResponse)
+    Dataset, DatasetCreate, DatasetUpdate, ListDatasetsResponse, SignedUrls, UploadEndpointRequest, UploadResponse)
 from fireplace.errors import InvalidArgument, PayloadTooLarge
 from fireplace.storage import BlobStore
 
 router = APIRouter(tags=["datasets"])
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 BASE = "/v1/accounts/{account_id}/datasets"
-ITEM = BASE + "/{dataset_id}"
+ITEM = BASE + "/{dataset_id:path}"  # an ID or a full name
 FILE = "/v1/uploads/datasets/{account_id}/{dataset_id}/{filename}"
 MULTIPART_SLACK = 64 << 10   # multipart headers and boundaries around the file
 SPOOL_BYTES = 1 << 20
@@ -109,8 +111,8 @@ async def upload_dataset(account_id: str, dataset_id: str, request: Request, cal
 @router.post(ITEM + ":getUploadEndpoint", response_model=SignedUrls,
              summary="Signed URL to PUT the dataset's file to (then call :validateUpload)", **OUT)
 def get_upload_endpoint(account_id: str, dataset_id: str, body: UploadEndpointRequest, request: Request,
-                        caller: CallerDep, session: SessionDep, settings: SettingsDep) -> SignedUrls:
-    urls = uploads.get_upload_endpoint(session, settings.limits, caller, account_id, dataset_id,
+                        caller: CallerDep, session: SessionDep, blobs: BlobsDep, settings: SettingsDep) -> SignedUrls:
+    urls = uploads.get_upload_endpoint(session, blobs, settings.limits, caller, account_id, dataset_id,
                                        body.filename_to_size, _base_url(request, settings))
     return SignedUrls(filename_to_signed_urls=urls)
 
@@ -127,7 +129,7 @@ def validate_upload(account_id: str, dataset_id: str, caller: CallerDep, session
 def get_download_endpoint(account_id: str, dataset_id: str, request: Request, caller: CallerDep,
                           session: SessionDep, settings: SettingsDep,
                           download_lineage: Annotated[bool, Query(alias="downloadLineage")] = False,
-                          read_mask: Annotated[str | None, Query(alias="readMask", max_length=1024)] = None,
+                          read_mask: ReadMask = None,
                           ) -> SignedUrls:
     urls = uploads.get_download_endpoint(session, caller, account_id, dataset_id, _base_url(request, settings))
     return SignedUrls(filename_to_signed_urls=urls)
@@ -135,21 +137,23 @@ def get_download_endpoint(account_id: str, dataset_id: str, request: Request, ca
 
 @router.get(ITEM, response_model=Dataset, summary="Get a dataset", **OUT)
 def get_dataset(account_id: str, dataset_id: str, caller: CallerDep, session: SessionDep,
-                read_mask: Annotated[str | None, Query(alias="readMask", max_length=1024)] = None) -> Dataset:
+                read_mask: ReadMask = None) -> Dataset:
     return service.to_wire(service.get_dataset(session, caller, account_id, dataset_id))
 
 
 @router.patch(ITEM, response_model=Dataset,
               summary="Update a dataset (merges the fields present; content is fixed once READY)", **OUT)
-def update_dataset(account_id: str, dataset_id: str, body: DatasetFields, caller: CallerDep, session: SessionDep,
+def update_dataset(account_id: str, dataset_id: str, body: DatasetUpdate, caller: CallerDep, session: SessionDep,
+                   etag: EtagDep,
                    update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None) -> Dataset:
-    return service.to_wire(service.update_dataset(session, caller, account_id, dataset_id, body, update_mask))
+    return service.to_wire(service.update_dataset(session, caller, account_id, dataset_id, body, update_mask,
+                                                  etag=body_or_header(body.etag, etag)))
 
 
 @router.delete(ITEM, response_model=Empty, summary="Delete a dataset and its files", **OUT)
 def delete_dataset(account_id: str, dataset_id: str, caller: CallerDep, session: SessionDep,
-                   blobs: BlobsDep) -> Empty:
-    service.delete_dataset(session, blobs, caller, account_id, dataset_id)
+                   blobs: BlobsDep, etag: EtagDep) -> Empty:
+    service.delete_dataset(session, blobs, caller, account_id, dataset_id, etag=etag)
     return Empty()
 
 
@@ -160,18 +164,20 @@ def delete_dataset(account_id: str, dataset_id: str, caller: CallerDep, session:
 async def put_dataset_file(account_id: str, dataset_id: str, filename: str, request: Request,
                            session: SessionDep, blobs: BlobsDep, settings: SettingsDep,
                            expires: Annotated[str | None, Query(max_length=32)] = None,
-                           sig: Annotated[str | None, Query(max_length=128)] = None) -> Empty:
-    max_bytes = settings.limits.max_dataset_bytes
-    key = await run_in_threadpool(uploads.accept_signed_upload, session, account_id, dataset_id,
-                                  filename, expires, sig)
+                           sig: Annotated[str | None, Query(max_length=128)] = None,
+                           upload: Annotated[str | None, Query(max_length=64)] = None) -> Empty:
+    key, declared_size = await run_in_threadpool(uploads.accept_signed_upload, session, account_id, dataset_id,
+                                                 filename, expires, sig, upload)
+    max_bytes = min(settings.limits.max_dataset_bytes, declared_size)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"file is {declared} bytes; the limit is {max_bytes} bytes")
+        raise PayloadTooLarge(f"file is {declared} bytes; the limit is {max_bytes} bytes (as declared)")
     with SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
         async for chunk in _limited(request, max_bytes):
             spool.write(chunk)
         spool.seek(0)
         await run_in_threadpool(blobs.write_file, key, spool, max_bytes)
+    await run_in_threadpool(uploads.finish_signed_upload, session, blobs, account_id, dataset_id, upload, key)
     return Empty()
 
 

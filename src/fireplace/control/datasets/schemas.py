@@ -1,11 +1,11 @@
 """Wire shapes of datasets (fireworks/types/dataset*.py)."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from fireplace.api.wire import Int64, Status, Wire
+from fireplace.api.wire import BoundedJson, Int64, Status, Wire
 
 Format = Literal["FORMAT_UNSPECIFIED", "CHAT", "COMPLETION", "RL"]
 State = Literal["STATE_UNSPECIFIED", "UPLOADING", "READY"]
@@ -28,13 +28,18 @@ class DatasetFields(Wire):
     display_name: str | None = None
     format: Format | None = None
     example_count: Int64 | None = None
-    user_uploaded: dict[str, Any] | None = None
+    user_uploaded: BoundedJson | None = None
     external_url: str | None = None
     source_job_name: str | None = None
-    eval_protocol: dict[str, Any] | None = None
+    eval_protocol: BoundedJson | None = None
     evaluation_result: EvaluationResult | None = None
     splitted: Lineage | None = None
     transformed: Lineage | None = None
+
+
+class DatasetUpdate(DatasetFields):
+    """PATCH body: the writable fields, and the etag the change is based on (AIP-154)."""
+    etag: str | None = Field(default=None, max_length=64)
 
 
 class DatasetCreate(Wire):
@@ -52,6 +57,7 @@ class Dataset(DatasetFields):
     created_by: str | None = None
     estimated_token_count: Int64 | None = None
     average_turn_count: float | None = None
+    etag: str | None = None
 
 
 class ListDatasetsResponse(Wire):

@@ -6,19 +6,21 @@ Lifecycle: create -> UPLOADING; an upload that validates -> READY, immutable fro
 """
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fireplace.api.auth import Action, Principal, authorize
-from fireplace.api.filtering import FieldMap, as_int, as_str, as_time
+from fireplace.api.filtering import FieldMap, name_field, as_int, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
 from fireplace.api.wire import Status, Wire, rfc3339
-from fireplace.control.common import fetch, touch, update_mask_fields
+from fireplace.control.common import check_etag, fetch, touch, update_mask_fields
 from fireplace.control.datasets.schemas import Dataset, DatasetCreate, DatasetFields
 from fireplace.control.datasets.tables import READY, UPLOADING, DatasetRow
 from fireplace.control.datasets.usage import dataset_bytes
+from fireplace.control.locks import serialize_account
 from fireplace.control.quotas.definitions import enforce_quota
 from fireplace.db.engine import add_unique
 from fireplace.errors import FailedPrecondition, InvalidArgument, not_found
@@ -38,12 +40,8 @@ OUTPUT_ONLY = {"name", "state", "status", "create_time", "update_time", "created
                "estimated_token_count", "average_turn_count"}
 
 
-def _name_to_id(value: Any) -> str:
-    return str(value).rsplit("/", 1)[-1]
-
-
 LIST_FIELDS: FieldMap = {
-    "name": (DatasetRow.dataset_id, _name_to_id),
+    "name": name_field(DatasetRow.dataset_id, "accounts/", DatasetRow.account_id, "/datasets/", DatasetRow.dataset_id),
     "state": (DatasetRow.state, as_str),
     "format": (DatasetRow.format, as_str),
     "display_name": (DatasetRow.display_name, as_str),
@@ -60,13 +58,14 @@ def to_wire(row: DatasetRow) -> Dataset:
         create_time=rfc3339(row.create_time), update_time=rfc3339(row.update_time),
         created_by=row.created_by or None, format=row.format, example_count=row.example_count,
         estimated_token_count=row.estimated_token_count, average_turn_count=spec.get("averageTurnCount"),
+        etag=str(row.etag),
         **{field: spec.get(key) for field, key in SPEC_KEYS.items()})
 
 
 def fetch_dataset(session: Session, caller: Principal, account_id: str, dataset_id: str,
-           action: Action = Action.READ) -> DatasetRow:
+                  action: Action = Action.READ, *, serialize: bool = False) -> DatasetRow:
     return fetch(session, DatasetRow, caller, account_id, dataset_id, kind=KIND, collection=COLLECTION,
-                 action=action)
+                 action=action, serialize=serialize)
 
 
 def require_uploading(row: DatasetRow) -> None:
@@ -109,42 +108,51 @@ def _apply(row: DatasetRow, changes: dict[str, Any]) -> None:
 
 def create_dataset(session: Session, blobs: BlobStore, caller: Principal, account_id: str,
                    body: DatasetCreate) -> DatasetRow:
-    from fireplace.control.accounts.tables import AccountRow
     validate_id(account_id, "account id")
     owner, dataset_id = parse_name(body.dataset_id, COLLECTION, account_id=account_id, what="dataset")
     if owner != account_id:
         raise InvalidArgument(f"datasetId {body.dataset_id!r} names another account than {account_id!r}")
     authorize(caller, account_id, Action.WRITE, kind="account", name=f"accounts/{account_id}")
-    if session.get(AccountRow, account_id) is None:
-        raise not_found("account", f"accounts/{account_id}")
     row = DatasetRow(account_id=account_id, dataset_id=dataset_id, state=UPLOADING, spec={},
                      created_by=_creator(session, caller))
     fields = body.dataset
     _apply(row, {f: _wire_value(fields, f) for f in fields.model_fields_set if f in DatasetFields.model_fields})
-    add_unique(session, row, f"dataset {row.name!r}")
+    source, copied = None, None
+    if body.source_dataset_id:
+        # Copy the source's bytes first, to a key of its own: no blob I/O under the write lock.
+        source = _source_dataset(session, caller, row, body.source_dataset_id)
+        copied = blob_key(COLLECTION, account_id, dataset_id, f"data-{secrets.token_hex(8)}.jsonl")
+        session.commit()
+        blobs.write_stream(copied, blobs.iter_chunks(source.blob_key), max_bytes=source.size_bytes)
     try:
-        if body.source_dataset_id:
-            _copy_from_source(session, blobs, caller, row, body.source_dataset_id)
+        serialize_account(session, account_id)
+        add_unique(session, row, f"dataset {row.name!r}")
+        if source is not None:
+            _take_copy(session, row, source, copied)
         session.commit()
     except BaseException:
         session.rollback()
+        if copied:
+            blobs.delete(copied)
         raise
     return row
 
 
-def _copy_from_source(session: Session, blobs: BlobStore, caller: Principal, row: DatasetRow,
-                      source: str) -> None:
-    """`sourceDatasetId`: the new dataset starts READY with a copy of a READY dataset's data."""
+def _source_dataset(session: Session, caller: Principal, row: DatasetRow, source: str) -> DatasetRow:
+    """`sourceDatasetId`: a READY dataset the caller may read, of a compatible format."""
     src_account, src_id = parse_name(source, COLLECTION, account_id=row.account_id, what="source dataset")
     src = fetch_dataset(session, caller, src_account, src_id)
     if src.state != READY:
         raise FailedPrecondition(f"source dataset {src.name!r} is {src.state}; it must be READY")
-    if row.format not in ("FORMAT_UNSPECIFIED", src.format):
+    if (row.format or "FORMAT_UNSPECIFIED") not in ("FORMAT_UNSPECIFIED", src.format):
         raise InvalidArgument(f"format {row.format} disagrees with source dataset's format {src.format}")
+    return src
+
+
+def _take_copy(session: Session, row: DatasetRow, src: DatasetRow, key: str) -> None:
+    """The new dataset starts READY with the copied bytes at `key` (under the account lock)."""
     enforce_quota(session, row.account_id, QUOTA, usage=dataset_bytes(session, row.account_id),
                   adding=src.size_bytes)
-    key = blob_key(COLLECTION, row.account_id, row.dataset_id, DATA_FILE)
-    blobs.write_stream(key, blobs.iter_chunks(src.blob_key), max_bytes=src.size_bytes)
     spec = dict(row.spec or {})
     for k in ("filename", "sha256", "averageTurnCount"):
         if k in (src.spec or {}):
@@ -174,10 +182,11 @@ def _current(row: DatasetRow, field: str) -> Any:
 
 
 def update_dataset(session: Session, caller: Principal, account_id: str, dataset_id: str,
-                   body: DatasetFields, update_mask: str | None = None) -> DatasetRow:
+                   body: DatasetFields, update_mask: str | None = None, *, etag: str | None = None) -> DatasetRow:
     """PATCH: merge the fields present (or exactly those in updateMask, absent ones cleared).
-    Once READY, content fields may only be sent unchanged."""
-    row = fetch_dataset(session, caller, account_id, dataset_id, Action.WRITE)
+    Once READY, content fields may only be sent unchanged. A stale etag is 409 ABORTED."""
+    row = fetch_dataset(session, caller, account_id, dataset_id, Action.WRITE, serialize=True)
+    check_etag(row, etag)
     mask = update_mask_fields(update_mask)
     writable = set(DatasetFields.model_fields)
     if mask is None:
@@ -206,8 +215,9 @@ def _unfinished_jobs_using(session: Session, dataset_name: str) -> list[str]:
 
 
 def delete_dataset(session: Session, blobs: BlobStore, caller: Principal, account_id: str,
-                   dataset_id: str) -> None:
-    row = fetch_dataset(session, caller, account_id, dataset_id, Action.WRITE)
+                   dataset_id: str, *, etag: str | None = None) -> None:
+    row = fetch_dataset(session, caller, account_id, dataset_id, Action.WRITE, serialize=True)
+    check_etag(row, etag)
     jobs = _unfinished_jobs_using(session, row.name)
     if jobs:
         raise FailedPrecondition(f"dataset {row.name!r} is used by fine-tuning job(s) that have not finished: "

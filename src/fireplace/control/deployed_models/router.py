@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from fireplace.api.auth import CallerDep
+from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep
 from fireplace.api.listing import ListQuery
 from fireplace.api.wire import Empty
@@ -39,7 +40,7 @@ def list_deployed_models(account_id: str, params: ListQuery, caller: CallerDep, 
 
 @router.get(ITEM, summary="Get a deployed model", **OUT)
 def get_deployed_model(account_id: str, deployed_model_id: str, caller: CallerDep, session: SessionDep,
-                       read_mask: Annotated[str | None, Query(alias="readMask", max_length=1024)] = None):
+                       read_mask: ReadMask = None):
     return deployed_model_out(service.get(session, caller, account_id, deployed_model_id))
 
 

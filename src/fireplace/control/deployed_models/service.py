@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fireplace.api.auth import Action, Principal, authorize
-from fireplace.api.filtering import FieldMap, as_resource_id, as_bool, as_str, as_time
+from fireplace.api.filtering import FieldMap, name_field, as_bool, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
 from fireplace.control.common import fetch, resource_name, touch, update_mask_fields
 from fireplace.control.deployed_models import tables as t
@@ -33,7 +33,8 @@ from fireplace.ids import parse_name, validate_id
 
 KIND, COLLECTION = "deployed model", "deployedModels"
 FIELDS: FieldMap = {
-    "name": (DeployedModelRow.deployed_model_id, as_resource_id),
+    "name": name_field(DeployedModelRow.deployed_model_id, "accounts/", DeployedModelRow.account_id,
+                       "/deployedModels/", DeployedModelRow.deployed_model_id),
     "model": (DeployedModelRow.model, as_str),
     "deployment": (DeployedModelRow.deployment, as_str),
     "state": (DeployedModelRow.state, as_str),

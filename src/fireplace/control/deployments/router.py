@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query
 
 from fireplace.api.auth import CallerDep
+from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep
 from fireplace.api.listing import ListQuery
 from fireplace.api.wire import Empty
@@ -54,7 +55,7 @@ def list_deployments(account_id: str, params: ListQuery, caller: CallerDep, sess
 
 @router.get(ITEM, summary="Get a deployment", **OUT)
 def get_deployment(account_id: str, deployment_id: str, caller: CallerDep, session: SessionDep,
-                   read_mask: Annotated[str | None, Query(alias="readMask", max_length=1024)] = None):
+                   read_mask: ReadMask = None):
     return deployment_out(service.get_deployment(session, caller, account_id, deployment_id))
 
 

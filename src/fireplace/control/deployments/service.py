@@ -18,7 +18,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from fireplace.api.auth import PUBLIC_ACCOUNT_ID, Action, Principal, authorize
-from fireplace.api.filtering import FieldMap, as_resource_id, as_bool, as_int, as_str, as_time
+from fireplace.api.filtering import FieldMap, name_field, as_bool, as_int, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
 from fireplace.api.wire import parse_duration
 from fireplace.control.common import fetch, resource_name, touch, update_mask_fields
@@ -37,7 +37,8 @@ SOFT_DELETE_RETENTION = timedelta(days=30)
 BASE_KIND, ADDON_KIND = "HF_BASE_MODEL", "HF_PEFT_ADDON"
 # field name in filters/orderBy -> (column, literal converter)
 FIELDS: FieldMap = {
-    "name": (DeploymentRow.deployment_id, as_resource_id),
+    "name": name_field(DeploymentRow.deployment_id, "accounts/", DeploymentRow.account_id, "/deployments/",
+                       DeploymentRow.deployment_id),
     "state": (DeploymentRow.state, as_str),
     "display_name": (DeploymentRow.display_name, as_str),
     "base_model": (DeploymentRow.base_model, as_str),

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query
 
 from fireplace.api.auth import CallerDep
+from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep
 from fireplace.api.listing import ListQuery
 from fireplace.api.wire import Empty
@@ -50,7 +51,7 @@ def list_jobs(account_id: str, params: ListQuery, caller: CallerDep, session: Se
 
 @router.get(ITEM, summary="Get a supervised fine-tuning job", **OUT)
 def get_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep,
-            read_mask: Annotated[str | None, Query(alias="readMask", max_length=1024)] = None):
+            read_mask: ReadMask = None):
     return job_out(service.get_job(session, caller, account_id, job_id))
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fireplace.api.auth import Action, Principal, authorize
-from fireplace.api.filtering import FieldMap, as_resource_id, as_str, as_time
+from fireplace.api.filtering import FieldMap, name_field, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
 from fireplace.control.common import fetch, resource_name, touch
 from fireplace.control.deployments.service import (ADDON_KIND, BASE_KIND, model_name, path_id,
@@ -35,7 +35,8 @@ from fireplace.ids import parse_name, validate_id
 
 KIND, COLLECTION = "supervised fine-tuning job", "supervisedFineTuningJobs"
 FIELDS: FieldMap = {
-    "name": (SftJobRow.job_id, as_resource_id),
+    "name": name_field(SftJobRow.job_id, "accounts/", SftJobRow.account_id, "/supervisedFineTuningJobs/",
+                       SftJobRow.job_id),
     "state": (SftJobRow.state, as_str),
     "display_name": (SftJobRow.display_name, as_str),
     "dataset": (SftJobRow.dataset, as_str),

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from fireplace.api.auth import CallerDep
+from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep, SettingsDep, get_blobs
 from fireplace.api.listing import ListQuery
 from fireplace.api.wire import Empty
@@ -72,7 +73,7 @@ def validate_upload(account_id: str, model_ref: str, caller: CallerDep, session:
             summary="Signed GET URLs for the model's files", **OUT)
 def get_download_endpoint(account_id: str, model_ref: str, request: Request, caller: CallerDep,
                           session: SessionDep, settings: SettingsDep,
-                          read_mask: Annotated[str | None, Query(alias="readMask", max_length=1024)] = None):
+                          read_mask: ReadMask = None):
     account_id, model_id = service.parse_model_ref(account_id, model_ref)
     urls = uploads.download_endpoints(session, caller, account_id, model_id,
                                       base_url=_base_url(request, settings))
@@ -89,7 +90,7 @@ def prepare_model(account_id: str, model_ref: str, caller: CallerDep, session: S
 
 @router.get(PREFIX + "/{model_ref:path}", response_model=Model, summary="Get a model", **OUT)
 def get_model(account_id: str, model_ref: str, caller: CallerDep, session: SessionDep,
-              read_mask: Annotated[str | None, Query(alias="readMask", max_length=1024)] = None):
+              read_mask: ReadMask = None):
     account_id, model_id = service.parse_model_ref(account_id, model_ref)
     return service.get_model(session, caller, account_id, model_id)
 

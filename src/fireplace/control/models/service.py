@@ -12,7 +12,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from fireplace.api.auth import Action, Principal, authorize
-from fireplace.api.filtering import FieldMap, as_bool, as_str, as_time
+from fireplace.api.filtering import FieldMap, name_field, as_bool, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
 from fireplace.api.wire import rfc3339, status
 from fireplace.control.common import fetch, touch, update_mask_fields
@@ -191,13 +191,8 @@ def get_model(session: Session, caller: Principal, account_id: str, model_id: st
     return to_wire(row, deployed_model_refs(session, caller, row.name))
 
 
-def _name_to_id(value: Any) -> str:
-    text = str(value)
-    return text.rsplit("/", 1)[-1] if text.startswith("accounts/") else text
-
-
 LIST_FIELDS: FieldMap = {
-    "name": (ModelRow.model_id, _name_to_id),
+    "name": name_field(ModelRow.model_id, "accounts/", ModelRow.account_id, "/models/", ModelRow.model_id),
     "model_id": (ModelRow.model_id, as_str),
     "display_name": (ModelRow.display_name, as_str),
     "kind": (ModelRow.kind, as_str),

@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from fireplace.api.auth import CallerDep
+from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep
 from fireplace.api.listing import ListQuery
 from fireplace.control.users import service
@@ -13,7 +14,6 @@ from fireplace.control.users.schemas import ListUsersResponse, User, UserCreate,
 
 router = APIRouter(tags=["users"])
 OUT = {"response_model_exclude_none": True}
-ReadMask = Annotated[str | None, Query(alias="readMask", max_length=1024)]
 
 
 @router.post("/v1/accounts/{account_id}/users", response_model=User, **OUT, summary="Create a user (admin)")

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fireplace.api.auth import Action, Principal, authorize
-from fireplace.api.filtering import FieldMap, as_resource_id, as_bool, as_str, as_time
+from fireplace.api.filtering import FieldMap, name_field, as_bool, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
 from fireplace.control.accounts.schemas import normalize_email
 from fireplace.control.accounts.service import account_id_of, require_account
@@ -23,7 +23,7 @@ from fireplace.errors import AlreadyExists, FailedPrecondition, InvalidArgument,
 from fireplace.ids import validate_id
 
 FIELDS: FieldMap = {
-    "name": (UserRow.user_id, as_resource_id),
+    "name": name_field(UserRow.user_id, "accounts/", UserRow.account_id, "/users/", UserRow.user_id),
     "user_id": (UserRow.user_id, as_str),
     "email": (UserRow.email, as_str),
     "display_name": (UserRow.display_name, as_str),
