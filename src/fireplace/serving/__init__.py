@@ -1,0 +1,1 @@
+"""Serving: the replica process around the engine (OpenAI protocol, SSE, adapters, stats)."""
