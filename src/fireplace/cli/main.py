@@ -1,17 +1,39 @@
-"""`fireplace` CLI: serve (API server + controller), and resource verbs."""
+"""`fireplace` CLI: the processes (serve, ...) and, through the public REST API only, every
+resource verb (firectl's, in both word orders), chat and complete. See cli/grammar.py."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Fireplace: a self-hosted LLM platform.", no_args_is_help=True)
+from fireplace.cli import exit_codes, grammar
+from fireplace.cli.session import GLOBAL_PARAMS, Options, set_root_options
+
+EPILOG = ("Connection: --base-url / FIREPLACE_BASE_URL (default http://localhost:8000), --api-key / "
+          "FIREPLACE_API_KEY (default: `fireplace login`'s file, else the credentials file of the local "
+          "data dir, so `fireplace serve` then `fireplace list models` just works), --account / "
+          "FIREPLACE_ACCOUNT (default: the key's own).\n\n"
+          "Exit status: 0 ok, 1 other failure, 2 usage, 3 invalid request, 4 not found, 5 permission, "
+          "6 conflict, 7 quota or rate limit, 8 server error, 9 server unreachable, 10 wait failed or "
+          "timed out, 130 interrupted.\n\n"
+          "Examples:\n\n  $ fireplace list models --account fireplace\n\n"
+          "  $ fireplace create dataset chats ./train.jsonl\n\n  $ fireplace deployment create my-base --wait")
+app = typer.Typer(help="Fireplace: a self-hosted LLM platform.", no_args_is_help=True, epilog=EPILOG)
+_ = exit_codes  # documented above; raised through fireplace.cli.session
 
 
-@app.callback()
-def _main() -> None:
+def _main(ctx: typer.Context, **options) -> None:
     """Fireplace: a self-hosted LLM platform."""
+    set_root_options(ctx, Options(**options))
+
+
+# The connection/output options, also accepted before the verb: `fireplace -o json list models`.
+_CTX = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+_main.__signature__ = inspect.Signature([_CTX, *GLOBAL_PARAMS])  # type: ignore[attr-defined]
+_main.__annotations__ = {"ctx": typer.Context, **{p.name: p.annotation for p in GLOBAL_PARAMS}}
+app.callback()(_main)
 
 
 @app.command()
@@ -35,6 +57,16 @@ def serve(
     uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level,
                 access_log=False, timeout_graceful_shutdown=10)
 
+
+from fireplace.cli import replica as _replica  # noqa: E402
+
+app.command("replica", hidden=True)(_replica.replica)
+from fireplace.cli import train as _train  # noqa: E402
+app.command("train", hidden=True)(_train.train)
+
+# Process commands are registered here, one line each.
+
+grammar.install(app)
 
 if __name__ == "__main__":
     app()

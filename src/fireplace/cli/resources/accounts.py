@@ -1,0 +1,41 @@
+"""account: create (platform admin, or anyone with open sign-up), get, list."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from fireplace.cli.grammar import verb
+from fireplace.cli.output import Column, Kind, ident, state, when
+from fireplace.cli.resources.common import AllPages, Filter, OrderBy, PageSize, PageToken, show_list
+from fireplace.cli.session import current
+
+ACCOUNT = Kind("Account", (ident(), Column("EMAIL", "email"), Column("TYPE", "accountType"), state(), when()))
+
+
+@verb("create", "account", "fireplace create account --email dev@example.com")
+def create_account(
+    email: Annotated[str, typer.Option("--email", help="The admin user's email; a DEVELOPER account's ID comes from it.")],
+    display_name: Annotated[Optional[str], typer.Option("--display-name")] = None,
+    account_type: Annotated[Optional[str], typer.Option("--type", help="DEVELOPER (default) or ENTERPRISE.")] = None,
+    account_id: Annotated[Optional[str], typer.Option("--account-id", help="ENTERPRISE only: choose the ID.")] = None,
+) -> None:
+    """Create an account and its admin user (platform admin; anyone when sign-up is open)."""
+    s = current()
+    s.printer.one(s.client.accounts.create(email, display_name=display_name, account_type=account_type,
+                                           account_id=account_id), ACCOUNT)
+
+
+@verb("get", "account", "fireplace get account\nfireplace get account my-account -o json")
+def get_account(account_id: Annotated[Optional[str], typer.Argument(help="Default: the current account.")] = None) -> None:
+    """Show an account (default: your own)."""
+    s = current()
+    s.printer.one(s.client.accounts.get(account_id), ACCOUNT)
+
+
+@verb("list", "account", "fireplace list accounts")
+def list_accounts(filter: Filter = None, order_by: OrderBy = None, page_size: PageSize = None,
+                  page_token: PageToken = None, all_pages: AllPages = False) -> None:
+    """List accounts: your own (a platform admin sees every account)."""
+    show_list("/v1/accounts", "accounts", ACCOUNT, filter=filter, order_by=order_by, page_size=page_size,
+              page_token=page_token, all_pages=all_pages)

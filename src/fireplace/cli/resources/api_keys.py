@@ -1,0 +1,61 @@
+"""api-key: create (the secret is printed once), list, delete (revoke). Keys belong to a user:
+--user (default: the user of the key you are calling with)."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from fireplace.cli.grammar import verb
+from fireplace.cli.output import Column, Kind, note, when
+from fireplace.cli.resources.common import AllPages, Filter, OrderBy, PageSize, PageToken, show_list
+from fireplace.cli.session import Session, current
+from fireplace.client.identity import who_am_i
+from fireplace.errors import InvalidArgument
+
+API_KEY = Kind("API key", (Column("KEY ID", "keyId"), Column("NAME", "displayName"), Column("PREFIX", "prefix"),
+                           when(), Column("EXPIRES", "expireTime")))
+UserOpt = Annotated[Optional[str], typer.Option("--user", help="User ID or full name (default: you).")]
+
+
+def _user(s: Session, user: Optional[str]) -> str:
+    if user:
+        return user
+    me = who_am_i(s.client, s.profile.api_key or "")
+    if not me["user"]:
+        raise InvalidArgument("could not tell which user this API key belongs to: pass --user")
+    return me["user"]
+
+
+@verb("create", "api-key", "fireplace create api-key --display-name ci\nfireplace create api-key --user alice -o json")
+def create_api_key(
+    user: UserOpt = None,
+    display_name: Annotated[Optional[str], typer.Option("--display-name")] = None,
+    expire_time: Annotated[Optional[str], typer.Option("--expire-time", help="RFC 3339, e.g. 2027-01-01T00:00:00Z.")] = None,
+) -> None:
+    """Create an API key; its secret is shown only now."""
+    s = current()
+    key = s.client.api_keys.create(_user(s, user), display_name=display_name, expire_time=expire_time)
+    s.printer.one(key, API_KEY)
+    if not s.structured:
+        note("The key above is shown only once: store it now.")
+
+
+@verb("list", "api-key", "fireplace list api-keys\nfireplace list api-keys --user alice")
+def list_api_keys(user: UserOpt = None, filter: Filter = None, order_by: OrderBy = None, page_size: PageSize = None,
+                  page_token: PageToken = None, all_pages: AllPages = False) -> None:
+    """List a user's active API keys (never their secrets)."""
+    s = current()
+    show_list(s.client.path("users", _user(s, user), "/apiKeys"), "apiKeys", API_KEY, filter=filter,
+              order_by=order_by, page_size=page_size, page_token=page_token, all_pages=all_pages)
+
+
+@verb("delete", "api-key", "fireplace delete api-key k0123456789abcdef")
+def delete_api_key(key_id: Annotated[str, typer.Argument(help="Key ID (see list api-keys) or full name.")],
+                   user: UserOpt = None) -> None:
+    """Revoke an API key (immediately)."""
+    s = current()
+    if key_id.startswith("accounts/") and "/apiKeys/" in key_id and not user:
+        user = key_id.split("/apiKeys/")[0]
+    s.client.api_keys.delete(_user(s, user), key_id)
+    note(f"revoked {key_id}")

@@ -1,0 +1,70 @@
+"""Options and helpers shared by the resource commands: list paging, durations, key=value maps."""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Optional
+
+import typer
+
+from fireplace.cli.output import Kind, note
+from fireplace.cli.session import current
+
+Filter = Annotated[Optional[str], typer.Option("--filter", help='AIP-160 filter, e.g. \'state="READY"\'.')]
+OrderBy = Annotated[Optional[str], typer.Option("--order-by", help='Sort, e.g. "create_time desc".')]
+PageSize = Annotated[Optional[int], typer.Option("--page-size", min=1, help="Items per page (server max 200).")]
+PageToken = Annotated[Optional[str], typer.Option("--page-token", help="Continue from a previous page.")]
+AllPages = Annotated[bool, typer.Option("--all", help="Follow every page, not just the first.")]
+Wait = Annotated[bool, typer.Option("--wait", help="Wait until it is ready, showing progress.")]
+WaitTimeout = Annotated[str, typer.Option("--wait-timeout", help="Give up waiting after this long (90s, 30m, 2h).")]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def seconds(value: str, what: str = "duration") -> float:
+    """'90s' / '30m' / '2h' / '1.5h' / '45' (seconds) -> seconds."""
+    match = _DURATION.match(value or "")
+    if not match:
+        raise typer.BadParameter(f"{what} {value!r}: expected a number with s, m, h or d (e.g. 30s, 10m)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def proto_duration(value: Optional[str], what: str) -> Optional[str]:
+    """'10m' -> '600s' (the API's Duration spelling); None stays None."""
+    if value is None:
+        return None
+    total = seconds(value, what)
+    return f"{int(total)}s" if total == int(total) else f"{total}s"
+
+
+def key_values(value: Optional[str], what: str) -> Optional[dict[str, float]]:
+    """'default=0.8,concurrent_requests=4' -> {'default': 0.8, 'concurrent_requests': 4.0}."""
+    if value is None:
+        return None
+    result = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        key, sep, number = part.partition("=")
+        try:
+            if not sep or not key.strip():
+                raise ValueError
+            result[key.strip()] = float(number)
+        except ValueError:
+            raise typer.BadParameter(f"{what}: {part!r} is not NAME=NUMBER") from None
+    return result
+
+
+def show_list(path: str, items_key: str, kind: Kind, *, filter: Optional[str], order_by: Optional[str],
+              page_size: Optional[int], page_token: Optional[str], all_pages: bool, **params) -> None:
+    """One page (and a hint when there are more), or with --all every page, printed."""
+    session = current()
+    query = dict(filter=filter, order_by=order_by, page_size=page_size, page_token=page_token, **params)
+    client = session.client
+    if all_pages:
+        items = list(client.iter_list(path, items_key, **query))
+    else:
+        page = client.list_page(path, **query)
+        items = page.get(items_key, [])
+        token = page.get("nextPageToken")
+        if token:
+            note(f"more results: add --all, or --page-token {token}")
+    session.printer.many(items, kind)

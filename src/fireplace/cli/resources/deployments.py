@@ -1,0 +1,138 @@
+"""deployment: create (firectl's flags, --wait), get, list, update, scale, delete [--hard], undelete."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from fireplace.cli.grammar import verb
+from fireplace.cli.output import Column, Kind, ident, note, short_id, state, when
+from fireplace.cli.resources.common import (AllPages, Filter, OrderBy, PageSize, PageToken, Wait, WaitTimeout,
+                                            key_values, proto_duration, seconds, show_list)
+from fireplace.cli.session import current
+from fireplace.cli.waiting import wait_for
+
+DEPLOYMENT = Kind("Deployment", (ident(), Column("BASE MODEL", "baseModel", short_id), state(),
+                                 Column("REPLICAS", "replicaCount"), Column("MIN", "minReplicaCount"),
+                                 Column("MAX", "maxReplicaCount"), Column("ADDONS", "enableAddons"), when()))
+DeploymentRef = Annotated[str, typer.Argument(help="Deployment ID or full name.")]
+MinReplicas = Annotated[Optional[int], typer.Option("--min-replica-count", min=0)]
+MaxReplicas = Annotated[Optional[int], typer.Option("--max-replica-count", min=0)]
+ScaleUp = Annotated[Optional[str], typer.Option("--scale-up-window", help="e.g. 30s (default 30s).")]
+ScaleDown = Annotated[Optional[str], typer.Option("--scale-down-window", help="e.g. 10m (default 10m).")]
+ScaleToZero = Annotated[Optional[str], typer.Option("--scale-to-zero-window", help="e.g. 1h (default 1h, >= 5m).")]
+LoadTargets = Annotated[Optional[str], typer.Option("--load-targets", help="NAME=VALUE[,...], e.g. default=0.8.")]
+Addons = Annotated[Optional[bool], typer.Option("--enable-addons/--disable-addons", help="Allow LoRA addons.",
+                                                 show_default=False)]
+DisplayName = Annotated[Optional[str], typer.Option("--display-name")]
+Description = Annotated[Optional[str], typer.Option("--description")]
+DONE, FAILED = {"READY"}, {"FAILED", "DELETED", "DELETING"}
+
+
+def _fields(display_name, description, min_replicas, max_replicas, up, down, to_zero, load_targets, addons,
+            max_context_length=None) -> dict:
+    policy = {k: v for k, v in {
+        "scaleUpWindow": proto_duration(up, "--scale-up-window"),
+        "scaleDownWindow": proto_duration(down, "--scale-down-window"),
+        "scaleToZeroWindow": proto_duration(to_zero, "--scale-to-zero-window"),
+        "loadTargets": key_values(load_targets, "--load-targets")}.items() if v is not None}
+    fields = {k: v for k, v in {
+        "displayName": display_name, "description": description, "minReplicaCount": min_replicas,
+        "maxReplicaCount": max_replicas, "enableAddons": addons, "maxContextLength": max_context_length,
+        "autoscalingPolicy": policy or None}.items() if v is not None}
+    return fields
+
+
+def _describe(d: dict, elapsed: float) -> str:
+    stats = d.get("replicaStats") or {}
+    return (f"{short_id(d.get('name'))}: {d.get('state')}  replicas {d.get('replicaCount', 0)}/"
+            f"{d.get('desiredReplicaCount', 0)} (ready {stats.get('readyReplicaCount', 0)})  {elapsed:.0f}s")
+
+
+@verb("create", "deployment",
+      "fireplace create deployment accounts/fireplace/models/smollm2-135m-instruct --deployment-id chat --wait\n"
+      "fireplace create deployment my-base --enable-addons --min-replica-count 0 --max-replica-count 2 "
+      "--scale-to-zero-window 10m")
+def create_deployment(
+    model: Annotated[str, typer.Argument(help="The base model to serve (ID or full name).")],
+    deployment_id: Annotated[Optional[str], typer.Option("--deployment-id", help="Default: generated.")] = None,
+    min_replica_count: MinReplicas = None, max_replica_count: MaxReplicas = None,
+    scale_up_window: ScaleUp = None, scale_down_window: ScaleDown = None, scale_to_zero_window: ScaleToZero = None,
+    load_targets: LoadTargets = None, enable_addons: Addons = None,
+    max_context_length: Annotated[Optional[int], typer.Option("--max-context-length", min=1)] = None,
+    display_name: DisplayName = None, description: Description = None,
+    validate_only: Annotated[bool, typer.Option("--validate-only", help="Check, create nothing.")] = False,
+    wait: Wait = False, wait_timeout: WaitTimeout = "30m",
+) -> None:
+    """Create a deployment of a base model; with --wait, return once it is READY."""
+    timeout = seconds(wait_timeout, "--wait-timeout")
+    fields = _fields(display_name, description, min_replica_count, max_replica_count, scale_up_window,
+                     scale_down_window, scale_to_zero_window, load_targets, enable_addons, max_context_length)
+    s = current()
+    deployment = s.client.deployments.create(model, fields, deployment_id=deployment_id, validate_only=validate_only)
+    if wait and not validate_only:
+        deployment = wait_for(lambda: s.client.deployments.get(deployment["name"]), done=DONE, failed=FAILED,
+                              timeout=timeout, describe=_describe, what=deployment["name"])
+    s.printer.one(deployment, DEPLOYMENT)
+
+
+@verb("get", "deployment", "fireplace get deployment chat")
+def get_deployment(deployment: DeploymentRef) -> None:
+    """Show a deployment."""
+    s = current()
+    s.printer.one(s.client.deployments.get(deployment), DEPLOYMENT)
+
+
+@verb("list", "deployment", "fireplace list deployments\nfireplace list deployments --show-deleted")
+def list_deployments(filter: Filter = None, order_by: OrderBy = None, page_size: PageSize = None,
+                     page_token: PageToken = None, all_pages: AllPages = False,
+                     show_deleted: Annotated[bool, typer.Option("--show-deleted", help="Include DELETED ones.")] = False,
+                     ) -> None:
+    """List the account's deployments."""
+    s = current()
+    show_list(s.client.collection_path("deployments"), "deployments", DEPLOYMENT, filter=filter, order_by=order_by,
+              page_size=page_size, page_token=page_token, all_pages=all_pages, showDeleted=show_deleted or None)
+
+
+@verb("update", "deployment", "fireplace update deployment chat --max-replica-count 4 --scale-down-window 5m")
+def update_deployment(
+    deployment: DeploymentRef, min_replica_count: MinReplicas = None, max_replica_count: MaxReplicas = None,
+    scale_up_window: ScaleUp = None, scale_down_window: ScaleDown = None, scale_to_zero_window: ScaleToZero = None,
+    load_targets: LoadTargets = None, enable_addons: Addons = None, display_name: DisplayName = None,
+    description: Description = None,
+) -> None:
+    """Change a deployment's replica bounds, autoscaling windows, addons or names."""
+    fields = _fields(display_name, description, min_replica_count, max_replica_count, scale_up_window,
+                     scale_down_window, scale_to_zero_window, load_targets, enable_addons)
+    if not fields:
+        raise typer.BadParameter("nothing to change: give at least one flag (see --help)")
+    s = current()
+    s.printer.one(s.client.deployments.update(deployment, fields), DEPLOYMENT)
+
+
+@verb("scale", "deployment", "fireplace scale deployment chat --replica-count 2")
+def scale_deployment(deployment: DeploymentRef,
+                     replica_count: Annotated[int, typer.Option("--replica-count", min=0, help="Desired replicas.")]
+                     ) -> None:
+    """Set the desired replica count (within the deployment's min and max)."""
+    s = current()
+    s.printer.one(s.client.deployments.scale(deployment, replica_count), DEPLOYMENT)
+
+
+@verb("delete", "deployment", "fireplace delete deployment chat\nfireplace delete deployment chat --hard --ignore-checks")
+def delete_deployment(deployment: DeploymentRef,
+                      hard: Annotated[bool, typer.Option("--hard", help="Remove now (default: DELETED, "
+                                                         "undeletable for 30 days).")] = False,
+                      ignore_checks: Annotated[bool, typer.Option("--ignore-checks", help="Unload its deployed "
+                                                                  "models instead of refusing.")] = False) -> None:
+    """Delete a deployment (soft by default)."""
+    s = current()
+    s.client.deployments.delete(deployment, hard=hard, ignore_checks=ignore_checks)
+    note(f"deleted {s.client.deployments.name(deployment)}" + (" (hard)" if hard else " (undelete to restore)"))
+
+
+@verb("undelete", "deployment", "fireplace undelete deployment chat")
+def undelete_deployment(deployment: DeploymentRef) -> None:
+    """Restore a soft-deleted deployment."""
+    s = current()
+    s.printer.one(s.client.deployments.undelete(deployment), DEPLOYMENT)

@@ -1,0 +1,126 @@
+"""model: create (optionally uploading a directory), upload, get, list, update, delete, download.
+
+A directory with adapter_config.json is a LoRA addon (HF_PEFT_ADDON; --base-model names its
+base); otherwise a base model (HF_BASE_MODEL: config.json + *.safetensors).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fireplace.cli.grammar import verb
+from fireplace.cli.output import Column, Kind, ident, note, short_id, state, when
+from fireplace.cli.progress import transfer_progress
+from fireplace.cli.resources.common import AllPages, Filter, OrderBy, PageSize, PageToken, show_list
+from fireplace.cli.session import Session, current
+from fireplace.client import transfers
+from fireplace.errors import InvalidArgument
+
+MODEL = Kind("Model", (ident(), Column("KIND", "kind"), state(), Column("BASE MODEL", "peftDetails.baseModel", short_id),
+                       when()))
+ModelRef = Annotated[str, typer.Argument(help="Model ID or full name (accounts/A/models/M).")]
+Dir = Annotated[Path, typer.Argument(help="Directory of HF files (config.json + *.safetensors, or an adapter).",
+                                     file_okay=False)]
+DisplayName = Annotated[Optional[str], typer.Option("--display-name")]
+Description = Annotated[Optional[str], typer.Option("--description")]
+Public = Annotated[Optional[bool], typer.Option("--public/--private", help="Readable by every account.",
+                                                 show_default=False)]
+
+
+def _upload(s: Session, model: str, directory: Path) -> dict:
+    with transfer_progress("uploading") as progress:
+        answer = transfers.upload_model(s.client, model, directory, progress)
+    for warning in answer.get("warnings", []):
+        note(f"warning: {warning}")
+    return s.client.models.get(model)
+
+
+@verb("create", "model", "fireplace create model my-lora ./adapter --base-model accounts/me/models/base\n"
+                         "fireplace create model my-base ./hf-model")
+def create_model(
+    model_id: Annotated[str, typer.Argument(help="New model ID.")],
+    directory: Annotated[Optional[Path], typer.Argument(help="Upload this directory right away.", file_okay=False)] = None,
+    base_model: Annotated[Optional[str], typer.Option("--base-model", help="An addon's base model.")] = None,
+    kind: Annotated[Optional[str], typer.Option("--kind", help="HF_BASE_MODEL or HF_PEFT_ADDON (default: "
+                                                "from the directory).")] = None,
+    display_name: DisplayName = None, description: Description = None, public: Public = None,
+    context_length: Annotated[Optional[int], typer.Option("--context-length", min=1)] = None,
+) -> None:
+    """Create a model; with DIR also upload its files (a progress bar per file) and validate them."""
+    if kind is None:
+        is_addon = bool(base_model) or (directory is not None and (directory / "adapter_config.json").is_file())
+        kind = "HF_PEFT_ADDON" if is_addon else "HF_BASE_MODEL"
+    if kind == "HF_PEFT_ADDON" and not base_model:
+        raise InvalidArgument("a LoRA addon needs --base-model (the model it was trained on)")
+    if directory is not None:
+        transfers.model_files(directory)  # refuse a bad directory before creating anything
+    body = {k: v for k, v in {"kind": kind, "displayName": display_name, "description": description,
+                              "public": public, "contextLength": context_length}.items() if v is not None}
+    if base_model:
+        body["peftDetails"] = {"baseModel": base_model}
+    s = current()
+    model = s.client.models.create(model_id, body)
+    if directory is not None:
+        model = _upload(s, model["name"], directory)
+    s.printer.one(model, MODEL)
+
+
+@verb("upload", "model", "fireplace upload model my-lora ./adapter")
+def upload_model(model: ModelRef, directory: Dir) -> None:
+    """Upload a directory to a model that is UPLOADING (running it again re-sends every file)."""
+    s = current()
+    s.printer.one(_upload(s, model, directory), MODEL)
+
+
+@verb("get", "model", "fireplace get model my-lora\nfireplace get model accounts/fireplace/models/smollm2-135m-instruct -o json")
+def get_model(model: ModelRef) -> None:
+    """Show a model."""
+    s = current()
+    s.printer.one(s.client.models.get(model), MODEL)
+
+
+@verb("list", "model", "fireplace list models\nfireplace list models --filter 'kind=\"HF_PEFT_ADDON\"' --all -q\n"
+                       "fireplace list models --account fireplace")
+def list_models(filter: Filter = None, order_by: OrderBy = None, page_size: PageSize = None,
+                page_token: PageToken = None, all_pages: AllPages = False) -> None:
+    """List the account's models."""
+    s = current()
+    show_list(s.client.collection_path("models"), "models", MODEL, filter=filter, order_by=order_by,
+              page_size=page_size, page_token=page_token, all_pages=all_pages)
+
+
+@verb("update", "model", "fireplace update model my-lora --display-name 'Support bot v2' --public")
+def update_model(model: ModelRef, display_name: DisplayName = None, description: Description = None,
+                 public: Public = None,
+                 context_length: Annotated[Optional[int], typer.Option("--context-length", min=1)] = None) -> None:
+    """Change a model's display name, description, visibility or context length."""
+    fields = {k: v for k, v in {"displayName": display_name, "description": description, "public": public,
+                                "contextLength": context_length}.items() if v is not None}
+    if not fields:
+        raise typer.BadParameter("nothing to change: give --display-name, --description, --public or --context-length")
+    s = current()
+    s.printer.one(s.client.models.update(model, fields), MODEL)
+
+
+@verb("delete", "model", "fireplace delete model my-lora")
+def delete_model(model: ModelRef) -> None:
+    """Delete a model and its files (refused while it is deployed or being trained)."""
+    s = current()
+    s.client.models.delete(model)
+    note(f"deleted {s.client.models.name(model)}")
+
+
+@verb("download", "model", "fireplace download model my-lora ./my-lora")
+def download_model(model: ModelRef, directory: Dir) -> None:
+    """Download a READY model's files into DIR (created if missing)."""
+    s = current()
+    urls = s.client.models.download_endpoints(model)
+    with transfer_progress("downloading") as progress:
+        paths = transfers.download(s.client, urls, directory, progress)
+    if s.structured:
+        for path in paths:
+            typer.echo(str(path))
+    else:
+        note(f"{len(paths)} files in {directory}")

@@ -1,0 +1,47 @@
+"""--wait: poll a resource until it reaches a wanted state (or a failed one, or the timeout),
+showing each change: a live line on a terminal, one printed line per change otherwise."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.live import Live
+from rich.text import Text
+
+from fireplace.cli.exit_codes import WaitFailed
+from fireplace.cli.output import is_terminal, note, stderr
+
+POLL_SECONDS = 1.0
+
+
+def wait_for(fetch: Callable[[], dict], *, done: set[str], failed: set[str], timeout: float,
+             describe: Callable[[dict, float], str], what: str, poll: float = POLL_SECONDS) -> dict:
+    """Returns the resource once its `state` is in `done`; WaitFailed on a failed state or timeout.
+    `describe(resource, elapsed_seconds)` is the status line."""
+    start = time.monotonic()
+    live = Live(console=stderr(), transient=False, auto_refresh=False) if is_terminal() else None
+    last_line = None
+    try:
+        if live:
+            live.start()
+        while True:
+            resource = fetch()
+            elapsed = time.monotonic() - start
+            line = describe(resource, elapsed)
+            if live:
+                live.update(Text(line), refresh=True)
+            elif line != last_line:
+                note(line)
+            last_line = line
+            state = resource.get("state", "")
+            if state in done:
+                return resource
+            if state in failed:
+                message = (resource.get("status") or {}).get("message") or ""
+                raise WaitFailed(f"{what} ended {state}" + (f": {message}" if message else ""))
+            if elapsed >= timeout:
+                raise WaitFailed(f"{what} still {state} after {timeout:.0f}s (--wait-timeout)")
+            time.sleep(min(poll, max(0.05, timeout - elapsed)))
+    finally:
+        if live:
+            live.stop()

@@ -1,0 +1,208 @@
+"""Typed calls, one class per resource of the control plane (paths and bodies as in the
+official fireworks-ai SDK; our extensions: accounts create, quotas, usage, job metrics).
+
+`ref` arguments take an ID (in the client's account) or a full name. Calls return the API's
+JSON as it came (a dict); list calls return one page, `iter` every item of every page.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fireplace.client.api import Fireplace
+
+Resource = dict[str, Any]
+
+
+def _set(**fields: Any) -> dict:
+    """The fields that were given (None means 'not given'), as the API spells them."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+class _Collection:
+    collection = ""     # path segment under accounts/{a}/
+    items_key = ""      # key of the list in a list response
+
+    def __init__(self, fp: "Fireplace"):
+        self.fp = fp
+
+    def name(self, ref: str) -> str:
+        return self.fp.name(self.collection, ref)
+
+    def _path(self, ref: str, verb: str = "") -> str:
+        return self.fp.path(self.collection, ref, verb)
+
+    def _collection(self, account: str | None = None) -> str:
+        return self.fp.collection_path(self.collection, account)
+
+    def get(self, ref: str) -> Resource:
+        return self.fp.get(self._path(ref))
+
+    def list(self, *, filter: str | None = None, order_by: str | None = None, page_size: int | None = None,
+             page_token: str | None = None, **params: Any) -> dict:
+        return self.fp.list_page(self._collection(), filter=filter, order_by=order_by, page_size=page_size,
+                                 page_token=page_token, **params)
+
+    def iter(self, **query: Any) -> Iterator[Resource]:
+        return self.fp.iter_list(self._collection(), self.items_key, **query)
+
+    def update(self, ref: str, fields: dict, update_mask: str | None = None) -> Resource:
+        return self.fp.patch(self._path(ref), fields, params={"updateMask": update_mask})
+
+    def delete(self, ref: str, **params: Any) -> Resource:
+        return self.fp.delete(self._path(ref), params=params)
+
+
+class Accounts(_Collection):
+    items_key = "accounts"
+
+    def get(self, ref: str | None = None) -> Resource:
+        account = (ref or self.fp.account_id).removeprefix("accounts/")
+        return self.fp.get(f"/v1/accounts/{account}")
+
+    def list(self, **query: Any) -> dict:
+        return self.fp.list_page("/v1/accounts", **query)
+
+    def iter(self, **query: Any) -> Iterator[Resource]:
+        return self.fp.iter_list("/v1/accounts", self.items_key, **query)
+
+    def create(self, email: str, *, display_name: str | None = None, account_type: str | None = None,
+               account_id: str | None = None) -> Resource:
+        return self.fp.post("/v1/accounts", _set(email=email, displayName=display_name, accountType=account_type),
+                            params={"accountId": account_id})
+
+
+class Users(_Collection):
+    collection, items_key = "users", "users"
+
+    def create(self, user_id: str | None, *, role: str, email: str | None = None,
+               display_name: str | None = None, service_account: bool | None = None) -> Resource:
+        body = _set(role=role, email=email, displayName=display_name, serviceAccount=service_account)
+        return self.fp.post(self._collection(), body, params={"userId": user_id})
+
+
+class ApiKeys:
+    """Keys live under a user: accounts/{a}/users/{u}/apiKeys."""
+    items_key = "apiKeys"
+
+    def __init__(self, fp: "Fireplace"):
+        self.fp = fp
+
+    def _collection(self, user: str) -> str:
+        return self.fp.path("users", user, "/apiKeys")
+
+    def create(self, user: str, *, display_name: str | None = None, expire_time: str | None = None) -> Resource:
+        return self.fp.post(self._collection(user), {"apiKey": _set(displayName=display_name, expireTime=expire_time)})
+
+    def list(self, user: str, **query: Any) -> dict:
+        return self.fp.list_page(self._collection(user), **query)
+
+    def iter(self, user: str, **query: Any) -> Iterator[Resource]:
+        return self.fp.iter_list(self._collection(user), self.items_key, **query)
+
+    def delete(self, user: str, key_id: str) -> Resource:
+        return self.fp.post(self._collection(user) + ":delete", {"keyId": key_id})
+
+
+class Models(_Collection):
+    collection, items_key = "models", "models"
+
+    def create(self, model_id: str, model: dict) -> Resource:
+        return self.fp.post(self._collection(), {"modelId": model_id, "model": model})
+
+    def upload_endpoints(self, ref: str, sizes: dict[str, int]) -> dict[str, str]:
+        """filename -> signed PUT URL (declares each file's size in bytes)."""
+        body = {"filenameToSize": {k: str(v) for k, v in sizes.items()}}
+        return self.fp.post(self._path(ref, ":getUploadEndpoint"), body).get("filenameToSignedUrls", {})
+
+    def validate_upload(self, ref: str) -> Resource:
+        """{"warnings": [...]}; the model is READY afterwards."""
+        return self.fp.get(self._path(ref, ":validateUpload"))
+
+    def download_endpoints(self, ref: str) -> dict[str, str]:
+        return self.fp.get(self._path(ref, ":getDownloadEndpoint")).get("filenameToSignedUrls", {})
+
+
+class Datasets(_Collection):
+    collection, items_key = "datasets", "datasets"
+
+    def create(self, dataset_id: str, dataset: dict | None = None) -> Resource:
+        return self.fp.post(self._collection(), {"datasetId": dataset_id, "dataset": dataset or {}})
+
+    def upload_endpoint(self, ref: str, filename: str, size: int) -> str:
+        body = {"filenameToSize": {filename: str(size)}}
+        return self.fp.post(self._path(ref, ":getUploadEndpoint"), body)["filenameToSignedUrls"][filename]
+
+    def validate_upload(self, ref: str) -> Resource:
+        """Checks the PUT file line by line; the dataset (READY) or a 400 listing the lines."""
+        return self.fp.post(self._path(ref, ":validateUpload"), {})
+
+    def download_endpoints(self, ref: str) -> dict[str, str]:
+        return self.fp.get(self._path(ref, ":getDownloadEndpoint")).get("filenameToSignedUrls", {})
+
+
+class Deployments(_Collection):
+    collection, items_key = "deployments", "deployments"
+
+    def create(self, base_model: str, fields: dict | None = None, *, deployment_id: str | None = None,
+               validate_only: bool | None = None) -> Resource:
+        return self.fp.post(self._collection(), {**(fields or {}), "baseModel": base_model},
+                            params={"deploymentId": deployment_id, "validateOnly": validate_only or None})
+
+    def delete(self, ref: str, *, hard: bool = False, ignore_checks: bool = False) -> Resource:
+        return self.fp.delete(self._path(ref), params={"hard": hard or None, "ignoreChecks": ignore_checks or None})
+
+    def undelete(self, ref: str) -> Resource:
+        return self.fp.post(self._path(ref, ":undelete"), {})
+
+    def scale(self, ref: str, replica_count: int) -> Resource:
+        return self.fp.patch(self._path(ref, ":scale"), {"replicaCount": replica_count})
+
+
+class DeployedModels(_Collection):
+    collection, items_key = "deployedModels", "deployedModels"
+
+    def load(self, model: str, deployment: str, *, public: bool | None = None, default: bool | None = None,
+             display_name: str | None = None, description: str | None = None) -> Resource:
+        body = _set(model=model, deployment=deployment, public=public, default=default,
+                    displayName=display_name, description=description)
+        return self.fp.post(self._collection(), body)
+
+    def find(self, model: str, deployment: str) -> Resource | None:
+        """The deployed model of `model` (full name) in `deployment` (full name), if loaded."""
+        query = f'model="{model}" AND deployment="{deployment}"'
+        return next(iter(self.iter(filter=query, page_size=1)), None)
+
+    def unload(self, ref: str) -> Resource:
+        return self.fp.delete(self._path(ref))
+
+
+class SftJobs(_Collection):
+    collection, items_key = "supervisedFineTuningJobs", "supervisedFineTuningJobs"
+
+    def create(self, fields: dict, *, job_id: str | None = None) -> Resource:
+        return self.fp.post(self._collection(), fields, params={"supervisedFineTuningJobId": job_id})
+
+    def cancel(self, ref: str) -> Resource:
+        return self.fp.post(self._path(ref, ":cancel"), {})
+
+    def resume(self, ref: str) -> Resource:
+        return self.fp.post(self._path(ref, ":resume"), {})
+
+    def metrics(self, ref: str, **query: Any) -> Iterator[Resource]:
+        """Per-step metrics (`GET .../supervisedFineTuningJobs/{j}/metrics`, paged)."""
+        return self.fp.iter_list(self._path(ref, "/metrics"), "metrics", **query)
+
+    def events(self, ref: str, **query: Any) -> Iterator[Resource]:
+        return self.fp.iter_list(self._path(ref, "/events"), "events", **query)
+
+
+class Quotas(_Collection):
+    collection, items_key = "quotas", "quotas"
+
+    def update(self, ref: str, max_value: int) -> Resource:  # type: ignore[override]
+        return self.fp.patch(self._path(ref), {"maxValue": str(max_value)})
+
+    def usage(self, account: str | None = None) -> Resource:
+        return self.fp.get(f"/v1/accounts/{(account or self.fp.account_id).removeprefix('accounts/')}/usage")
