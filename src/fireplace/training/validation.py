@@ -1,7 +1,7 @@
 """Dataset validation against the base model: every example through the tokenizer and chat
 template, with loss masks; over-long examples truncated and counted.
 
-    outcome = encode_dataset(lines, encoder, fmt)   # lines: iterable of raw JSONL bytes
+    outcome = encode_dataset(lines, encoder)   # lines: iterable of raw JSONL bytes
     outcome.examples      -> [EncodedExample] with something to train on
     outcome.truncated     -> how many were cut to maxContextLength
     outcome.dropped       -> how many had no trained token left after the cut (skipped)
@@ -14,6 +14,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from fireplace.training.dataset_format import CHAT, COMPLETION
 from fireplace.training.encoding import EncodedExample, ExampleEncoder
 from fireplace.training.errors import TrainingError
 
@@ -36,7 +37,8 @@ class EncodeOutcome:
         return sum(len(e.input_ids) for e in self.examples)
 
 
-def encode_dataset(lines: Iterable[bytes], encoder: ExampleEncoder, fmt: str, *, what: str = "dataset") -> EncodeOutcome:
+def encode_dataset(lines: Iterable[bytes], encoder: ExampleEncoder, *, what: str = "dataset") -> EncodeOutcome:
+    """Each line is CHAT when it has `messages`, else COMPLETION (upload validation made one file one format)."""
     out = EncodeOutcome()
     for lineno, raw in enumerate(lines, start=1):
         if not raw.strip():
@@ -45,7 +47,7 @@ def encode_dataset(lines: Iterable[bytes], encoder: ExampleEncoder, fmt: str, *,
             obj = json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
         except ValueError as exc:  # format validation at upload makes this rare
             raise TrainingError(f"{what} line {lineno}: not valid JSON ({exc})") from None
-        ex = encoder.encode(obj, lineno, fmt)
+        ex = encoder.encode(obj, lineno, CHAT if "messages" in obj else COMPLETION)
         out.total += 1
         if ex.original_length > out.longest:
             out.longest, out.longest_line = ex.original_length, lineno

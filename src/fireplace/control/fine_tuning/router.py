@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Query, Request
 
 from fireplace.api.auth import CallerDep
 from fireplace.api.read_mask import ReadMask
@@ -12,7 +12,10 @@ from fireplace.api.deps import SessionDep
 from fireplace.api.listing import ListQuery
 from fireplace.api.wire import Empty
 from fireplace.control.fine_tuning import service
-from fireplace.control.fine_tuning.schemas import ListSftJobsResponse, SftJobCreate, SupervisedFineTuningJob, job_out
+from fireplace.control.fine_tuning import history
+from fireplace.control.fine_tuning.schemas import (ListJobCheckpointsResponse, ListJobEventsResponse,
+                                                   ListJobMetricsResponse, ListSftJobsResponse, SftJobCreate,
+                                                   SupervisedFineTuningJob, job_out)
 
 router = APIRouter(tags=["supervised fine-tuning jobs"])
 COLLECTION = "/v1/accounts/{account_id}/supervisedFineTuningJobs"
@@ -49,6 +52,28 @@ def list_jobs(account_id: str, params: ListQuery, caller: CallerDep, session: Se
                                total_size=total)
 
 
+@router.get(COLLECTION + "/{job_id}/metrics", response_model=ListJobMetricsResponse, response_model_exclude_none=True,
+            summary="Per-step training metrics of a job (Fireplace extension): train loss, learning rate, grad norm, "
+                    "tokens and tokens/s per step, eval loss at each epoch's last step; oldest first; "
+                    "filter fields: step, epoch")
+def list_job_metrics(account_id: str, job_id: str, params: ListQuery, caller: CallerDep, session: SessionDep):
+    return history.list_metrics(session, caller, account_id, job_id, params)
+
+
+@router.get(COLLECTION + "/{job_id}/events", response_model=ListJobEventsResponse, response_model_exclude_none=True,
+            summary="Events of a job (Fireplace extension): state changes, validation warnings (e.g. truncated "
+                    "examples), checkpoints, restarts and resumes; oldest first; filter fields: level, type")
+def list_job_events(account_id: str, job_id: str, params: ListQuery, caller: CallerDep, session: SessionDep):
+    return history.list_events(session, caller, account_id, job_id, params)
+
+
+@router.get(COLLECTION + "/{job_id}/checkpoints", response_model=ListJobCheckpointsResponse,
+            response_model_exclude_none=True,
+            summary="Checkpoints of a job (Fireplace extension), with step and metrics; oldest first")
+def list_job_checkpoints(account_id: str, job_id: str, params: ListQuery, caller: CallerDep, session: SessionDep):
+    return history.list_checkpoints(session, caller, account_id, job_id, params)
+
+
 @router.get(ITEM, summary="Get a supervised fine-tuning job", **OUT)
 def get_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep,
             read_mask: ReadMask = None):
@@ -56,7 +81,8 @@ def get_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep
 
 
 @router.delete(ITEM, response_model=Empty,
-               summary="Delete a job that is PENDING, PAUSED or finished (cancel a running one first)")
-def delete_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep):
-    service.delete_job(session, caller, account_id, job_id)
+               summary="Delete a job that is PENDING, PAUSED or finished (cancel a running one first), with its "
+                       "checkpoints, metrics and events; its output model stays")
+def delete_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep, request: Request):
+    service.delete_job(session, caller, account_id, job_id, blobs=request.app.state.blobs)
     return {}

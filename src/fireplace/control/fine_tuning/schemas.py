@@ -46,6 +46,10 @@ class Hyperparameters(Wire):
     early_stop: bool | None = None
     jinja_template: str | None = Field(default=None, max_length=MAX_TEMPLATE_CHARS)
     wandb_config: WandbConfig | None = None
+    # Fireplace extensions: the RNG seed (same seed + data -> same adapter on CPU) and the
+    # checkpoint cadence (default: about 10 checkpoints per job).
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    checkpoint_interval_steps: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 class SftJobCreate(Hyperparameters):
@@ -60,8 +64,21 @@ class SftJobCreate(Hyperparameters):
 class JobProgress(Wire):
     percent: int = 0
     epoch: int = 0
-    input_tokens: int | None = None
+    input_tokens: int | None = None          # tokens trained on so far (no padding exists)
     output_tokens: int | None = None
+    # Fireplace extensions
+    step: int | None = None
+    total_steps: int | None = None
+    total_input_tokens: int | None = None    # epochs x dataset tokens
+    eta_seconds: int | None = None
+
+
+class CheckpointRef(Wire):
+    step: int
+    epoch: int
+    create_time: str | None = None
+    is_final: bool = False
+    metrics: dict = Field(default_factory=dict)   # trainLoss, learningRate, evalLoss
 
 
 class SupervisedFineTuningJob(Hyperparameters):
@@ -79,6 +96,7 @@ class SupervisedFineTuningJob(Hyperparameters):
     completed_time: str | None = None
     created_by: str | None = None
     job_progress: JobProgress
+    checkpoints: list[CheckpointRef] = Field(default_factory=list)   # Fireplace extension
 
 
 class ListSftJobsResponse(Wire):
@@ -103,4 +121,53 @@ def job_out(row) -> SupervisedFineTuningJob:
         warm_start_from=row.warm_start_from or None, output_model=row.output_model,
         create_time=rfc3339(row.create_time), update_time=rfc3339(row.update_time),
         completed_time=rfc3339(row.completed_time), created_by=row.created_by or None,
-        job_progress=JobProgress(**(row.job_progress or {})))
+        job_progress=JobProgress(**(row.job_progress or {})),
+        checkpoints=[checkpoint_out(c) for c in row.checkpoints])
+
+
+def checkpoint_out(c) -> CheckpointRef:
+    from fireplace.api.wire import rfc3339
+
+    return CheckpointRef(step=c.step, epoch=c.epoch, create_time=rfc3339(c.create_time), is_final=c.is_final,
+                         metrics={k: v for k, v in (c.metrics or {}).items() if k in ("trainLoss", "learningRate",
+                                                                                      "evalLoss")})
+
+
+class JobEvent(Wire):
+    """One event of a job (OpenAI-style: level and message, plus typed data)."""
+    id: str
+    create_time: str
+    level: Literal["INFO", "WARNING", "ERROR"]
+    type: str
+    message: str
+    data: dict = Field(default_factory=dict)
+
+
+class ListJobEventsResponse(Wire):
+    events: list[JobEvent]
+    next_page_token: str = ""
+    total_size: int = 0
+
+
+class StepMetric(Wire):
+    step: int
+    epoch: int
+    train_loss: float
+    learning_rate: float
+    grad_norm: float
+    tokens: int                  # non-padding tokens in the step
+    tokens_per_second: float
+    eval_loss: float | None = None
+    create_time: str | None = None
+
+
+class ListJobMetricsResponse(Wire):
+    metrics: list[StepMetric]
+    next_page_token: str = ""
+    total_size: int = 0
+
+
+class ListJobCheckpointsResponse(Wire):
+    checkpoints: list[CheckpointRef]
+    next_page_token: str = ""
+    total_size: int = 0

@@ -1,7 +1,7 @@
 """Supervised fine-tuning jobs: create / get / list / delete / cancel / resume.
 
-Create validates everything a worker will need, then queues the job in JOB_STATE_PENDING
-(the fine-tuning issue adds the workers that pick it up):
+Create validates everything a worker will need, then records the job in JOB_STATE_CREATING;
+the controller (orchestration/jobs.py) takes it through VALIDATING and PENDING to a worker:
   - dataset (and evaluationDataset): READY, in the job's own account (another account's
     dataset answers exactly like a missing one);
   - exactly one of baseModel (a READY HF_BASE_MODEL) and warmStartFrom (a READY HF_PEFT_ADDON),
@@ -10,7 +10,8 @@ Create validates everything a worker will need, then queues the job in JOB_STATE
     output of another unfinished job (409);
   - the concurrent-fine-tuning-jobs quota.
 State changes follow fine_tuning/states.py. Delete removes the row (the output model, if any,
-stays); only jobs with nothing running may be deleted: PENDING, PAUSED or finished.
+stays), with its events, metrics, checkpoints and encoded examples; only jobs with nothing
+running may be deleted: PENDING, PAUSED or finished.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from fireplace.api.listing import ListParams, paginate
 from fireplace.control.common import fetch, resource_name, touch
 from fireplace.control.deployments.service import (ADDON_KIND, BASE_KIND, model_name, path_id,
                                                    require_account, resolve_model)
-from fireplace.control.fine_tuning import states
+from fireplace.control.fine_tuning import runtime, states
 from fireplace.control.fine_tuning.schemas import DEFAULTS, Hyperparameters, SftJobCreate
 from fireplace.control.fine_tuning.tables import SftJobRow
 from fireplace.control.fine_tuning.usage import count_active_jobs, output_model_claims
@@ -115,12 +116,14 @@ def create_job(session: Session, caller: Principal, account_id: str, body: SftJo
     output = resource_name(account_id, "models", out_id)
     _check_output_free(session, account_id, output, resource_name(account_id, COLLECTION, job_id))
     enforce_quota(session, account_id, "concurrent-fine-tuning-jobs", usage=count_active_jobs(session, account_id))
-    row = SftJobRow(account_id=account_id, job_id=job_id, state=states.PENDING, dataset=dataset,
+    row = SftJobRow(account_id=account_id, job_id=job_id, state=states.CREATING, dataset=dataset,
                     evaluation_dataset=eval_dataset, base_model=base, warm_start_from=warm,
                     training_base_model=trained_on, output_model=output, display_name=body.display_name or "",
-                    created_by=caller.user_name, status_code="OK", status_message="waiting for a training worker",
+                    created_by=caller.user_name, status_code="OK", status_message="created; validation follows",
                     job_progress={"percent": 0, "epoch": 0}, spec=_spec(body))
     add_unique(session, row, f"supervised fine-tuning job {resource_name(account_id, COLLECTION, job_id)!r}")
+    runtime.add_event(session, account_id, job_id, runtime.STATE, states.CREATING,
+                      data={"by": caller.user_name})
     session.commit()
     return row
 
@@ -143,6 +146,7 @@ def cancel_job(session: Session, caller: Principal, account_id: str, job_id: str
     row = get_job(session, caller, account_id, job_id, Action.WRITE)
     target = states.verb_target(states.CANCEL, "cancel", row.state)
     states.transition(row, target, message="cancelled by " + caller.user_name)
+    runtime.add_event(session, account_id, row.job_id, runtime.STATE, target, data={"by": caller.user_name})
     touch(row)
     session.commit()
     return row
@@ -160,14 +164,26 @@ def resume_job(session: Session, caller: Principal, account_id: str, job_id: str
     except AlreadyExists as exc:
         raise FailedPrecondition(exc.message) from None
     enforce_quota(session, account_id, "concurrent-fine-tuning-jobs", usage=count_active_jobs(session, account_id))
+    ckpt = runtime.latest_checkpoint(session, account_id, row.job_id)
+    if not row.validation and target == states.PENDING:
+        target = states.VALIDATING  # it failed or was cancelled before its data was validated
     states.transition(row, target, message="resumed; waiting for a training worker")
+    row.restart_count = 0
+    runtime.add_event(session, account_id, row.job_id, runtime.RESUME,
+                      f"resumed by {caller.user_name}; training continues from "
+                      + (f"the checkpoint at step {ckpt.step}" if ckpt else "the start"),
+                      data={"checkpointStep": ckpt.step if ckpt else None})
     touch(row)
     session.commit()
     return row
 
 
-def delete_job(session: Session, caller: Principal, account_id: str, job_id: str) -> None:
+def delete_job(session: Session, caller: Principal, account_id: str, job_id: str, blobs=None) -> None:
     row = get_job(session, caller, account_id, job_id, Action.WRITE)
     states.check_deletable(row.state)
+    runtime.forget_runtime(session, account_id, row.job_id)
     session.delete(row)
     session.commit()
+    if blobs is not None:  # after the commit: a failure here leaves only unreferenced blobs
+        from fireplace.training.checkpoint_store import delete_job_blobs
+        delete_job_blobs(blobs, account_id, row.job_id)

@@ -1,11 +1,11 @@
 """The legal life of a fine-tuning job, as one table. Every state change goes through
 `transition`; an illegal one is 400 FAILED_PRECONDITION naming both states.
 
-    CREATING -> VALIDATING -> PENDING -> RUNNING -> WRITING_RESULTS -> COMPLETED
+    CREATING -> VALIDATING -> PENDING -> RUNNING -> WRITING_RESULTS -> COMPLETED | EARLY_STOPPED
                                  |          |  \\-> EARLY_STOPPED | FAILED | PAUSED | RE_QUEUEING
                                  |          \\-> CANCELLING -> CANCELLED
                                  \\-> CANCELLED
-    FAILED | CANCELLED | PAUSED --resume--> PENDING
+    FAILED | CANCELLED | PAUSED --resume--> PENDING (VALIDATING when validation never finished)
 
 Terminal: COMPLETED, EARLY_STOPPED, EXPIRED (no exits); FAILED and CANCELLED only resume.
 A job is deletable when nothing runs for it: PENDING, PAUSED or a final state.
@@ -26,11 +26,11 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     PENDING: frozenset({RUNNING, FAILED, CANCELLED, EXPIRED}),
     RUNNING: frozenset({WRITING_RESULTS, FAILED, CANCELLING, EARLY_STOPPED, PAUSED, RE_QUEUEING}),
     RE_QUEUEING: frozenset({PENDING, FAILED, CANCELLING}),
-    WRITING_RESULTS: frozenset({COMPLETED, FAILED}),
+    WRITING_RESULTS: frozenset({COMPLETED, EARLY_STOPPED, FAILED}),
     CANCELLING: frozenset({CANCELLED, FAILED}),
     PAUSED: frozenset({PENDING, CANCELLED}),
-    FAILED: frozenset({PENDING}),
-    CANCELLED: frozenset({PENDING}),
+    FAILED: frozenset({PENDING, VALIDATING}),
+    CANCELLED: frozenset({PENDING, VALIDATING}),
     COMPLETED: frozenset(),
     EARLY_STOPPED: frozenset(),
     EXPIRED: frozenset(),

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKeyConstraint, Index, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from fireplace.db.base import AccountScoped, Base, UTCDateTime, utcnow
 
@@ -44,6 +44,10 @@ class SftJobRow(AccountScoped, Base):
     heartbeat_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     restart_count: Mapped[int] = mapped_column(Integer, default=0, nullable=False)  # crashes since last start
     validation: Mapped[dict] = mapped_column(JSON, default=dict, nullable=False)    # summary of VALIDATING
+    checkpoints: Mapped[list["SftJobCheckpointRow"]] = relationship(
+        viewonly=True, lazy="select", order_by="SftJobCheckpointRow.step",
+        primaryjoin="and_(SftJobRow.account_id == foreign(SftJobCheckpointRow.account_id), "
+                    "SftJobRow.job_id == foreign(SftJobCheckpointRow.job_id))")
 
 
 class SftJobEventRow(Base):
