@@ -24,6 +24,8 @@ class EngineStats:
     generation_tokens_per_s: float = 0.0
     prefix_cache_hit_rate: float = 0.0  # cached / queried prompt tokens since start
     num_preemptions: int = 0
+    prompt_tokens_total: int = 0  # computed since start (recomputes after preemption included)
+    generation_tokens_total: int = 0
 
     @classmethod
     def collect(cls, scheduler: "Scheduler", meter: "ThroughputMeter | None" = None, *,
@@ -41,6 +43,8 @@ class EngineStats:
             generation_tokens_per_s=generation_rate,
             prefix_cache_hit_rate=bm.stats.hit_rate,
             num_preemptions=scheduler.num_preemptions,
+            prompt_tokens_total=meter.total_prompt_tokens if meter is not None else 0,
+            generation_tokens_total=meter.total_generated_tokens if meter is not None else 0,
         )
 
     @property
@@ -58,6 +62,8 @@ class ThroughputMeter:
         self._events: deque[tuple[float, int, int]] = deque()  # (time, prompt tokens, generated)
         self._num_prompt = 0
         self._num_generated = 0
+        self.total_prompt_tokens = 0
+        self.total_generated_tokens = 0
         self._start = clock()
 
     def record(self, num_prompt_tokens: int, num_generated_tokens: int) -> None:
@@ -65,6 +71,8 @@ class ThroughputMeter:
         self._events.append((now, num_prompt_tokens, num_generated_tokens))
         self._num_prompt += num_prompt_tokens
         self._num_generated += num_generated_tokens
+        self.total_prompt_tokens += num_prompt_tokens
+        self.total_generated_tokens += num_generated_tokens
         self._expire(now)
 
     def rates(self) -> tuple[float, float]:
