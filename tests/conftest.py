@@ -23,13 +23,13 @@ def _require_postgres():
         pytest.skip("PostgreSQL not reachable")
 
 
-def start_server(tmp_path_factory, backend: str, **kw) -> Server:
+def start_server(tmp_path_factory, backend: str, timeout: float = 60, **kw) -> Server:
     home = tmp_path_factory.mktemp(f"fp-{backend}")
     db_url = None
     if backend == "postgres":
         _require_postgres()
         db_url = create_pg_database()
-    return Server(home=home, backend=backend, api_key=ADMIN_KEY, database_url=db_url, **kw).start()
+    return Server(home=home, backend=backend, api_key=ADMIN_KEY, database_url=db_url, **kw).start(timeout)
 
 
 def stop_server(server: Server) -> None:

@@ -26,6 +26,37 @@ class Limits(BaseSettings):
     max_model_file_bytes: int = 20 << 30      # one model file upload
     max_dataset_errors: int = 100             # errors listed for a bad JSONL upload
     min_dataset_examples: int = 3
+    max_signups_per_hour: int = 10            # open sign-up (--allow-signup), per client address
+    purge_interval_s: float = 60.0            # background purge of deployments past purgeTime
+
+
+class ServingSettings(BaseSettings):
+    """The data plane in `fireplace serve`: controller, local executor, replicas."""
+    model_config = SettingsConfigDict(env_prefix="FIREPLACE_SERVING_", extra="forbid")
+
+    local_replica_slots: int | None = None    # model replicas at once; default: one per GPU, else 2
+    local_embedding_slots: int = 1            # embedding replicas (small) have their own slots
+    local_trainer_slots: int = 1              # fine-tuning workers at once
+    replica_host: str = "127.0.0.1"           # where replicas listen (internal API)
+    replica_kv_cache_mb: int = 256            # KV cache per replica (CPU)
+    replica_threads: int | None = None        # torch threads per replica (CPU); default: all cores
+    replica_max_loras: int = 8                # LoRA slots per replica
+    replica_start_timeout_s: float = 600.0    # load + warm-up; longer = failed start
+    max_replica_failures: int = 3             # failed starts in a row before the deployment is FAILED
+    reconcile_interval_s: float = 1.0         # controller tick
+    lease_ttl_s: float = 15.0                 # another server takes over after this long without renewal
+    serverless_replicas: int = 1              # replicas of each bundled public (serverless) deployment
+
+    def replica_slots(self) -> int:
+        if self.local_replica_slots is not None:
+            return self.local_replica_slots
+        try:
+            import torch
+            if torch.cuda.is_available():
+                return torch.cuda.device_count()
+        except Exception:
+            pass
+        return 2
 
 
 class Settings(BaseSettings):
@@ -44,6 +75,7 @@ class Settings(BaseSettings):
     workers_enabled: bool = True              # controller / job runners in this process
     import_catalog: bool = True               # register the bundled SmolLM2 in the public catalog
     limits: Limits = Field(default_factory=Limits)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @field_validator("home")
     @classmethod

@@ -20,6 +20,7 @@ from fireplace.control.deployments.router import router as deployments_router
 from fireplace.control.fine_tuning.router import router as fine_tuning_router
 from fireplace.control.models.router import router as models_router
 from fireplace.control.quotas.router import router as quotas_router
+from fireplace.control.unimplemented import router as unserved_router
 from fireplace.control.users.router import router as users_router
 from fireplace.db.engine import make_engine, make_session_factory
 from fireplace.db.migrate import upgrade
@@ -28,7 +29,8 @@ from fireplace.storage import BlobStore
 log = logging.getLogger("fireplace")
 
 CONTROL_ROUTERS = (accounts_router, users_router, api_keys_router, quotas_router, models_router,
-                   datasets_router, deployments_router, deployed_models_router, fine_tuning_router)
+                   datasets_router, deployments_router, deployed_models_router, fine_tuning_router,
+                   unserved_router)
 
 
 def create_app(settings: Settings | None = None, *, bootstrap: bool = True) -> FastAPI:
@@ -47,9 +49,21 @@ def create_app(settings: Settings | None = None, *, bootstrap: bool = True) -> F
         if bootstrap and settings.import_catalog:
             from fireplace.catalog.importer import start_catalog_import
             start_catalog_import(session_factory, blobs)
+        controller = None
+        if settings.workers_enabled:
+            from fireplace.orchestration.controller import Controller
+            controller = Controller(settings, session_factory, blobs)
+            controller.start()
+        app.state.controller = controller
+        from fireplace.control.deployments.purger import start_purger
+        stop_purger = start_purger(session_factory, settings.limits.purge_interval_s)
         app.state.ready = True
         yield
         app.state.ready = False
+        stop_purger()
+        if controller is not None:
+            controller.stop()
+        await app.state.gateway.close()
         engine.dispose()
 
     app = FastAPI(title="Fireplace", version=__version__, lifespan=lifespan,
@@ -62,6 +76,8 @@ def create_app(settings: Settings | None = None, *, bootstrap: bool = True) -> F
     install_error_handlers(app)
     for router in CONTROL_ROUTERS:
         app.include_router(router)
+    from fireplace.gateway.router import install_gateway
+    install_gateway(app)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the process answers")
     def healthz() -> dict:
@@ -77,6 +93,11 @@ def create_app(settings: Settings | None = None, *, bootstrap: bool = True) -> F
             return JSONResponse({"status": "unavailable", "reason": type(exc).__name__}, status_code=503)
         if not app.state.ready:
             return JSONResponse({"status": "starting"}, status_code=503)
+        if bootstrap and settings.import_catalog and settings.workers_enabled:
+            from fireplace.catalog.serverless import bundled_serving_ready
+            waiting = bundled_serving_ready(session_factory)
+            if waiting:
+                return JSONResponse({"status": "starting", "reason": waiting}, status_code=503)
         return {"status": "ready"}
 
     install_openapi(app)

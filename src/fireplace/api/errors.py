@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from fireplace.serving.openai_errors import openai_error_response
 from fireplace.errors import FireplaceError, integrity_violation
 
 log = logging.getLogger("fireplace.api")
@@ -51,9 +52,17 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return _short("invalid request: " + "; ".join(parts), MAX_MESSAGE_CHARS)
 
 
+def _is_inference(request: Request) -> bool:
+    from fireplace.gateway.router import is_inference_path
+    return is_inference_path(request.url.path)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FireplaceError)
     async def _fireplace(_req: Request, exc: FireplaceError):
+        if _is_inference(_req):  # the data plane answers in the OpenAI error shape
+            return openai_error_response(exc.http_status, _short(exc.message, MAX_MESSAGE_CHARS), param=exc.param,
+                                         headers=exc.headers or None)
         return error_response(exc.http_status, exc.grpc_code, _short(exc.message, MAX_MESSAGE_CHARS), exc.details,
                               exc.retryable, exc.headers)
 
@@ -66,6 +75,8 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "error"
         if exc.status_code == 404 and message == "Not Found":
             message = "no such path or resource"
+        if _is_inference(_req):
+            return openai_error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
         return error_response(exc.status_code, HTTP_TO_GRPC.get(exc.status_code, 2), message,
                               headers=getattr(exc, "headers", None))
 
@@ -82,4 +93,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(req: Request, exc: Exception):
         log.exception("unhandled error on %s %s", req.method, req.url.path)
+        if _is_inference(req):
+            return openai_error_response(500, "internal error")
         return error_response(500, 13, "internal error", retryable=False)

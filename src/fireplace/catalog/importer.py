@@ -12,6 +12,7 @@ import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from fireplace.catalog.serverless import ensure_serverless_deployment
 from fireplace.catalog.smollm2 import SMOLLM2_MODEL_ID, ensure_smollm2
 from fireplace.control.accounts.tables import PUBLIC_ACCOUNT_ID
 from fireplace.storage import BlobStore
@@ -25,13 +26,13 @@ def import_bundled_models(factory: sessionmaker[Session], blobs: BlobStore) -> N
 
     with factory() as session:
         row = session.get(ModelRow, (PUBLIC_ACCOUNT_ID, SMOLLM2_MODEL_ID))
-        if row is not None and row.state == "READY":
-            return
-        directory = ensure_smollm2()
-        register_local_model(session, blobs, PUBLIC_ACCOUNT_ID, SMOLLM2_MODEL_ID, directory,
-                             kind="HF_BASE_MODEL", display_name="SmolLM2 135M Instruct",
-                             description="SmolLM2-135M-Instruct (Apache-2.0), converted from the bundled GGUF",
-                             public=True)
+        if row is None or row.state != "READY":
+            directory = ensure_smollm2()
+            register_local_model(session, blobs, PUBLIC_ACCOUNT_ID, SMOLLM2_MODEL_ID, directory,
+                                 kind="HF_BASE_MODEL", display_name="SmolLM2 135M Instruct",
+                                 description="SmolLM2-135M-Instruct (Apache-2.0), converted from the bundled GGUF",
+                                 public=True)
+        ensure_serverless_deployment(session, SMOLLM2_MODEL_ID, enable_addons=True)
         session.commit()
     log.info("catalog: %s/%s is ready", PUBLIC_ACCOUNT_ID, SMOLLM2_MODEL_ID)
 

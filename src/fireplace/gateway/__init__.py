@@ -1,0 +1,1 @@
+"""The inference gateway in the API server: auth, model routing, replica choice, proxying (SSE)."""
