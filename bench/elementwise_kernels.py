@@ -37,6 +37,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from fireplace.engine.backend import Backend
 from fireplace.engine.kernels import elementwise as ew
 from fireplace.engine.layers.norm import RMSNorm
 from fireplace.engine.layers.rotary import apply_rotary
@@ -68,7 +69,7 @@ def cases(tokens: int) -> dict[str, tuple[Callable[[], object], Callable[[], obj
     """name -> (torch call, kernel call), on fresh inputs of `tokens` rows."""
     g = torch.Generator().manual_seed(tokens)
     gate, up = torch.randn(tokens, 2 * INTER, generator=g).split(INTER, dim=-1)  # row stride 2 * INTER
-    norm = RMSNorm(HIDDEN, EPS)
+    norm = RMSNorm(HIDDEN, EPS, backend=Backend.select("cpu", torch.float32, "torch"))  # the torch code
     norm.weight.data = 1 + 0.1 * torch.randn(HIDDEN, generator=g)
     x = torch.randn(tokens, HIDDEN, generator=g)
     h = torch.randn(tokens, HIDDEN, generator=g)

@@ -2,7 +2,8 @@
 
 `PagedSequences` plays a minimal block manager: it hands out block ids from a shuffled pool,
 so every sequence spans several non-contiguous blocks, and builds the varlen ForwardContext
-for one step from "(sequence, number of new tokens)" pairs.
+for one step from "(sequence, number of new tokens)" pairs, with its attention metadata built
+for the backend of the model it is meant for (as ModelRunner.prepare does).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fireplace.engine.attention_metadata import build_attention_metadata
+from fireplace.engine.backend import Backend
 from fireplace.engine.forward_context import ForwardContext
 
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -49,7 +52,9 @@ class Sequence:
 
 
 class PagedSequences:
-    def __init__(self, num_blocks: int, block_size: int, seed: int = 0):
+    def __init__(self, num_blocks: int, block_size: int, seed: int = 0, *, backend: Backend | None = None):
+        """backend: the model's (model.backend); None: Backend.select("cpu"), the default model's."""
+        self.backend = backend if backend is not None else Backend.select("cpu")
         self.block_size = block_size
         self.free = list(range(num_blocks))
         random.Random(seed).shuffle(self.free)
@@ -81,16 +86,19 @@ class PagedSequences:
             seq.num_computed = end
         max_blocks = max(len(seq.block_ids) for seq, _ in work)
         tables = [seq.block_ids + [0] * (max_blocks - len(seq.block_ids)) for seq, _ in work]
+        block_tables = torch.tensor(tables, dtype=torch.int32, device=device)
         return ForwardContext(
             input_ids=torch.tensor(input_ids, dtype=torch.int64, device=device),
             positions=torch.tensor(positions, dtype=torch.int64, device=device),
             query_lens=query_lens,
             context_lens=context_lens,
-            block_tables=torch.tensor(tables, dtype=torch.int32, device=device),
+            block_tables=block_tables,
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
             logits_indices=torch.tensor(logits_rows, dtype=torch.int64, device=device),
             block_size=self.block_size,
             is_decode_only=all(n == 1 for _, n in work),
+            attention=build_attention_metadata(query_lens, context_lens, block_tables, self.block_size,
+                                               self.backend),
         )
 
 

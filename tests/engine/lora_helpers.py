@@ -3,8 +3,9 @@
 PEFT initialises lora_B to zero, which would make every adapter a no-op: both halves are
 randomised so each adapter visibly changes the logits.
 
-`lora_path` is an autouse fixture for test modules that import it: every test runs once with
-the C LoRA kernel and once with the torch paths.
+`lora_path` is an autouse fixture for test modules that import it: every test runs once on the
+cpu-kernels backend (the C LoRA kernel) and once on the torch backend (the torch LoRA paths);
+its value is the Backend, to build models and stacks with.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fireplace.engine.backend import Backend
 from fireplace.engine.kernels import lora_delta
-from fireplace.engine.lora import stack as lora_stack
 
 from .helpers import require_kernel
 
@@ -49,10 +50,12 @@ def make_peft_adapter(base_model, out_dir: Path, *, r: int = 8, lora_alpha: floa
     return peft_model.eval()
 
 
-@pytest.fixture(autouse=True, params=["cpu-kernel", "torch"])
-def lora_path(request, monkeypatch):
-    """Every test runs with the C LoRA kernel and with the torch paths (CPU fp32 uses the kernel)."""
+@pytest.fixture(autouse=True, scope="module", params=["cpu-kernel", "torch"])
+def lora_path(request) -> Backend:
+    """The backend each test runs on: cpu-kernels (C LoRA kernel) or torch (torch LoRA paths)."""
     if request.param == "cpu-kernel":
         require_kernel(lora_delta, "LoRA delta kernel")
-    monkeypatch.setattr(lora_stack, "CPU_LORA_KERNEL", request.param == "cpu-kernel")
-    return request.param
+        backend = Backend.select("cpu", torch.float32, "cpu-kernels")
+        assert backend.lora_kernel
+        return backend
+    return Backend.select("cpu", torch.float32, "torch")

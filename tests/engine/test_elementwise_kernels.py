@@ -13,12 +13,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fireplace.engine.backend import Backend
 from fireplace.engine.kernels import elementwise as ew
 from fireplace.engine.layers.norm import RMSNorm
 from fireplace.engine.layers.rotary import RotaryEmbedding, apply_rotary
 from fireplace.engine.model_config import RopeScaling
 
 from .helpers import require_kernel
+
+TORCH = Backend.select("cpu", torch.float32, "torch")
 
 INF, NAN = float("inf"), float("nan")
 
@@ -118,7 +121,7 @@ def test_silu_mul_threads(kernel):
 # --- rms_norm / add_rms_norm_ ----------------------------------------------------------------
 
 def make_norm(size: int, eps: float, seed: int) -> RMSNorm:
-    norm = RMSNorm(size, eps)
+    norm = RMSNorm(size, eps, backend=TORCH)  # the torch code the kernel replaces
     norm.weight.data = 1.0 + 0.3 * torch.randn(size, generator=gen(seed))
     return norm
 

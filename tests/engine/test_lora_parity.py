@@ -4,7 +4,8 @@ A tiny random Llama is saved and loaded with our loader; 8 PEFT adapters of mixe
 alphas, target subsets, rsLoRA and rank/alpha patterns are saved with save_pretrained and loaded
 through AdapterManager. Each sequence's logits must equal PEFT's own output for that adapter
 (or the base model's for base rows) within 1e-4 fp32, in prefill and in a decode step, with
-both LoRABatch strategies. Merged mode must equal PEFT's merge_and_unload.
+both LoRABatch strategies, on the cpu-kernels and the torch backend (lora_path). Merged mode
+must equal PEFT's merge_and_unload.
 """
 from __future__ import annotations
 
@@ -41,15 +42,12 @@ BATCH = [("r4-qv", 5), (None, 7), ("r8-all", 3), ("r16-ko", 9), ("r64-mlp", 4), 
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def references(tmp_path_factory):
+    """The checkpoint, the PEFT adapters and their logits (backend-independent)."""
     root = tmp_path_factory.mktemp("lora-parity")
     hf = make_hf_checkpoint("llama", root / "base", seed=3, tie_word_embeddings=True)
     peft_models = {name: make_peft_adapter(hf, root / name, seed=i, **kwargs)
                    for i, (name, kwargs) in enumerate(ADAPTERS.items())}
-    model, config = load_model(root / "base", dtype=torch.float32)
-    manager = AdapterManager(model, config, max_loras=8, max_lora_rank=64, max_cpu_loras=8)
-    for name in ADAPTERS:
-        manager.load_adapter(name, root / name)
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(0, 128, (n + 1,), generator=g).tolist() for _, n in BATCH]  # +1: decode token
     refs = []
@@ -57,7 +55,18 @@ def setup(tmp_path_factory):
         for (name, _), prompt in zip(BATCH, prompts):
             ref_model = hf if name is None else peft_models[name]
             refs.append(ref_model(torch.tensor([prompt])).logits[0].float())
-    return dict(root=root, hf=hf, peft=peft_models, model=model, manager=manager, prompts=prompts, refs=refs)
+    return dict(root=root, hf=hf, peft=peft_models, prompts=prompts, refs=refs)
+
+
+@pytest.fixture(scope="module")
+def setup(references, lora_path):
+    """Our model on the backend under test, with the 8 adapters loaded."""
+    root = references["root"]
+    model, config = load_model(root / "base", dtype=torch.float32, backend=lora_path)
+    manager = AdapterManager(model, config, max_loras=8, max_lora_rank=64, max_cpu_loras=8)
+    for name in ADAPTERS:
+        manager.load_adapter(name, root / name)
+    return dict(references, model=model, manager=manager)
 
 
 @pytest.mark.parametrize("use_dense", [None, False, True], ids=["auto", "runs", "dense"])
@@ -66,12 +75,12 @@ def test_mixed_batch_matches_peft_in_prefill_and_decode(setup, use_dense):
     slots = [-1 if name is None else manager.acquire(name) for name, _ in BATCH]
     assert len({s for s in slots if s >= 0}) == 8
     caches = KVCacheSpec.for_model(model.config, BLOCK_SIZE, torch.float32).allocate(64)
-    paged = PagedSequences(64, BLOCK_SIZE)
+    paged = PagedSequences(64, BLOCK_SIZE, backend=model.backend)
     seqs = [Sequence(p) for p in prompts]
     with torch.inference_mode():
         prefill_lens = [len(p) - 1 for p in prompts]
         ctx = paged.step(list(zip(seqs, prefill_lens)), all_logits=True)
-        ctx.lora = LoRABatch.for_sequences(slots, prefill_lens, use_dense=use_dense)
+        ctx.lora = LoRABatch.for_sequences(slots, prefill_lens, use_dense=use_dense, backend=model.backend)
         logits = model.compute_logits(model(ctx, caches)[ctx.logits_indices])
         row = 0
         for (name, n), ref in zip(BATCH, refs):
@@ -79,7 +88,7 @@ def test_mixed_batch_matches_peft_in_prefill_and_decode(setup, use_dense):
             row += n
 
         ctx = paged.step([(s, 1) for s in seqs])
-        ctx.lora = LoRABatch.for_sequences(slots, [1] * len(seqs), use_dense=use_dense)
+        ctx.lora = LoRABatch.for_sequences(slots, [1] * len(seqs), use_dense=use_dense, backend=model.backend)
         logits = model.compute_logits(model(ctx, caches)[ctx.logits_indices])
         for i, ((name, n), ref) in enumerate(zip(BATCH, refs)):
             torch.testing.assert_close(logits[i], ref[n], atol=ATOL, rtol=0, msg=f"decode {name}")
@@ -99,10 +108,10 @@ def test_every_adapter_changes_the_output(setup):
     assert torch.equal(base, hf_ref)
 
 
-def test_merged_mode_matches_peft_merge_and_unload(setup, tmp_path):
+def test_merged_mode_matches_peft_merge_and_unload(setup, tmp_path, lora_path):
     root, name = setup["root"], "r8-rslora"
     merged_ref = copy.deepcopy(setup["peft"][name]).merge_and_unload()
-    model, config = load_model(root / "base", dtype=torch.float32)
+    model, config = load_model(root / "base", dtype=torch.float32, backend=lora_path)
     original = {k: v.clone() for k, v in model.state_dict().items()}
     adapter = LoRAAdapter.from_dir(root / name, config)
     merge_adapter(model, adapter)
@@ -115,7 +124,7 @@ def test_merged_mode_matches_peft_merge_and_unload(setup, tmp_path):
     # the merged model's logits are the adapter's
     prompt = setup["prompts"][0]
     caches = KVCacheSpec.for_model(config, BLOCK_SIZE, torch.float32).allocate(16)
-    ctx = PagedSequences(16, BLOCK_SIZE).step([(Sequence(prompt), len(prompt))], all_logits=True)
+    ctx = PagedSequences(16, BLOCK_SIZE, backend=lora_path).step([(Sequence(prompt), len(prompt))], all_logits=True)
     with torch.inference_mode():
         logits = model.compute_logits(model(ctx, caches)[ctx.logits_indices])
     with torch.no_grad():

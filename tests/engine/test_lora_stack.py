@@ -30,8 +30,8 @@ def _adapters(seed: int = 0):
     return out
 
 
-def _stack(adapters) -> LoRAStack:
-    stack = LoRAStack(IN, OUT, SLOTS, MAX_RANK)
+def _stack(adapters, backend) -> LoRAStack:
+    stack = LoRAStack(IN, OUT, SLOTS, MAX_RANK, backend=backend)
     for slot, (a, b, scale) in adapters.items():
         stack.write_slot(slot, a, b, scale)
     return stack
@@ -47,9 +47,9 @@ def _naive(x, y, token_slots, adapters):
 
 
 @pytest.mark.parametrize("use_dense", [True, False, None])
-def test_mixed_ranks_match_per_token_math(use_dense):
+def test_mixed_ranks_match_per_token_math(use_dense, lora_path):
     adapters = _adapters()
-    stack = _stack(adapters)
+    stack = _stack(adapters, lora_path)
     seq_slots = [0, -1, 1, 2, 3, 3, -1, 5, 0, 4]
     query_lens = [5, 3, 1, 7, 2, 1, 4, 2, 1, 3]
     batch = LoRABatch.for_sequences(seq_slots, query_lens, use_dense=use_dense)
@@ -63,6 +63,14 @@ def test_mixed_ranks_match_per_token_math(use_dense):
     # base tokens and tokens of a slot this projection has no adapter for: bit-identical
     untouched = torch.tensor([s in (-1, 5) for s in token_slots])
     assert torch.equal(got[untouched], base[untouched])
+
+
+def test_stack_uses_the_kernel_exactly_on_the_kernel_backend(lora_path):
+    stack = _stack(_adapters(), lora_path)
+    x = torch.randn(3, IN)
+    assert stack.uses_kernel(x) == (lora_path.kind == "cpu-kernels")
+    assert not LoRAStack(IN, OUT, SLOTS, MAX_RANK).uses_kernel(x)  # no backend: torch paths
+    assert not stack.uses_kernel(x.bfloat16())
 
 
 def test_runs_merge_adjacent_sequences_of_one_slot():
@@ -79,9 +87,9 @@ def test_all_base_batch_is_none():
     assert LoRABatch.from_token_slots([-1, -1, -1]) is None
 
 
-def test_rewriting_a_slot_replaces_it_and_invalidates_the_dense_cache():
+def test_rewriting_a_slot_replaces_it_and_invalidates_the_dense_cache(lora_path):
     adapters = _adapters()
-    stack = _stack(adapters)
+    stack = _stack(adapters, lora_path)
     batch = LoRABatch.for_sequences([0, 1, 2], [1, 1, 1], use_dense=True)
     x, y = torch.randn(3, IN), torch.zeros(3, OUT)
     stack.apply(x, y.clone(), batch)  # fills the cache
@@ -106,9 +114,9 @@ def test_write_slot_refuses_misfit_tensors():
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(-1, SLOTS - 1), st.integers(0, 5)), min_size=1, max_size=12),
        st.booleans())
-def test_any_layout_matches_per_token_math(seqs, use_dense):
+def test_any_layout_matches_per_token_math(lora_path, seqs, use_dense):
     adapters = _adapters(seed=3)
-    stack = _stack(adapters)
+    stack = _stack(adapters, lora_path)
     seq_slots, query_lens = [s for s, _ in seqs], [n for _, n in seqs]
     batch = LoRABatch.for_sequences(seq_slots, query_lens, use_dense=use_dense)
     num_tokens = sum(query_lens)
@@ -122,9 +130,9 @@ def test_any_layout_matches_per_token_math(seqs, use_dense):
                                rtol=1e-5, atol=1e-4)
 
 
-def test_bf16_stack_stays_close_to_fp32_math():
+def test_bf16_stack_stays_close_to_fp32_math(lora_path):
     adapters = _adapters()
-    stack = LoRAStack(IN, OUT, SLOTS, MAX_RANK, dtype=torch.bfloat16)
+    stack = LoRAStack(IN, OUT, SLOTS, MAX_RANK, dtype=torch.bfloat16, backend=lora_path)  # kernel steps aside
     for slot, (a, b, scale) in adapters.items():
         stack.write_slot(slot, a, b, scale)
     batch = LoRABatch.for_sequences([0, 2, -1], [2, 2, 1])
@@ -136,10 +144,10 @@ def test_bf16_stack_stays_close_to_fp32_math():
 
 @pytest.mark.parametrize("ranks", [(8, 8, 8), (4, 0, 16), (0, 0, 0)], ids=["same-rank", "mixed-rank", "untargeted"])
 @pytest.mark.parametrize("use_dense", [True, False], ids=["dense", "runs"])
-def test_group_equals_its_stacks_applied_one_by_one(ranks, use_dense):
+def test_group_equals_its_stacks_applied_one_by_one(ranks, use_dense, lora_path):
     """A fused q/k/v-like group adds exactly what each part's own stack adds to its columns."""
     sizes, in_features = [12, 6, 6], 10
-    stacks = [LoRAStack(in_features, n, max_loras=4, max_lora_rank=16) for n in sizes]
+    stacks = [LoRAStack(in_features, n, max_loras=4, max_lora_rank=16, backend=lora_path) for n in sizes]
     g = torch.Generator().manual_seed(0)
     for slot in range(3):  # slot 3 stays empty
         for stack, size, r in zip(stacks, sizes, ranks):

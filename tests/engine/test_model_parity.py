@@ -2,18 +2,20 @@
 
 Each architecture is a tiny random-weight HF model saved with save_pretrained and loaded with
 our loader. Block size 4 and shuffled block ids make every sequence span several
-non-contiguous blocks. Every test runs with both decode attention paths (the C kernel that
-reads the pools in place; the torch gather + SDPA path of CUDA, or CPU without a compiler)
-and both ways of computing fused q/k/v and gate/up (one matmul, or one per part).
+non-contiguous blocks. Every test runs on the cpu-kernels backend (C decode attention reading
+the pools in place, fused elementwise kernels, the small GEMM) and on the torch backend (the
+gather + SDPA decode path of CUDA, or of CPU without a compiler) with both ways of computing
+fused q/k/v and gate/up (one matmul, or one per part: BackendConfig.fused_matmul_min_tokens).
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
+from fireplace.engine.backend import Backend
+from fireplace.engine.backend_config import BackendConfig
 from fireplace.engine.kv_cache import KVCacheSpec
 from fireplace.engine.kernels import elementwise, small_gemm
-from fireplace.engine.layers import attention, kernel_paths, linear
 from fireplace.engine.loader import load_model
 
 from .helpers import (
@@ -47,31 +49,38 @@ ARCHITECTURES = {
 PROMPT_LENS = (5, 11, 17)
 
 
-@pytest.fixture(autouse=True, params=[("cpu-kernels", "small-gemm"), ("torch", "per-part"), ("torch", "fused")],
+@pytest.fixture(params=[("cpu-kernels", "small-gemm"), ("torch", "per-part"), ("torch", "fused")],
                 ids=lambda p: "+".join(p))
-def code_paths(request, monkeypatch):
-    """(decode attention and elementwise ops, matmuls): our C kernels for all (decode-sized
-    batches, as these tests' are), or torch with q/k/v and gate/up matmuls per part or fused."""
-    kernels, matmul = request.param
-    if kernels == "cpu-kernels":
+def backend(request) -> Backend:
+    """(backend, matmuls): our C kernels for all (decode-sized batches, as these tests' are),
+    or torch with q/k/v and gate/up matmuls per part or fused."""
+    kind, matmul = request.param
+    if kind == "cpu-kernels":
         require_cpu_kernel()
         require_kernel(elementwise, "elementwise kernels")
         require_kernel(small_gemm, "small-batch GEMM")
-    monkeypatch.setattr(attention, "CPU_DECODE_KERNEL", kernels == "cpu-kernels")
-    monkeypatch.setattr(kernel_paths, "CPU_ELEMENTWISE", kernels == "cpu-kernels")
-    monkeypatch.setattr(kernel_paths, "CPU_SMALL_GEMM", kernels == "cpu-kernels")
-    # per-part below FUSED_MATMUL_MIN_TOKENS; these tests' batches are all smaller than it
-    monkeypatch.setattr(linear, "FUSED_MATMUL_MIN_TOKENS", 1 if matmul == "fused" else 1 << 30)
-    return request.param
+        chosen = Backend.select("cpu", torch.float32, "cpu-kernels")
+        assert chosen.paged_decode_kernel and chosen.elementwise_kernels
+        return chosen
+    # per-part below fused_matmul_min_tokens; these tests' batches are all smaller than 1 << 30
+    config = BackendConfig(fused_matmul_min_tokens=0 if matmul == "fused" else 1 << 30)
+    return Backend.select("cpu", torch.float32, "torch", config)
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
-def models(request, tmp_path_factory):
+def checkpoint(request, tmp_path_factory):
     model_type, overrides = ARCHITECTURES[request.param]
     path = tmp_path_factory.mktemp(request.param)
     hf = make_hf_checkpoint(model_type, path, **overrides)
-    ours, config = load_model(path, dtype=torch.float32)
-    assert config.architecture == model_type
+    return hf, path, model_type
+
+
+@pytest.fixture
+def models(checkpoint, backend):
+    """(transformers' model, ours on the backend under test)."""
+    hf, path, model_type = checkpoint
+    ours, config = load_model(path, dtype=torch.float32, backend=backend)
+    assert config.architecture == model_type and ours.backend is backend
     return hf, ours
 
 
@@ -92,7 +101,7 @@ def _run(model, ctx, caches) -> torch.Tensor:
 def test_batched_varlen_prefill(models):
     hf, ours = models
     prompts = _prompts()
-    paged = PagedSequences(64, BLOCK_SIZE)
+    paged = PagedSequences(64, BLOCK_SIZE, backend=ours.backend)
     seqs = [Sequence(p) for p in prompts]
     logits = _run(ours, paged.step([(s, len(s.token_ids)) for s in seqs], all_logits=True), _caches(ours))
     assert logits.dtype == torch.float32
@@ -106,7 +115,7 @@ def test_batched_varlen_prefill(models):
 def test_chunked_prefill(models):
     hf, ours = models
     prompts = _prompts(seed=2)
-    paged = PagedSequences(64, BLOCK_SIZE)
+    paged = PagedSequences(64, BLOCK_SIZE, backend=ours.backend)
     caches = _caches(ours)
     seqs = [Sequence(p) for p in prompts]
     # Chunks cross block boundaries at odd offsets; the first step leaves seq 2 for later,
@@ -130,7 +139,7 @@ def test_chunked_prefill(models):
 def test_decode_steps_over_paged_kv(models):
     hf, ours = models
     prompts = _prompts(seed=3)
-    paged = PagedSequences(64, BLOCK_SIZE, seed=7)
+    paged = PagedSequences(64, BLOCK_SIZE, seed=7, backend=ours.backend)
     caches = _caches(ours)
     seqs = [Sequence(list(p)) for p in prompts]
     logits = _run(ours, paged.step([(s, len(s.token_ids)) for s in seqs]), caches)
@@ -152,7 +161,7 @@ def test_decode_steps_over_paged_kv(models):
 def test_mixed_decode_and_prefill_batch(models):
     hf, ours = models
     prompts = _prompts(seed=4, lens=(6, 9, 13))
-    paged = PagedSequences(64, BLOCK_SIZE, seed=3)
+    paged = PagedSequences(64, BLOCK_SIZE, seed=3, backend=ours.backend)
     caches = _caches(ours)
     a, b, c = (Sequence(list(p)) for p in prompts)
     _run(ours, paged.step([(a, 6), (b, 9)]), caches)
@@ -164,12 +173,12 @@ def test_mixed_decode_and_prefill_batch(models):
         torch.testing.assert_close(row, hf_logits(hf, seq.token_ids)[-1], atol=ATOL, rtol=0)
 
 
-def test_sharded_checkpoint_loads(tmp_path):
+def test_sharded_checkpoint_loads(tmp_path, backend):
     hf = make_hf_checkpoint("llama", tmp_path, max_shard_size="40KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     assert len(list(tmp_path.glob("*.safetensors"))) > 1
-    ours, _ = load_model(tmp_path, dtype=torch.float32)
+    ours, _ = load_model(tmp_path, dtype=torch.float32, backend=backend)
     prompt = _prompts(lens=(9,))[0]
-    paged = PagedSequences(16, BLOCK_SIZE)
+    paged = PagedSequences(16, BLOCK_SIZE, backend=backend)
     logits = _run(ours, paged.step([(Sequence(prompt), 9)], all_logits=True), _caches(ours, 16))
     torch.testing.assert_close(logits, hf_logits(hf, prompt), atol=ATOL, rtol=0)

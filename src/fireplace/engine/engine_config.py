@@ -30,6 +30,9 @@ class EngineConfig:
     merged_adapter: str | None = None   # a PEFT directory folded into the base weights
     compile: bool = False               # torch.compile the decode step (CUDA graphs on CUDA)
     num_threads: int | None = None      # torch intra-op threads on CPU
+    # Compute backend (fireplace.engine.backend): auto | cpu-kernels | torch | cuda; auto takes
+    # our C kernels on CPU fp32 where they build (FIREPLACE_CPU_KERNELS=0: never), else torch.
+    backend: str = "auto"
     # Admission control (see scheduler): requests allowed to wait before add_request raises
     # EngineOverloadedError (None: unbounded); the default deadline of a waiting request
     # (arrival + queue_timeout_s; None: none); the share of KV blocks admission keeps free.
@@ -51,6 +54,9 @@ class EngineConfig:
     def validate(self) -> "EngineConfig":
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        from fireplace.engine.backend import KINDS
+        if self.backend not in KINDS:
+            raise ValueError(f"backend must be one of {', '.join(KINDS)}, got {self.backend!r}")
         if self.dtype in ("float16", "fp16") and not self.device.startswith("cuda"):
             raise ValueError("float16 is for CUDA; use float32 or bfloat16 on CPU")
         if self.device.startswith("cuda") and not torch.cuda.is_available():

@@ -7,10 +7,15 @@ into one dimension T (prefill chunks and single decode tokens mixed). Shapes:
   positions      [T]      int64   absolute position of each token in its sequence
   query_lens     [B]      list    how many of the T tokens belong to each sequence
   context_lens   [B]      list    tokens in KV after this step (cached prefix + new)
-  block_tables   [B, M]   int32   KV block ids of each sequence (padded with 0)
+  block_tables   [B, M]   int32 or int64  KV block ids of each sequence (padded with 0)
   slot_mapping   [T]      int64   flat KV slot (block_id * block_size + offset) to write
   logits_indices [L]      int64   rows of the hidden states whose logits are wanted
   lora           LoRABatch | None per-token adapter slots (None: no adapter in batch)
+  attention      AttentionMetadata | None  the step's attention layout, built before the
+                          forward (attention_metadata.build_attention_metadata; the model
+                          refuses a context without it)
+  prompt_logprob_rows     (entry, first row in T, first position, end position) of each
+                          chunk whose prompt logprobs are wanted (model runner only)
 
 The model runner builds it; attention and LoRA layers read it. It is passed explicitly
 down the model (no global state).
@@ -35,7 +40,8 @@ class ForwardContext:
     block_size: int
     is_decode_only: bool = False  # every sequence has query_len == 1
     lora: Any = None  # fireplace.engine.lora.LoRABatch | None
-    extras: dict = field(default_factory=dict)  # per-backend precomputed tensors (masks, ...)
+    attention: Any = None  # fireplace.engine.attention_metadata.AttentionMetadata | None
+    prompt_logprob_rows: list[tuple] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:

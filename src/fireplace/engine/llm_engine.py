@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import torch
 
+from fireplace.engine.backend import Backend
 from fireplace.engine.detokenizer import IncrementalDetokenizer
 from fireplace.engine.engine_config import EngineConfig
 from fireplace.engine.errors import (AdapterError, AdapterLoadError, AdapterUnavailableError, EngineOverloadedError,
@@ -61,7 +62,8 @@ class LLMEngine:
         if config.num_threads and config.device == "cpu":
             torch.set_num_threads(config.num_threads)
         self.device = torch.device(config.device)
-        self.model, self.model_config = load_model(config.model, config.torch_dtype, self.device)
+        self.backend = Backend.select(self.device, config.torch_dtype, config.backend)  # kernels vs torch, once
+        self.model, self.model_config = load_model(config.model, config.torch_dtype, self.device, backend=self.backend)
         if tokenizer is None:
             from transformers import AutoTokenizer
             tokenizer = AutoTokenizer.from_pretrained(config.model)
@@ -92,7 +94,7 @@ class LLMEngine:
             max_loras=config.max_loras if config.enable_lora else None,
             enable_prefix_caching=config.enable_prefix_caching,
             watermark_blocks=config.watermark_blocks(num_blocks)), eos_token_ids=self.eos_token_ids)
-        self.runner = ModelRunner(self.model, kv_caches, config.block_size, self.device)
+        self.runner = ModelRunner(self.model, kv_caches, config.block_size, self.device, self.backend)
         if config.compile:
             self.runner.compile()
         self.sampler = Sampler()

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from fireplace.engine.backend import Backend
 from fireplace.engine.model_config import ModelConfig
 from fireplace.engine.models.llama import LlamaForCausalLM
 
@@ -56,16 +57,18 @@ def safetensors_files(path: str | Path) -> list[Path]:
 
 
 def load_model(path: str | Path, dtype: torch.dtype | None = None,
-               device: torch.device | str = "cpu") -> tuple[LlamaForCausalLM, ModelConfig]:
+               device: torch.device | str = "cpu", *, backend: Backend | None = None,
+               ) -> tuple[LlamaForCausalLM, ModelConfig]:
     """Build our model for the checkpoint at `path` and fill its weights.
 
-    dtype: compute dtype (default: the checkpoint's). Every model parameter must be present
-    in the checkpoint and every checkpoint tensor must be used, or CheckpointError is raised.
+    dtype: compute dtype (default: the checkpoint's). backend: the engine's (default:
+    Backend.select(device, dtype)). Every model parameter must be present in the checkpoint
+    and every checkpoint tensor must be used, or CheckpointError is raised.
     """
     config = read_model_config(path)
     files = safetensors_files(path)
     dtype = dtype or config.torch_dtype
-    model = LlamaForCausalLM(config, dtype=dtype, device=device)
+    model = LlamaForCausalLM(config, dtype=dtype, device=device, backend=backend)
     params = dict(model.named_parameters())  # tied lm_head.weight appears once, as embed_tokens
     loaded: set[str] = set()
     unexpected: list[str] = []

@@ -1,7 +1,13 @@
 """Turns a scheduled step into tensors, runs the model, returns logits of the sampled rows.
 
 The only code that knows both the scheduler's view (sequences, block tables) and the model's
-(ForwardContext). Host-side lists are built once per step, then moved to the device together.
+(ForwardContext). Per step it builds, before the forward:
+  - the batch tensors, from host lists filled in one pass over the scheduled sequences, packed
+    into one int64 buffer and moved to the device in one copy (then viewed apart):
+      [input_ids T | positions T | slot_mapping T | logits_indices L | block_tables B*M]
+  - the attention metadata (attention_metadata.build_attention_metadata), from the same lists,
+    with the engine's Backend.
+The forward then reads only tensors: no host list work, no lazily built state inside a layer.
 """
 from __future__ import annotations
 
@@ -9,17 +15,22 @@ from dataclasses import dataclass
 
 import torch
 
+from fireplace.engine.attention_metadata import build_attention_metadata
+from fireplace.engine.backend import Backend
 from fireplace.engine.forward_context import ForwardContext
 from fireplace.engine.kv_cache import KVCaches
 from fireplace.engine.scheduler import SchedulerOutput
 
 
 class ModelRunner:
-    def __init__(self, model, kv_caches: KVCaches, block_size: int, device: torch.device):
+    def __init__(self, model, kv_caches: KVCaches, block_size: int, device: torch.device,
+                 backend: Backend | None = None):
+        """backend: the one the model was built with (default: model.backend)."""
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
+        self.backend = backend if backend is not None else model.backend
 
     def prepare(self, step: SchedulerOutput, lora=None) -> ForwardContext:
         input_ids: list[int] = []
@@ -34,42 +45,55 @@ class ModelRunner:
         for entry in step.scheduled:
             seq, start, n = entry.seq, entry.start_pos, entry.num_new_tokens
             table = seq.block_table
-            input_ids.extend(seq.token_ids[start:start + n])
-            positions.extend(range(start, start + n))
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
+            if n == 1:  # decode (or a one-token chunk): no slices, no ranges
+                input_ids.append(seq.token_ids[start])
+                positions.append(start)
+                slots.append(table[start // bs] * bs + start % bs)
+            else:
+                input_ids += seq.token_ids[start:start + n]
+                positions += range(start, start + n)
+                slots += [table[p // bs] * bs + p % bs for p in range(start, start + n)]
             if entry.needs_logits:
                 logits_rows.append(len(input_ids) - 1)
             if seq.params.prompt_logprobs is not None and start < seq.num_prompt_tokens - 1:
                 # rows whose logits score the next prompt token: positions start .. P-2
                 last = min(start + n, seq.num_prompt_tokens - 1)
-                first_row = len(input_ids) - n
-                prompt_rows.append((entry, first_row, start, last))
+                prompt_rows.append((entry, len(input_ids) - n, start, last))
             query_lens.append(n)
             context_lens.append(start + n)
             tables.append(table)
-        width = max(len(t) for t in tables)
-        padded = [t + [0] * (width - len(t)) for t in tables]
-        dev = self.device
+
+        num_tokens, num_logits, num_seqs = len(input_ids), len(logits_rows), len(tables)
+        width = max(map(len, tables))
+        host = input_ids + positions + slots + logits_rows
+        for t in tables:
+            host += t
+            if len(t) < width:
+                host += [0] * (width - len(t))
+        packed = torch.tensor(host, dtype=torch.int64).to(self.device, non_blocking=True)
+        a, b, c = num_tokens, 2 * num_tokens, 3 * num_tokens
+        block_tables = packed[c + num_logits:].view(num_seqs, width)
         return ForwardContext(
-            input_ids=torch.tensor(input_ids, dtype=torch.int64).to(dev, non_blocking=True),
-            positions=torch.tensor(positions, dtype=torch.int64).to(dev, non_blocking=True),
+            input_ids=packed[:a],
+            positions=packed[a:b],
             query_lens=query_lens,
             context_lens=context_lens,
-            block_tables=torch.tensor(padded, dtype=torch.int32).to(dev, non_blocking=True),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64).to(dev, non_blocking=True),
-            logits_indices=torch.tensor(logits_rows, dtype=torch.int64).to(dev, non_blocking=True),
+            block_tables=block_tables,
+            slot_mapping=packed[b:c],
+            logits_indices=packed[c:c + num_logits],
             block_size=bs,
             is_decode_only=step.is_decode_only,
             lora=lora,
-            extras={"prompt_logprob_rows": prompt_rows} if prompt_rows else {},
+            attention=build_attention_metadata(query_lens, context_lens, block_tables, bs, self.backend),
+            prompt_logprob_rows=prompt_rows,
         )
 
     def compile(self) -> None:
         """torch.compile the dense per-token parts (MLP) of every layer, shape-polymorphic.
 
         On CUDA the mode is "reduce-overhead" (CUDA graphs per batch shape); on CPU inductor's
-        C++ kernels. Attention stays eager: its per-step Python layout would only break graphs.
-        The first steps of each new shape pay the compile time."""
+        C++ kernels (the backend's C kernels step aside while compiling: see Backend.uses_*).
+        Attention stays eager. The first steps of each new shape pay the compile time."""
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         for layer in self.model.model.layers:
             layer.mlp = torch.compile(layer.mlp, dynamic=True, mode=mode)
@@ -84,9 +108,10 @@ class ModelRunner:
         return self.model.compute_logits(hidden.index_select(0, ctx.logits_indices)), prompt
 
     def _prompt_logprobs(self, ctx: ForwardContext, hidden: torch.Tensor) -> list[PromptLogprobs]:
-        """Logprob of each prompt token given the ones before it (+ the top-k alternatives)."""
+        """Logprob of each prompt token given the ones before it (+ the top-k alternatives).
+        Only requests that ask for prompt logprobs pay for this (and its host copies)."""
         results = []
-        for entry, first_row, start, end in ctx.extras.get("prompt_logprob_rows", ()):
+        for entry, first_row, start, end in ctx.prompt_logprob_rows:
             seq = entry.seq
             rows = hidden[first_row:first_row + (end - start)]
             logprobs = torch.log_softmax(self.model.compute_logits(rows), dim=-1)  # [n, vocab]
@@ -94,8 +119,10 @@ class ModelRunner:
             chosen = logprobs.gather(1, targets[:, None]).squeeze(1).tolist()
             k = seq.params.prompt_logprobs
             top = logprobs.topk(k, dim=-1) if k else None
+            top_ids = top.indices.tolist() if top is not None else None
+            top_values = top.values.tolist() if top is not None else None
             for i, position in enumerate(range(start + 1, end + 1)):
-                alternatives = list(zip(top.indices[i].tolist(), top.values[i].tolist())) if top is not None else []
+                alternatives = list(zip(top_ids[i], top_values[i])) if top is not None else []
                 results.append(PromptLogprobs(seq.request_id, position, seq.token_ids[position], chosen[i],
                                               alternatives))
         return results

@@ -39,6 +39,16 @@ def kernels_enabled() -> bool:
     return os.environ.get("FIREPLACE_CPU_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def compiler_name() -> str:
+    """The C compiler the kernels are built with: $CC, default gcc."""
+    return os.environ.get("CC", "gcc")
+
+
+def find_compiler() -> str | None:
+    """Path of the C compiler, or None when it is not installed."""
+    return shutil.which(compiler_name())
+
+
 def cache_dir() -> Path:
     configured = os.environ.get("FIREPLACE_KERNEL_CACHE")
     return Path(configured) if configured else Path.home() / ".cache" / "fireplace" / "kernels"
@@ -78,9 +88,9 @@ def build_shared_library(source: Path, name: str) -> Path | None:
     if not kernels_enabled():
         logger.info("CPU kernels disabled by FIREPLACE_CPU_KERNELS; %s not built", name)
         return None
-    compiler = shutil.which(os.environ.get("CC", "gcc"))
+    compiler = find_compiler()
     if compiler is None:
-        logger.warning("No C compiler (%s) found; CPU kernel %s unavailable", os.environ.get("CC", "gcc"), name)
+        logger.warning("No C compiler (%s) found; CPU kernel %s unavailable", compiler_name(), name)
         return None
     tmp_path = None
     try:

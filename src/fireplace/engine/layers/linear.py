@@ -6,7 +6,10 @@ adapters to it (`lora_stack`), the per-token adapter delta is added:
 Models call `proj(x, ctx)`; the base path never looks at `ctx`.
 
 `FusedLinear` groups projections that read the same input (q/k/v, gate/up) into one matmul.
-On CPU fp32, decode-sized batches go through our C GEMM (see kernel_paths.uses_small_gemm).
+Which matmul runs is the model's Backend's choice: on the cpu-kernels backend decode-sized
+batches go through our C GEMM (Backend.uses_small_gemm), on the torch path FusedLinear runs
+one matmul per part or one for all by batch size (Backend.fuses_matmul; thresholds in
+BackendConfig).
 """
 from __future__ import annotations
 
@@ -16,16 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fireplace.engine.backend import Backend, default_backend
 from fireplace.engine.kernels import small_gemm
-from fireplace.engine.layers.kernel_paths import uses_small_gemm
-
-# From this many tokens on a FusedLinear runs one matmul for all its parts (see FusedLinear).
-FUSED_MATMUL_MIN_TOKENS = 384
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear, or the C small-batch GEMM where that is faster: x [T, in] -> [T, out]."""
-    if uses_small_gemm(x, weight):
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: Backend) -> torch.Tensor:
+    """F.linear, or the C small-batch GEMM where the backend has it: x [T, in] -> [T, out]."""
+    if backend.uses_small_gemm(x, weight):
         return small_gemm.linear_unchecked(x, weight, bias)
     return F.linear(x, weight, bias)
 
@@ -33,10 +33,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 class Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None, *,
-                 storage: tuple[torch.Tensor, torch.Tensor | None] | None = None):
+                 storage: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                 backend: Backend | None = None):
         """storage: existing (weight [out, in], bias [out] | None) tensors to use as the parameters
-        (views into a FusedLinear's matrix); None allocates fresh ones."""
+        (views into a FusedLinear's matrix); None allocates fresh ones.
+        backend: the model's (default: Backend.select for device and dtype)."""
         super().__init__()
+        self.backend = backend or default_backend(device or "cpu", dtype or torch.float32)
         self.in_features = in_features
         self.out_features = out_features
         if storage is None:
@@ -49,7 +52,7 @@ class Linear(nn.Module):
         self.lora_stack = None
 
     def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
-        return self.add_lora(x, linear(x, self.weight, self.bias), ctx)
+        return self.add_lora(x, linear(x, self.weight, self.bias, self.backend), ctx)
 
     def add_lora(self, x: torch.Tensor, y: torch.Tensor, ctx) -> torch.Tensor:
         """y [T, out] = this layer's base output for x [T, in] -> y plus each token's adapter delta."""
@@ -65,15 +68,16 @@ class FusedLinear:
     block of one [sum(out), in] matrix, so the loader and merged LoRA write through to it.
     Large batches (prefill) run one F.linear over the whole matrix: ~10% faster than one per
     part on CPU from ~512 tokens on. Small ones (decode) run one per part on the parts' views,
-    which are contiguous: there MKL does better with the thin matrices (measured on the
-    SmolLM2 shapes, 2 threads, 30 layers of distinct weights: 75 vs 68 GFLOP/s at 64 tokens,
-    125 vs 115 the other way round at 512).
+    which are contiguous: there MKL does better with the thin matrices (BackendConfig
+    .fused_matmul_min_tokens has the numbers). CUDA always fuses.
     Deliberately not an nn.Module: the matrix must not appear a second time in state_dict;
     the parts, registered by the owning module, are the parameters.
     """
 
     def __init__(self, in_features: int, out_features: Sequence[int], bias: bool = False,
-                 dtype: torch.dtype | None = None, device: torch.device | str | None = None):
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None, *,
+                 backend: Backend | None = None):
+        self.backend = backend or default_backend(device or "cpu", dtype or torch.float32)
         self.sizes = list(out_features)
         total = sum(self.sizes)
         self.weight = torch.empty(total, in_features, dtype=dtype, device=device)
@@ -83,16 +87,16 @@ class FusedLinear:
         for size in self.sizes:
             rows = slice(start, start + size)
             storage = (self.weight[rows], self.bias[rows] if bias else None)
-            self.parts.append(Linear(in_features, size, bias, dtype, device, storage=storage))
+            self.parts.append(Linear(in_features, size, bias, dtype, device, storage=storage, backend=self.backend))
             start += size
         # Set by fireplace.engine.lora when every part has a LoRA stack: applies all parts' deltas
         # together. Interface: lora_group.apply(x [T, in], [y_i [T, out_i]], lora_batch) -> [y_i']
         self.lora_group = None
 
     def __call__(self, x: torch.Tensor, ctx=None) -> list[torch.Tensor]:
-        if uses_small_gemm(x, self.weight):  # our GEMM does best on the whole matrix
+        if self.backend.uses_small_gemm(x, self.weight):  # our GEMM does best on the whole matrix
             ys = list(small_gemm.linear_unchecked(x, self.weight, self.bias).split(self.sizes, dim=-1))
-        elif x.shape[0] >= FUSED_MATMUL_MIN_TOKENS or x.device.type != "cpu":
+        elif self.backend.fuses_matmul(x.shape[0]):
             ys = list(F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1))  # views of [T, sum(out)]
         else:
             ys = [F.linear(x, part.weight, part.bias) for part in self.parts]

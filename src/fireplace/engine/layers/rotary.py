@@ -3,7 +3,7 @@
 The head dim is split in two halves (x1, x2) and each pair (x1[i], x2[i]) is rotated by
 angle pos * inv_freq[i]. cos/sin are computed once per forward from the step's positions
 (`cos_sin`) and shared by every layer: [T, D/2] is tiny, so there is no need for a
-max_position-sized table. On CPU fp32 a C kernel rotates q and k in place in one call.
+max_position-sized table. On the cpu-kernels backend a C kernel rotates q and k in place in one call.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import math
 import torch
 from torch import nn
 
+from fireplace.engine.backend import Backend
 from fireplace.engine.kernels import elementwise
-from fireplace.engine.layers.kernel_paths import uses_elementwise_kernels
 from fireplace.engine.model_config import RopeScaling
 
 
@@ -64,10 +64,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def apply_rotary_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
-                    sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    sin: torch.Tensor, backend: Backend) -> tuple[torch.Tensor, torch.Tensor]:
     """q: [T, H, D], k: [T, Hkv, D] -> both rotated (in place on the kernel path, where q and k
     must be tensors or views the caller owns); cos, sin: [T, 1, D/2]."""
-    if uses_elementwise_kernels(q):
+    if backend.uses_elementwise_kernels(q):
         elementwise.rotary_(q, k, cos, sin)
         return q, k
     return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

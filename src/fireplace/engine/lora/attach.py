@@ -41,7 +41,7 @@ def attach_lora_stacks(model: nn.Module, model_config: ModelConfig, *, max_loras
             raise ValueError(f"layer {layer} {name} is {linear.in_features} -> {linear.out_features}, "
                              f"the model config says {in_f} -> {out_f}")
         stack = LoRAStack(in_f, out_f, max_loras, max_lora_rank,
-                          dtype=linear.weight.dtype, device=linear.weight.device)
+                          dtype=linear.weight.dtype, device=linear.weight.device, backend=linear.backend)
         linear.lora_stack = stack
         stacks[(layer, name)] = stack
     if not stacks:

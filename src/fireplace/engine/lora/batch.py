@@ -13,6 +13,9 @@ in one of two ways (see LoRAStack.apply):
          one token long and per-run Python overhead would dominate.
 
 Runs are maximal, so a runner that orders sequences by slot gets one run per adapter.
+Which of the two a batch uses is the backend's choice (Backend.lora_uses_dense; the threshold,
+with its measurements, is BackendConfig.lora_dense_max_tokens_per_run). The C kernel of the
+cpu-kernels backend reads token_slots_i32 only.
 """
 from __future__ import annotations
 
@@ -21,11 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
+from fireplace.engine.backend import Backend
+from fireplace.engine.backend_config import BackendConfig
+
 BASE_SLOT = -1
-# Dense wins while the average run is short. SmolLM2-135M shape, 8 rank-8 adapters on all 7
-# projections, 1 CPU thread: decode (runs of 1) dense 0.86-1.00x of base vs runs 0.78-0.88x;
-# prefill runs of 32 tokens: runs 0.94x vs dense 0.84x. The crossover lies between.
-DENSE_MAX_TOKENS_PER_RUN = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,11 +46,12 @@ class LoRABatch:
     @classmethod
     def for_sequences(cls, seq_slots: Sequence[int], query_lens: Sequence[int], *,
                       dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                      use_dense: bool | None = None) -> LoRABatch | None:
+                      use_dense: bool | None = None, backend: Backend | None = None) -> LoRABatch | None:
         """seq_slots [B], query_lens [B] (tokens of each sequence in this forward, in order).
 
         None when no sequence uses an adapter: the forward then runs the base path only.
-        use_dense forces a strategy (tests, benchmarks); None picks by average run length.
+        use_dense forces a strategy (tests, benchmarks); None lets the backend pick by average
+        run length (no backend: BackendConfig's default threshold).
         """
         if len(seq_slots) != len(query_lens):
             raise ValueError(f"{len(seq_slots)} sequence slots for {len(query_lens)} sequences")
@@ -63,12 +66,12 @@ class LoRABatch:
             start += n
         token_slots = torch.repeat_interleave(torch.tensor(list(seq_slots), dtype=torch.int64),
                                               torch.tensor(list(query_lens), dtype=torch.int64))
-        return cls._build(token_slots.to(device), [tuple(r) for r in runs], dtype, use_dense)
+        return cls._build(token_slots.to(device), [tuple(r) for r in runs], dtype, use_dense, backend)
 
     @classmethod
     def from_token_slots(cls, token_slots: torch.Tensor | Sequence[int], *,
                          dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                         use_dense: bool | None = None) -> LoRABatch | None:
+                         use_dense: bool | None = None, backend: Backend | None = None) -> LoRABatch | None:
         """token_slots [T]: the slot of every token (-1 = base). None when all are base."""
         slots = torch.as_tensor(token_slots, dtype=torch.int64).flatten().cpu()
         if slots.numel() == 0 or bool((slots == BASE_SLOT).all()):
@@ -78,11 +81,11 @@ class LoRABatch:
         ends = [*starts[1:], int(slots.numel())]
         values = slots[starts].tolist()
         runs = [(s, e, v) for s, e, v in zip(starts, ends, values) if v != BASE_SLOT]
-        return cls._build(slots.to(device), runs, dtype, use_dense)
+        return cls._build(slots.to(device), runs, dtype, use_dense, backend)
 
     @classmethod
     def _build(cls, token_slots: torch.Tensor, runs: list[tuple[int, int, int]], dtype: torch.dtype,
-               use_dense: bool | None) -> LoRABatch | None:
+               use_dense: bool | None, backend: Backend | None) -> LoRABatch | None:
         if any(s < 0 for _, _, s in runs):
             raise ValueError("LoRA slots are >= 0, or -1 for the base model")
         if not runs:  # adapter sequences with no tokens in this forward
@@ -90,7 +93,11 @@ class LoRABatch:
         active = tuple(sorted({s for _, _, s in runs}))
         if use_dense is None:
             num_lora_tokens = sum(e - s for s, e, _ in runs)
-            use_dense = len(runs) > 1 and num_lora_tokens < DENSE_MAX_TOKENS_PER_RUN * len(runs)
+            if backend is not None:
+                use_dense = backend.lora_uses_dense(num_lora_tokens, len(runs))
+            else:
+                threshold = BackendConfig().lora_dense_max_tokens_per_run
+                use_dense = len(runs) > 1 and num_lora_tokens < threshold * len(runs)
         mask = None
         if use_dense:
             active_t = torch.tensor(active, dtype=torch.int64, device=token_slots.device)

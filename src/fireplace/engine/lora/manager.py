@@ -96,6 +96,7 @@ class AdapterManager:
         self.stacks = attach_lora_stacks(model, model_config, max_loras=max_loras, max_lora_rank=max_lora_rank,
                                          target_modules=target_modules)
         self.model_config = model_config
+        self.backend = getattr(model, "backend", None)  # picks the LoRABatch strategy
         self.max_loras = max_loras
         self.max_lora_rank = max_lora_rank
         self.max_cpu_loras = max(max_cpu_loras if max_cpu_loras is not None else max_loras, 1)
@@ -268,7 +269,8 @@ class AdapterManager:
                         slot = pinned[1]
                 seq_slots.append(slot)
                 query_lens.append(entry.num_new_tokens)
-        return LoRABatch.for_sequences(seq_slots, query_lens, dtype=self.dtype, device=self.device)
+        return LoRABatch.for_sequences(seq_slots, query_lens, dtype=self.dtype, device=self.device,
+                                       backend=self.backend)
 
     def finish_batch(self, step: SchedulerOutput) -> None:
         """After the forward: drop the pins of sequences that no longer run."""

@@ -9,9 +9,10 @@ prefix of both (a[s, :r], b[s, :r]) and the delta is one F.linear and one addmm:
 Zero padding keeps the math exact whatever the mix of ranks. A slot an adapter does not target
 here has rank 0 and is skipped.
 
-On CPU in fp32, when the C kernel (fireplace.engine.kernels.lora_delta) is built, one call
-computes every token's delta straight from the stacks: no mask, no per-run matmuls. That is
-what decode needs, where the torch ops cost ~100 us each for a few microseconds of math.
+On the cpu-kernels backend (CPU fp32, the C kernel fireplace.engine.kernels.lora_delta built),
+one call computes every token's delta straight from the stacks: no mask, no per-run matmuls.
+That is what decode needs, where the torch ops cost ~100 us each for a few microseconds of math.
+A stack built without a backend uses the torch paths.
 
 The stack is a plain object, not an nn.Module: it is not part of the model's state_dict, and
 slot writes copy into the preallocated tensors in place.
@@ -21,16 +22,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fireplace.engine.backend import Backend
 from fireplace.engine.kernels import lora_delta
 from fireplace.engine.lora.batch import LoRABatch
-
-# Use the C kernel on CPU when it builds; tests switch it off to cover the torch paths.
-CPU_LORA_KERNEL = True
 
 
 class LoRAStack:
     def __init__(self, in_features: int, out_features: int, max_loras: int, max_lora_rank: int, *,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                 backend: Backend | None = None):
+        self.backend = backend  # the model's; None: torch paths only
         self.in_features = in_features
         self.out_features = out_features
         self.max_loras = max_loras
@@ -82,9 +83,9 @@ class LoRAStack:
         return y
 
     def uses_kernel(self, x: torch.Tensor) -> bool:
-        """Whether apply() runs the C kernel for input x: CPU fp32 stacks and input, kernel built."""
-        return (CPU_LORA_KERNEL and x.dtype == torch.float32 and x.device.type == "cpu"
-                and self.a.dtype == torch.float32 and self.a.device.type == "cpu" and lora_delta.available())
+        """Whether apply() runs the C kernel for input x: the backend has it, CPU fp32 stacks and input."""
+        return (self.backend is not None and self.backend.uses_lora_kernel(x) and x.device.type == "cpu"
+                and self.a.dtype == torch.float32 and self.a.device.type == "cpu")
 
     def _apply_dense(self, x: torch.Tensor, y: torch.Tensor, batch: LoRABatch) -> torch.Tensor:
         a_cat, b_cat, r = self.stacked_for(batch.active_slots)

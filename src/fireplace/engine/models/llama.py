@@ -10,12 +10,15 @@ per-head q/k RMSNorm before RoPE (qwen3), tied embeddings (SmolLM2, small qwen),
 Mistral's sliding window is not applied; ModelConfig.max_model_len keeps sequences within it.
 
 All activations are flattened: x: [T, hidden], T = the step's new tokens of every sequence.
+Every layer is built with the model's Backend (fireplace.engine.backend), which decides where
+our C kernels replace torch ops; the model code itself holds no kernel switch or threshold.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from fireplace.engine.backend import Backend
 from fireplace.engine.forward_context import ForwardContext
 from fireplace.engine.kv_cache import KVCaches
 from fireplace.engine.layers.activation import silu_and_mul
@@ -27,19 +30,21 @@ from fireplace.engine.model_config import ModelConfig
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, device):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device, backend: Backend):
         super().__init__()
+        self.backend = backend
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
         hidden, q_size, kv_size = config.hidden_size, config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
         # one matmul for q/k/v; the parts keep their HF names for loading and LoRA
-        self.qkv = FusedLinear(hidden, [q_size, kv_size, kv_size], bias=config.qkv_bias, dtype=dtype, device=device)
+        self.qkv = FusedLinear(hidden, [q_size, kv_size, kv_size], bias=config.qkv_bias, dtype=dtype, device=device,
+                               backend=backend)
         self.q_proj, self.k_proj, self.v_proj = self.qkv.parts
-        self.o_proj = Linear(q_size, hidden, bias=config.o_bias, dtype=dtype, device=device)
+        self.o_proj = Linear(q_size, hidden, bias=config.o_bias, dtype=dtype, device=device, backend=backend)
         if config.qk_norm:
-            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype=dtype, device=device)
-            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype=dtype, device=device)
+            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype=dtype, device=device, backend=backend)
+            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype=dtype, device=device, backend=backend)
         else:
             self.q_norm = self.k_norm = None
 
@@ -53,32 +58,34 @@ class LlamaAttention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary_qk(q, k, cos, sin)
+        q, k = apply_rotary_qk(q, k, cos, sin, self.backend)
         out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], ctx)  # [T, H, D]
         return self.o_proj(out.reshape(num_tokens, -1).to(x.dtype), ctx)
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, device):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device, backend: Backend):
         super().__init__()
+        self.backend = backend
         hidden, inter, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_up = FusedLinear(hidden, [inter, inter], bias=bias, dtype=dtype, device=device)
+        self.gate_up = FusedLinear(hidden, [inter, inter], bias=bias, dtype=dtype, device=device, backend=backend)
         self.gate_proj, self.up_proj = self.gate_up.parts
-        self.down_proj = Linear(inter, hidden, bias=bias, dtype=dtype, device=device)
+        self.down_proj = Linear(inter, hidden, bias=bias, dtype=dtype, device=device, backend=backend)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """SwiGLU. x: [T, hidden] -> [T, hidden]."""
         gate, up = self.gate_up(x, ctx)
-        return self.down_proj(silu_and_mul(gate, up), ctx)
+        return self.down_proj(silu_and_mul(gate, up, self.backend), ctx)
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, device):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device, backend: Backend):
         super().__init__()
-        self.self_attn = LlamaAttention(config, dtype, device)
-        self.mlp = LlamaMLP(config, dtype, device)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device)
+        self.self_attn = LlamaAttention(config, dtype, device, backend)
+        self.mlp = LlamaMLP(config, dtype, device, backend)
+        norm = dict(dtype=dtype, device=device, backend=backend)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **norm)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **norm)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
                 kv_cache: tuple[torch.Tensor, torch.Tensor], ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,18 +102,22 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, device):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device, backend: Backend):
         super().__init__()
         # _weight=empty skips the random init: the loader overwrites every weight anyway.
         self.embed_tokens = nn.Embedding(
             config.vocab_size, config.hidden_size,
             _weight=torch.empty(config.vocab_size, config.hidden_size, dtype=dtype, device=device),
             _freeze=True)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, dtype, device) for _ in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, dtype, device, backend) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device, backend=backend)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling, device=device)
 
     def forward(self, ctx: ForwardContext, kv_caches: KVCaches) -> torch.Tensor:
+        if ctx.attention is None:
+            raise ValueError("ForwardContext.attention is not set: build it with "
+                             "attention_metadata.build_attention_metadata before the forward "
+                             "(ModelRunner.prepare does)")
         x = self.embed_tokens(ctx.input_ids)  # [T, hidden]
         cos, sin = self.rotary_emb.cos_sin(ctx.positions, x.dtype)  # [T, 1, D/2], shared by all layers
         residual = None  # the residual stream; the layers update it in place on the kernel path
@@ -117,11 +128,14 @@ class LlamaModel(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", *, backend: Backend | None = None):
+        """backend: chosen by the engine (default: Backend.select(device, dtype), i.e. "auto")."""
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, dtype, device)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype, device=device)
+        self.backend = backend if backend is not None else Backend.select(device, dtype)
+        self.model = LlamaModel(config, dtype, device, self.backend)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype, device=device,
+                              backend=self.backend)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 

@@ -1,0 +1,162 @@
+"""Which code computes the layers of one engine instance: our CPU kernels, plain torch, or CUDA.
+
+The choice is made once, when the engine (or a model) is built, by `Backend.select(device,
+dtype, kind)`, and every layer keeps the Backend it was built with and asks it (`uses_*`).
+Nothing is switched globally: two engines in one process can run different backends.
+
+  kind         where     what runs
+  cpu-kernels  CPU fp32  the C kernels of fireplace.engine.kernels where they apply: fused
+                         RMSNorm (+ residual add), rotary, SiLU-and-multiply, projections of
+                         decode-sized batches (small GEMM, AVX2 machines only), paged decode
+                         attention, the batched multi-LoRA delta; torch for the rest
+  torch        CPU       torch ops only (bf16, FIREPLACE_CPU_KERNELS=0, no C compiler)
+  cuda         CUDA      torch ops, fused matmuls at every batch size, gather + SDPA decode
+
+"auto" (EngineConfig.backend's default) takes cuda on a CUDA device, cpu-kernels on CPU fp32
+where the kernels build, else torch, and says why in one log line when it falls back.
+The tuned thresholds between paths are in `BackendConfig` (backend_config.py).
+
+Batch invariance (what holds bit for bit, and what does not)
+------------------------------------------------------------
+On the cpu-kernels backend with the small GEMM (AVX2), every per-token op computes a token's
+row alone, in a fixed order: the embedding lookup, RMSNorm, rotary, SiLU-and-multiply, each
+projection and the lm_head (one FMA chain per output over k in order, whatever the rows and
+threads around it), the LoRA delta kernel; decode attention reads only the sequence's own KV,
+one thread per sequence. So in a step of at most `small_gemm_max_tokens` tokens, the logits of
+a sequence's decode token are the same bits whatever else is in the batch: other sequences,
+their number, order, prefills, adapters, sampling parameters (tests/engine/test_batch_invariance.py).
+With a seed (or greedy), the sampled token is then the same too (the sampler's seeded draw
+does not depend on the batch either).
+
+It does not hold, and results differ by rounding only (the parity tests bound that at 1e-4
+against transformers; a greedy or seeded choice can flip only between near-tied tokens):
+  - in steps of more than small_gemm_max_tokens tokens, where MKL computes the projections and
+    its blocking, hence rounding, depends on the number of rows (and FusedLinear switches from
+    per-part to one fused matmul at fused_matmul_min_tokens);
+  - across prefill chunkings: the scheduler splits a prompt by the token budget left by the
+    other requests, and a chunk's attention (SDPA, causal or against the cached prefix) rounds
+    differently from the whole prompt's; the KV written, and every later logit, follow;
+  - on the torch and cuda backends, where every matmul is a BLAS call sized by the batch and
+    decode attention pads each group to the longest context in it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from fireplace.engine.backend_config import BackendConfig
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("auto", "cpu-kernels", "torch", "cuda")
+
+
+@dataclass(frozen=True)
+class Backend:
+    kind: str  # cpu-kernels | torch | cuda
+    device: torch.device
+    dtype: torch.dtype
+    config: BackendConfig = field(default_factory=BackendConfig)
+    # which C kernels run (cpu-kernels only; each False where it failed to build)
+    elementwise_kernels: bool = False
+    small_gemm_kernel: bool = False
+    paged_decode_kernel: bool = False
+    lora_kernel: bool = False
+    reason: str = ""  # why this kind, for logs and errors ("" when asked for explicitly)
+
+    # -- choosing ---------------------------------------------------------------------------
+    @classmethod
+    def select(cls, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+               kind: str = "auto", config: BackendConfig | None = None) -> Backend:
+        """The backend for a model on `device` in `dtype`. kind "auto" picks as described above;
+        "cpu-kernels" raises ValueError (saying why) where the kernels cannot run; "cuda" needs
+        a CUDA device. Builds the C kernels on first use (cached on disk; see kernels/cpu_build)."""
+        if kind not in KINDS:
+            raise ValueError(f"backend must be one of {', '.join(KINDS)}, got {kind!r}")
+        device = torch.device(device)
+        config = config if config is not None else BackendConfig()
+        if kind == "cuda" or (kind == "auto" and device.type == "cuda"):
+            if device.type != "cuda":
+                raise ValueError(f"backend 'cuda' needs a CUDA device, got {device}")
+            return cls("cuda", device, dtype, config)
+        if kind == "torch" or device.type != "cpu":
+            return cls("torch", device, dtype, config, reason="asked for" if kind == "torch" else "not a CPU device")
+        if kind == "auto" or kind == "cpu-kernels":
+            return cls._cpu_kernels(device, dtype, config, required=kind == "cpu-kernels")
+        raise AssertionError(kind)
+
+    @classmethod
+    def _cpu_kernels(cls, device: torch.device, dtype: torch.dtype, config: BackendConfig, *,
+                     required: bool) -> Backend:
+        from fireplace.engine.kernels import cpu_build
+
+        reason, level = None, logging.INFO
+        if dtype != torch.float32:
+            reason = f"the CPU kernels are float32 only and the model runs in {dtype}"
+        elif not cpu_build.kernels_enabled():
+            reason = "FIREPLACE_CPU_KERNELS turns them off"
+        elif cpu_build.find_compiler() is None:
+            reason, level = f"no C compiler ({cpu_build.compiler_name()}) was found to build them", logging.WARNING
+        if reason is None:
+            built = _built_kernels()
+            if any(built.values()):
+                return cls("cpu-kernels", device, dtype, config, **built)
+            reason, level = "none of them built (see the warnings above)", logging.WARNING
+        if required:
+            raise ValueError(f"backend 'cpu-kernels' is unavailable: {reason}")
+        logger.log(level, "CPU kernels not used (%s); the engine runs plain torch ops", reason)
+        return cls("torch", device, dtype, config, reason=reason)
+
+    # -- what the layers ask ------------------------------------------------------------------
+    def uses_elementwise_kernels(self, t: torch.Tensor) -> bool:
+        """Whether norms, rotary and SiLU-and-multiply of activation t run as C kernels
+        (torch.compile traces the torch ops instead: a ctypes call would break its graph)."""
+        return self.elementwise_kernels and t.dtype is torch.float32 and not torch.compiler.is_compiling()
+
+    def uses_small_gemm(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
+        """Whether x [T, in] @ weight [out, in]^T runs through the C GEMM: decode-sized T, and
+        small_gemm.linear_unchecked's preconditions (fp32, contiguous weight, unit column stride)."""
+        return (self.small_gemm_kernel and x.shape[0] <= self.config.small_gemm_max_tokens and x.dim() == 2
+                and x.dtype is torch.float32 and weight.dtype is torch.float32 and x.stride()[1] == 1
+                and weight.is_contiguous() and not torch.compiler.is_compiling())
+
+    def fuses_matmul(self, num_tokens: int) -> bool:
+        """Whether a FusedLinear runs one matmul for all its parts (torch path; always off the CPU)."""
+        return self.device.type != "cpu" or num_tokens >= self.config.fused_matmul_min_tokens
+
+    def uses_lora_kernel(self, x: torch.Tensor) -> bool:
+        """Whether a LoRA stack adds its deltas for input x with the C kernel."""
+        return self.lora_kernel and x.dtype is torch.float32 and not torch.compiler.is_compiling()
+
+    def lora_uses_dense(self, num_lora_tokens: int, num_runs: int) -> bool:
+        """LoRABatch's strategy on the torch path: dense while runs are short (BackendConfig)."""
+        return num_runs > 1 and num_lora_tokens < self.config.lora_dense_max_tokens_per_run * num_runs
+
+    def describe(self) -> str:
+        """One line for logs and stats: the kind and the kernels in use."""
+        if self.kind != "cpu-kernels":
+            return f"{self.kind} ({self.reason})" if self.reason else self.kind
+        on = [name for name, used in (("elementwise", self.elementwise_kernels), ("small-gemm", self.small_gemm_kernel),
+                                      ("paged-decode", self.paged_decode_kernel), ("lora-delta", self.lora_kernel))
+              if used]
+        return f"cpu-kernels ({', '.join(on)})"
+
+
+def _built_kernels() -> dict[str, bool]:
+    """Which C kernels build and load here (each built at most once per process)."""
+    from fireplace.engine.kernels import elementwise, lora_delta, paged_decode, small_gemm
+
+    return {
+        "elementwise_kernels": elementwise.available(),
+        # without AVX2 the portable GEMM is correct but no faster than MKL: stay with torch
+        "small_gemm_kernel": small_gemm.available() and small_gemm.uses_avx2(),
+        "paged_decode_kernel": paged_decode.available(),
+        "lora_kernel": lora_delta.available(),
+    }
+
+
+def default_backend(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Backend:
+    """What a layer or model built without a backend uses: Backend.select(device, dtype)."""
+    return Backend.select(device, dtype)

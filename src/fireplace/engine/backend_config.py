@@ -1,0 +1,49 @@
+"""The tuned switches of the compute backend, in one place (see fireplace.engine.backend).
+
+Every number here was measured on the SmolLM2-135M shapes on a 2-core AVX2 VM (torch 2.13 CPU,
+2 intra-op threads); the bench/ scripts named beside each one re-measure it. They only choose
+between code paths that compute the same thing; none changes what a request gets beyond
+floating-point rounding (see "Batch invariance" in backend.py for what does and does not hold
+bit for bit). On CUDA the CPU-only thresholds are ignored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendConfig:
+    # FusedLinear (q/k/v, gate/up), CPU torch path: from this many tokens on, one F.linear over
+    # the whole [sum(out), in] matrix; below it one F.linear per part, where MKL does better with
+    # the thin matrices (75 vs 68 GFLOP/s at 64 tokens, 125 vs 115 the other way at 512).
+    # CUDA always runs the fused matmul.
+    fused_matmul_min_tokens: int = 384
+
+    # Projections of batches of at most this many tokens run through our C small GEMM
+    # (cpu-kernels backend, AVX2 only): MKL's sgemm barely uses the second core at these sizes
+    # (1.3-2.2x F.linear per projection at 64 tokens; bench/small_gemm_kernel.py). Larger
+    # batches stay with MKL, which does well there. It also bounds batch invariance (backend.py).
+    small_gemm_max_tokens: int = 256
+
+    # LoRA torch path (no C kernel: CUDA, bf16, or no compiler): a LoRABatch applies the deltas
+    # "dense" (every token through every active adapter, masked) while its runs of same-adapter
+    # tokens average fewer than this many tokens, else run by run (fireplace.engine.lora.batch).
+    # Decode (runs of 1): dense 0.86-1.00x of base vs runs 0.78-0.88x; prefill runs of 32
+    # tokens: runs 0.94x vs dense 0.84x (8 rank-8 adapters on all 7 projections, 1 thread).
+    lora_dense_max_tokens_per_run: int = 16
+
+    # Decode attention, torch path (CUDA, or CPU without the C kernel): decodes are sorted by
+    # context length and cut into at most this many groups, one gather + SDPA call each, so
+    # that padding to the longest context stays small ...
+    decode_buckets: int = 4
+    # ... but a group holds at least this many sequences (fewer are not worth a call).
+    min_decode_group: int = 8
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"BackendConfig.{f.name} must be an integer, got {value!r}")
+            minimum = 0 if f.name in ("fused_matmul_min_tokens", "small_gemm_max_tokens") else 1
+            if value < minimum:
+                raise ValueError(f"BackendConfig.{f.name} must be >= {minimum}, got {value}")
