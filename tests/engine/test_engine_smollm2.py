@@ -47,7 +47,7 @@ def test_greedy_is_token_identical_to_transformers(engine, model_dir):
     tok = engine.tokenizer
     ours = engine.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True))
     for prompt, out in zip(PROMPTS, ours):
-        ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+        ids = tok(prompt, return_tensors="pt").input_ids  # transformers' default special tokens, as ours
         with torch.no_grad():
             ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW,
                               min_new_tokens=MAX_NEW, do_sample=False)[0, ids.shape[1]:].tolist()

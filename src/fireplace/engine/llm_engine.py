@@ -7,6 +7,7 @@ Not thread-safe by itself; `AsyncEngine` drives it from one thread.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Iterable
 
@@ -29,6 +30,7 @@ from fireplace.engine.scheduler_config import SchedulerConfig
 from fireplace.engine.sequence import Sequence, SequenceStatus
 from fireplace.engine.stats import EngineStats, ThroughputMeter
 
+_log = logging.getLogger(__name__)
 _request_counter = itertools.count()
 
 
@@ -71,6 +73,9 @@ class LLMEngine:
         # model_config.max_model_len is the context capped at a sliding window (which we serve
         # exactly only inside the window: see model_config)
         model_limit = self.model_config.max_model_len
+        if config.max_model_len and config.max_model_len > model_limit:
+            _log.warning("max_model_len %d capped at %d (the model's %s)", config.max_model_len, model_limit,
+                         "sliding window" if self.model_config.sliding_window else "context length")
         self.max_model_len = min(config.max_model_len or min(model_limit, 4096), model_limit)
         spec = KVCacheSpec.for_model(self.model_config, config.block_size, config.torch_dtype)
         num_blocks = config.num_kv_blocks or spec.num_blocks_for_budget(config.kv_cache_bytes)
