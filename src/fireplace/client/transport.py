@@ -47,16 +47,22 @@ class Transport:
         headers = {"user-agent": f"fireplace-client/{__version__}"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
+        self._timeout, self._user_agent = timeout, headers["user-agent"]
         self._api = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
-        # Signed URLs carry their own credential; the API key must not travel to them.
-        self._bare = httpx.Client(timeout=timeout, headers={"user-agent": headers["user-agent"]})
+        self._bare: httpx.Client | None = None
 
     def close(self) -> None:
         self._api.close()
-        self._bare.close()
+        if self._bare is not None:
+            self._bare.close()
 
     def _client_for(self, url: str) -> httpx.Client:
-        return self._bare if url.startswith(("http://", "https://")) else self._api
+        if not url.startswith(("http://", "https://")):
+            return self._api
+        # Signed URLs carry their own credential; the API key must not travel to them.
+        if self._bare is None:
+            self._bare = httpx.Client(timeout=self._timeout, headers={"user-agent": self._user_agent})
+        return self._bare
 
     def _wait(self, attempt: int, response: httpx.Response | None) -> None:
         hinted = retry_after_seconds(response.headers.get("retry-after")) if response is not None else None
