@@ -1,0 +1,107 @@
+"""Connection defaults (the data dir's credentials file, login's 0600 file, env, flags before
+or after the verb), whoami, --help with an example on every command, shell completion, and
+the real installed `fireplace` executable."""
+from __future__ import annotations
+
+import json
+import stat
+
+from fireplace.cli.main import app
+from tests.conftest import ADMIN_KEY, user_key
+
+
+def test_the_servers_credentials_file_is_enough(cli):
+    """`fireplace serve` then `fireplace whoami`: no flags, no env."""
+    me = cli.json("whoami")
+    assert me["account"] == f"accounts/{cli.server.account_id}"
+    assert me["role"] == "admin" and me["user"].startswith(f"accounts/{cli.server.account_id}/users/")
+    assert me["baseUrl"] == cli.server.base_url
+
+
+def test_flags_env_and_their_order(cli):
+    other = cli.json("create", "account", "--email", "order-test@example.com")
+    account = other["name"].split("/")[1]
+    before = cli.json("--account", account, "get", "account")
+    after = cli.json("get", "account", "--account", account)
+    via_env = cli.json("get", "account", env={"FIREPLACE_ACCOUNT": account})
+    assert before == after == via_env == other
+    assert cli.json("-o", "json", "--account", account, "get", "account", "--account", cli.server.account_id)[
+        "name"] == f"accounts/{cli.server.account_id}"    # the later flag wins
+    cli.run("list", "models", env={"FIREPLACE_BASE_URL": "http://127.0.0.1:9"}, expect=9)
+    cli.run("list", "models", "--base-url", cli.server.base_url, env={"FIREPLACE_BASE_URL": "http://127.0.0.1:9"})
+
+
+def test_login_writes_a_private_file_that_wins_then_logout(cli, tmp_path):
+    key = user_key(cli.server, "contributor")
+    login = tmp_path / "login" / "credentials"
+    env = {"FIREPLACE_CONFIG": str(login), "FIREPLACE_HOME": str(tmp_path / "no-server-here")}
+    result = cli.run("login", "--base-url", cli.server.base_url, input=key + "\n", env=env)
+    assert "Logged in to" in result.stderr and "(contributor)" in result.stderr
+    assert key not in result.stdout + result.stderr
+    assert stat.S_IMODE(login.stat().st_mode) == 0o600
+    stored = dict(line.split("=", 1) for line in login.read_text().splitlines())
+    assert stored == {"FIREPLACE_BASE_URL": cli.server.base_url, "FIREPLACE_API_KEY": key,
+                      "FIREPLACE_ACCOUNT_ID": cli.server.account_id}
+    me = cli.json("whoami", env=env)
+    assert me["role"] == "contributor"
+    cli.run("login", "--api-key", "fw_wrong", "--base-url", cli.server.base_url, env=env, expect=5)
+    assert stored == dict(line.split("=", 1) for line in login.read_text().splitlines())   # unchanged
+    cli.run("logout", env=env)
+    assert not login.exists()
+    gone = cli.run("whoami", env=env, expect=5)   # no key anywhere now: said before any request
+    assert "no API key" in gone.stderr
+
+
+def _leaves(command, path=()):
+    sub = getattr(command, "commands", None)
+    if not sub:
+        yield path, command
+        return
+    for name, child in sub.items():
+        if not getattr(child, "hidden", False):
+            yield from _leaves(child, (*path, name))
+
+
+def test_every_command_has_help_with_an_example(cli):
+    import typer.main
+    root = typer.main.get_command(app)
+    leaves = list(_leaves(root))
+    assert len(leaves) > 60
+    names = {" ".join(p) for p, _ in leaves}
+    for expected in ("create deployment", "deployment create", "load-lora", "unload-lora", "create sftj",
+                     "sftj cancel", "resume sftj", "quota update", "usage", "chat", "complete", "whoami", "login",
+                     "upload model", "download model", "download dataset", "scale deployment", "undelete deployment",
+                     "serve"):
+        assert expected in names, expected
+    for path, command in leaves:
+        if path == ("serve",):
+            continue
+        assert "Examples:" in (command.epilog or "") and "$ fireplace " in command.epilog, path
+        assert (command.help or "").strip(), path
+        options = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        assert {"--output", "--account", "--base-url", "--api-key", "-q"} <= options, path
+    for path in (("create", "deployment"), ("sftj", "create"), ("load-lora",), ("chat",), ("quota", "update")):
+        out = cli.run(*path, "--help").stdout
+        assert "Examples:" in out and "$ fireplace " in out and "--output" in out, path
+
+
+def test_shell_completion_script(cli):
+    done = cli.subprocess("--show-completion", "bash")
+    assert done.returncode == 0, done.stderr
+    assert "_FIREPLACE_COMPLETE" in done.stdout and "complete" in done.stdout
+
+
+def test_the_installed_executable(cli, tmp_path):
+    listed = cli.subprocess("list", "accounts", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert f"accounts/{cli.server.account_id}" in [a["name"] for a in json.loads(listed.stdout)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n[1, 2]\n')
+    done = cli.subprocess("create", "dataset", "sub-bad", str(bad))
+    assert done.returncode == 3 and "line 2: expected a JSON object" in done.stderr
+    missing = cli.subprocess("get", "deployment", "nope")
+    assert missing.returncode == 4 and "not found" in missing.stderr
+    usage = cli.subprocess("frobnicate")
+    assert usage.returncode == 2
+    assert cli.subprocess("--api-key", ADMIN_KEY, "whoami", "-q").stdout.strip().startswith(
+        f"accounts/{cli.server.account_id}/users/")
