@@ -88,6 +88,7 @@ class LogitsProcessors:
         # keyed by the Sequence object: state lives exactly as long as the sample (and survives
         # its preemption, which keeps the object); identity hashing, so no collisions
         self._processors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._byte_tables: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # [256, 8] 0 / -inf
 
     @property
     def num_live(self) -> int:
@@ -110,14 +111,27 @@ class LogitsProcessors:
             if processor is None:
                 processor = self._processors[seq] = seq.params.logits_processor()
             processor.fill_bitmask(seq.output_token_ids, bitmask, j)
-        allowed = unpack_bitmask(bitmask.to(logits.device, non_blocking=True), vocab)  # [R, V]
+        if vocab % _BITS:
+            bitmask[:, -1] &= _signed32((1 << (vocab % _BITS)) - 1)  # no bits past the vocabulary
         if self.eos_token_ids:
-            empty = ~allowed.any(dim=1)
-            if bool(empty.any()):
-                eos = torch.tensor([t for t in self.eos_token_ids if 0 <= t < vocab], device=logits.device)
-                allowed[empty.nonzero().squeeze(1).unsqueeze(1), eos.unsqueeze(0)] = True
+            for j in (bitmask == 0).all(dim=1).nonzero().squeeze(1).tolist():
+                allow_only(bitmask[j], [t for t in self.eos_token_ids if 0 <= t < vocab])
+        bias = self._mask_bias(bitmask.to(logits.device, non_blocking=True), vocab, logits.dtype)
         # out of place: the runner's logits may be inference-mode tensors
         if len(rows) == logits.shape[0]:
-            return logits.masked_fill(~allowed, float("-inf"))
+            return logits + bias
         index = torch.tensor([i for i, _ in rows], device=logits.device)
-        return logits.index_put((index,), logits.index_select(0, index).masked_fill_(~allowed, float("-inf")))
+        return logits.index_put((index,), logits.index_select(0, index) + bias)
+
+    def _mask_bias(self, bitmask: torch.Tensor, vocab: int, dtype: torch.dtype) -> torch.Tensor:
+        """int32 [R, W] -> [R, vocab] of 0 (allowed) / -inf, added to the logits.
+
+        A table lookup per bitmask byte (little-endian: byte k holds tokens 8k..8k+7) measured
+        ~3x faster on CPU than shifting out 32 bits per word and masked_fill."""
+        key = (bitmask.device, dtype)
+        table = self._byte_tables.get(key)
+        if table is None:
+            bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1  # [256, 8]
+            table = torch.zeros(256, 8, dtype=dtype).masked_fill_(bits == 0, float("-inf")).to(bitmask.device)
+            self._byte_tables[key] = table
+        return table[bitmask.view(torch.uint8).long()].view(bitmask.shape[0], -1)[:, :vocab]
