@@ -1,6 +1,7 @@
 """First start on an empty data dir: the public catalog account, the first account (ID from
 FIREPLACE_ADMIN_EMAIL), its admin user (also platform admin) and an API key written to
-<data dir>/credentials (mode 0600) and printed once. Later starts change nothing."""
+<data dir>/credentials (mode 0600); the log names that file, never the key. Later starts
+change nothing."""
 from __future__ import annotations
 
 import os
@@ -50,9 +51,10 @@ def bootstrap_platform(settings: Settings, factory: sessionmaker[Session]) -> No
                 return
             raise
     write_credentials(settings, account_id, key.secret)
-    if not settings.api_key:
-        print(f"Fireplace: created account {account_id!r}; admin API key (shown once, also in "
-              f"{settings.credentials_path}):\n  {key.secret}", file=sys.stderr, flush=True)
+    # The key itself never goes to the log (logs are often shared or shipped): only where it is.
+    origin = "from FIREPLACE_API_KEY" if settings.api_key else "generated"
+    print(f"Fireplace: created account {account_id!r}; its admin API key ({origin}) is in "
+          f"{settings.credentials_path} (mode 0600)", file=sys.stderr, flush=True)
 
 
 def write_credentials(settings: Settings, account_id: str, secret: str) -> None:

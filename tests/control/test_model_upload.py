@@ -332,7 +332,7 @@ def test_put_of_an_undeclared_file_is_refused(admin, unique):
     assert r.status_code == 200
     admin.models.delete(model_id)
     r = httpx.put(url, content=files["config.json"])
-    assert r.status_code == 404 and r.json()["code"] == 5
+    assert r.status_code == 403 and r.json()["code"] == 7     # bound to the deleted instance
 
 
 def test_delete_removes_the_files(admin, server, unique):
@@ -344,7 +344,7 @@ def test_delete_removes_the_files(admin, server, unique):
     assert blob_files(server, "models", server.account_id, model_id) == []
     assert blob_files(server, "uploads", "models", server.account_id, model_id) == []
     r = httpx.get(downloads["config.json"])
-    assert r.status_code == 404 and r.json()["code"] == 5
+    assert r.status_code == 403 and r.json()["code"] == 7     # bound to the deleted instance
 
 
 def test_download_needs_a_ready_model(admin, unique):

@@ -16,6 +16,7 @@ ERROR_STATUSES = {
     "413": "INVALID_ARGUMENT (3): body or file over its size limit",
     "429": "RESOURCE_EXHAUSTED (8): a quota or rate limit, named in the message",
     "500": "INTERNAL (13)",
+    "501": "UNIMPLEMENTED (12): a Fireworks resource or field Fireplace does not serve",
     "503": "UNAVAILABLE (14)",
 }
 

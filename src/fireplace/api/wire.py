@@ -133,6 +133,27 @@ def duration(seconds: float | None) -> str | None:
     return f"{int(seconds)}s" if float(seconds).is_integer() else f"{seconds}s"
 
 
+def _is_set(value: Any) -> bool:
+    return value is not None and value is not False and value not in ("", 0, [], {})
+
+
+def refuse_unhonoured(data: Any, unhonoured: dict[str, str], what: str) -> Any:
+    """A model_validator(mode="before") body check: Fireworks fields Fireplace accepts nowhere
+    (unhonoured: camelCase wire name -> why) are refused with a 400 naming each one set,
+    instead of being silently dropped like output-only fields a client echoes back."""
+    if isinstance(data, dict):
+        found = []
+        for camel, reason in unhonoured.items():
+            for key in (camel, to_snake(camel)):
+                if key in data and _is_set(data[key]):
+                    found.append(f"{camel} ({reason})")
+                    break
+        if found:
+            raise InvalidArgument(f"{what}: field(s) not supported by Fireplace: {'; '.join(found)}; "
+                                  "omit them")
+    return data
+
+
 class Status(Wire):
     code: str = "OK"
     message: str = ""

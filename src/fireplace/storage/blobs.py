@@ -1,7 +1,8 @@
 """Blob store over fsspec: a local directory by default, `s3://bucket/prefix` accepted.
 
-Writes are atomic: bytes stream into a temporary object, then a rename (local) or the
-completion of the upload (S3: an object appears whole or not at all) publishes them.
+Writes are atomic and durable: bytes stream into a temporary object (fsynced), then a rename
+(local; the directory is fsynced after it) or the completion of the upload (S3: an object
+appears whole or not at all) publishes them.
 Every write is hashed (SHA-256) and size-limited while streaming. Keys are built only
 from validated IDs and file names (`blob_key`), so no path can escape the root.
 """
@@ -83,11 +84,23 @@ class BlobStore:
                     out.flush()
                     os.fsync(out.fileno())
             self.fs.mv(tmp, final)
+            self._sync_dir(final)
         except BaseException:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp)
             raise
         return BlobInfo(key, size, digest.hexdigest())
+
+    def _sync_dir(self, path: str) -> None:
+        """fsync the directory of a renamed file (local stores), so the rename itself survives
+        a crash, not only the file's bytes."""
+        if not self.is_local:
+            return
+        fd = os.open(path.rsplit("/", 1)[0] or "/", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def write_bytes(self, key: str, data: bytes, max_bytes: int | None = None) -> BlobInfo:
         return self.write_stream(key, [data], max_bytes if max_bytes is not None else len(data))
@@ -100,6 +113,7 @@ class BlobStore:
         final = self._path(dst)
         self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         self.fs.mv(self._path(src), final)
+        self._sync_dir(final)
 
     def exists(self, key: str) -> bool:
         return self.fs.exists(self._path(key))

@@ -35,11 +35,17 @@ def list_accounts(caller: CallerDep, session: SessionDep, params: ListQuery) -> 
              summary="Create an account and its admin user (Fireplace extension)",
              description="Platform admin only, or anyone when sign-up is open (`--allow-signup`). "
                          "A DEVELOPER account's ID is generated from the email; an ENTERPRISE "
-                         "account may choose it with `accountId`. The same email twice is 409.")
-def create_account(body: AccountCreate, session: SessionDep, settings: SettingsDep,
+                         "account (platform admin only) may choose it with `accountId`. The same email "
+                         "twice is 409. Open sign-up is limited per client address (429) and returns "
+                         "the new admin's API key once, in `adminApiKey`.")
+def create_account(body: AccountCreate, request: Request, session: SessionDep, settings: SettingsDep,
                    caller: Annotated[Principal | None, Depends(optional_caller)],
                    account_id: Annotated[str | None, Query(alias="accountId", max_length=63)] = None) -> Account:
-    return Account.of(service.create_account(session, caller, settings, body, account_id))
+    client = request.client.host if request.client else ""
+    row, key = service.create_account(session, caller, settings, body, account_id, client=client)
+    out = Account.of(row)
+    out.admin_api_key = key
+    return out
 
 
 @router.get("/v1/accounts/{account_id}", response_model=Account, **OUT, summary="Get an account")

@@ -36,12 +36,23 @@ class Account(Wire):
     status: Status = Field(default_factory=Status)
     create_time: str | None = None
     update_time: str | None = None
+    # Open sign-up only (Fireplace extension): the new admin's API key, shown this once.
+    admin_api_key: "SignupKey | None" = None
 
     @classmethod
     def of(cls, row: AccountRow) -> "Account":
         return cls(name=f"accounts/{row.account_id}", email=row.email, display_name=row.display_name,
                    account_type=row.account_type, state=row.state, suspend_state=row.suspend_state,
                    create_time=rfc3339(row.create_time), update_time=rfc3339(row.update_time))
+
+
+class SignupKey(Wire):
+    name: str
+    key_id: str
+    key: str
+
+
+Account.model_rebuild()
 
 
 class AccountCreate(Wire):

@@ -12,7 +12,10 @@ from fireplace.api.auth import Action, Principal, authorize
 from fireplace.api.filtering import FieldMap, name_field, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
 from fireplace.config import Settings
-from fireplace.control.accounts.schemas import AccountCreate, normalize_email
+from fireplace.control.accounts.rate_limit import SIGNUPS
+from fireplace.control.accounts.schemas import AccountCreate, SignupKey, normalize_email
+from fireplace.control.api_keys.secrets import new_key, new_key_id
+from fireplace.control.api_keys.tables import ApiKeyRow
 from fireplace.control.accounts.tables import AccountRow
 from fireplace.errors import AlreadyExists, InvalidArgument, PermissionDenied, Unauthenticated, not_found
 from fireplace.ids import account_id_from_email, validate_id
@@ -73,17 +76,26 @@ def _free_account_id(session: Session, email: str) -> str:
 
 
 def create_account(session: Session, caller: Principal | None, settings: Settings, body: AccountCreate,
-                   requested_id: str | None) -> AccountRow:
+                   requested_id: str | None, *, client: str = "") -> tuple[AccountRow, SignupKey | None]:
+    """A platform admin creates any account. Open sign-up (settings.allow_signup; anyone else)
+    creates a DEVELOPER account only (its ID from the email), at most
+    limits.max_signups_per_hour per client address, and returns the new admin's first API
+    key (shown once). Returns (account, that key or None)."""
     from fireplace.bootstrap import user_id_from_email
     from fireplace.control.users.tables import UserRow
 
-    if not settings.allow_signup:
+    is_admin = caller is not None and caller.is_platform_admin
+    if not settings.allow_signup and not is_admin:
         if caller is None:
             raise Unauthenticated("creating an account needs a platform admin's API key (sign-up is closed)")
-        if not caller.is_platform_admin:
-            raise PermissionDenied("only a platform admin may create accounts (sign-up is closed)")
+        raise PermissionDenied("only a platform admin may create accounts (sign-up is closed)")
     email = normalize_email(body.email)
     account_type = "ENTERPRISE" if body.account_type == "ENTERPRISE" else "DEVELOPER"
+    if not is_admin:
+        if account_type == "ENTERPRISE" or requested_id:
+            raise PermissionDenied("open sign-up creates DEVELOPER accounts only (ID from the email); "
+                                   "ENTERPRISE accounts and chosen IDs need a platform admin")
+        SIGNUPS.take(client, settings.limits.max_signups_per_hour)
     if session.scalar(select(AccountRow.account_id).where(AccountRow.email == email)) is not None:
         raise AlreadyExists(f"an account for email {email!r} already exists")
     if requested_id:
@@ -98,13 +110,22 @@ def create_account(session: Session, caller: Principal | None, settings: Setting
     row = AccountRow(account_id=account_id, email=email, display_name=body.display_name or email,
                      account_type=account_type)
     session.add(row)
+    signup_key = None
     try:
         session.flush()
-        session.add(UserRow(account_id=account_id, user_id=user_id_from_email(email), email=email,
+        user_id = user_id_from_email(email)
+        session.add(UserRow(account_id=account_id, user_id=user_id, email=email,
                             display_name=body.display_name or email, role="admin"))
+        if not is_admin:
+            session.flush()
+            key, key_id = new_key(), new_key_id()
+            session.add(ApiKeyRow(account_id=account_id, key_id=key_id, user_id=user_id, key_hash=key.key_hash,
+                                  prefix=key.prefix, display_name="sign-up"))
+            signup_key = SignupKey(name=f"accounts/{account_id}/users/{user_id}/apiKeys/{key_id}", key_id=key_id,
+                                   key=key.secret)
         session.commit()
     except IntegrityError:
         # A concurrent create with the same email or ID won.
         session.rollback()
         raise AlreadyExists(f"an account for email {email!r} or with ID {account_id!r} already exists") from None
-    return row
+    return row, signup_key

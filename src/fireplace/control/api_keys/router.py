@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
 from fireplace.api.auth import CallerDep
 from fireplace.api.deps import SessionDep
 from fireplace.api.listing import ListQuery
@@ -12,7 +13,7 @@ from fireplace.control.api_keys.schemas import ApiKey, ApiKeyCreate, ApiKeyDelet
 
 router = APIRouter(tags=["apiKeys"])
 OUT = {"response_model_exclude_none": True}
-BASE = "/v1/accounts/{account_id}/users/{user_id}/apiKeys"
+BASE = "/v1/accounts/{account_id}/users/{user_id:ref}/apiKeys"
 
 
 # The verb route first, so `apiKeys:delete` is never read as anything else.
@@ -36,4 +37,13 @@ def list_api_keys(account_id: str, user_id: str, caller: CallerDep, session: Ses
                   params: ListQuery) -> ListApiKeysResponse:
     rows, user, token, total = service.list_keys(session, caller, account_id, user_id, params)
     return ListApiKeysResponse(api_keys=[ApiKey.of(r, email=user.email) for r in rows],
+                               next_page_token=token, total_size=total)
+
+
+@router.get("/v1/accounts/{account_id}/apiKeys", response_model=ListApiKeysResponse, **OUT,
+            summary="List every active API key of the account (admin; no secrets; Fireplace extension)")
+def list_account_api_keys(account_id: str, caller: CallerDep, session: SessionDep,
+                          params: ListQuery) -> ListApiKeysResponse:
+    rows, token, total = service.list_account_keys(session, caller, account_id, params)
+    return ListApiKeysResponse(api_keys=[ApiKey.of(r, email=email) for r, email in rows],
                                next_page_token=token, total_size=total)

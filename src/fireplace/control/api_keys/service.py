@@ -1,7 +1,11 @@
 """API keys: create (the secret is returned once; only its SHA-256 is stored), list, revoke.
 
-Account admins manage every user's keys; any user manages their own. Revocation is immediate:
-authentication reads the key row on every request.
+Creating: a user creates keys only for themselves; an account admin also for the account's
+other users (there are no passwords: an admin hands out a new user's first key), but never
+for a platform admin, since a key acts with its user's powers and so may not exceed the
+creator's own; a platform admin for anyone. Listing and revoking: any user their own keys; an account
+admin every key of the account (also `GET /v1/accounts/{a}/apiKeys`). Revocation is
+immediate: authentication reads the key row on every request.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from fireplace.control.api_keys.tables import ApiKeyRow
 from fireplace.control.common import touch
 from fireplace.control.users.service import fetch_user
 from fireplace.control.users.tables import UserRow
-from fireplace.errors import InvalidArgument, ResourceExhausted, not_found
+from fireplace.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted, not_found
 from fireplace.ids import validate_id
 
 MAX_ACTIVE_KEYS_PER_USER = 100
@@ -45,7 +49,12 @@ def _active(account_id: str, user_id: str):
 
 def create_key(session: Session, caller: Principal, account_id: str, user_id: str,
                spec: ApiKeySpec) -> tuple[ApiKeyRow, UserRow, NewKey]:
-    user = _key_owner(session, caller, account_id, user_id)
+    user = fetch_user(session, caller, account_id, user_id, Action.ADMIN, allow_self=True, serialize=True)
+    if user.is_platform_admin and not caller.is_platform_admin:
+        # A key acts with its user's powers: never mint one above the caller's own.
+        raise PermissionDenied(f"API keys of platform admin {user.user_id!r} can only be created by a platform admin")
+    if user.state != "READY":
+        raise FailedPrecondition(f"user {user.user_id!r} is {user.state}: enable the user first")
     expire = spec.expire_time
     if expire is not None:
         expire = expire if expire.tzinfo else expire.replace(tzinfo=timezone.utc)
@@ -72,6 +81,20 @@ def list_keys(session: Session, caller: Principal, account_id: str, user_id: str
     rows, token, total = paginate(session, stmt, params, FIELDS, [ApiKeyRow.key_id],
                                   f"apiKeys/{user.account_id}/{user.user_id}")
     return rows, user, token, total
+
+
+def list_account_keys(session: Session, caller: Principal, account_id: str,
+                      params: ListParams) -> tuple[list[tuple[ApiKeyRow, str]], str, int]:
+    """Every active key of the account (admins): [(row, owner email)], token, total."""
+    from fireplace.control.accounts.service import account_id_of
+    from fireplace.api.auth import authorize
+    account_id = account_id_of(account_id)
+    authorize(caller, account_id, Action.ADMIN, kind="account", name=f"accounts/{account_id}")
+    stmt = select(ApiKeyRow).where(ApiKeyRow.account_id == account_id, ApiKeyRow.revoked.is_(False))
+    rows, token, total = paginate(session, stmt, params, FIELDS, [ApiKeyRow.key_id], f"apiKeys/{account_id}")
+    emails = dict(session.execute(select(UserRow.user_id, UserRow.email).where(
+        UserRow.account_id == account_id, UserRow.user_id.in_({r.user_id for r in rows}))).all()) if rows else {}
+    return [(r, emails.get(r.user_id, "")) for r in rows], token, total
 
 
 def delete_key(session: Session, caller: Principal, account_id: str, user_id: str, key_id: str) -> None:

@@ -170,13 +170,17 @@ async def put_dataset_file(account_id: str, dataset_id: str, filename: str, requ
                                                  filename, expires, sig, upload)
     max_bytes = min(settings.limits.max_dataset_bytes, declared_size)
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"file is {declared} bytes; the limit is {max_bytes} bytes (as declared)")
-    with SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
-        async for chunk in _limited(request, max_bytes):
-            spool.write(chunk)
-        spool.seek(0)
-        await run_in_threadpool(blobs.write_file, key, spool, max_bytes)
+    try:
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise PayloadTooLarge(f"file is {declared} bytes; the limit is {max_bytes} bytes (as declared)")
+        with SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
+            async for chunk in _limited(request, max_bytes):
+                spool.write(chunk)
+            spool.seek(0)
+            await run_in_threadpool(blobs.write_file, key, spool, max_bytes)
+    except BaseException:
+        await run_in_threadpool(uploads.release_signed_upload, session, account_id, dataset_id, upload)
+        raise
     await run_in_threadpool(uploads.finish_signed_upload, session, blobs, account_id, dataset_id, upload, key)
     return Empty()
 

@@ -210,6 +210,19 @@ def accept_signed_upload(session: Session, account_id: str, dataset_id: str, fil
     return key, int(pending["size"])
 
 
+def release_signed_upload(session: Session, account_id: str, dataset_id: str, nonce: str) -> None:
+    """A PUT that failed (too large, cut short) gives its claim back, so the URL may be retried."""
+    session.rollback()
+    serialize_account(session, account_id)
+    row = session.scalar(select(DatasetRow).where(DatasetRow.account_id == account_id,
+                                                  DatasetRow.dataset_id == dataset_id)
+                         .execution_options(populate_existing=True))
+    pending = _pending(row) if row is not None else None
+    if pending is not None and pending["nonce"] == nonce and not pending.get("stagedKey"):
+        row.spec = {**row.spec, "pendingUploads": {**pending, "claimed": False}}
+    session.commit()
+
+
 def finish_signed_upload(session: Session, blobs: BlobStore, account_id: str, dataset_id: str, nonce: str,
                          key: str) -> None:
     """After the PUT's bytes are staged: record them, unless the upload was replaced or the

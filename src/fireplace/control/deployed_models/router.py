@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from fireplace.api.auth import CallerDep
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep
+from fireplace.api.etags import EtagDep, body_or_header
 from fireplace.api.listing import ListQuery
 from fireplace.api.wire import Empty
 from fireplace.control.deployed_models import service
@@ -46,13 +47,15 @@ def get_deployed_model(account_id: str, deployed_model_id: str, caller: CallerDe
 
 @router.patch(ITEM, summary="Update a deployed model (displayName, description, public, default)", **OUT)
 def update_deployed_model(account_id: str, deployed_model_id: str, body: DeployedModelUpdate, caller: CallerDep,
-                          session: SessionDep,
+                          session: SessionDep, etag: EtagDep,
                           update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None):
-    return deployed_model_out(service.update_row(session, caller, account_id, deployed_model_id, body, update_mask))
+    return deployed_model_out(service.update_row(session, caller, account_id, deployed_model_id, body, update_mask,
+                                                 etag=body_or_header(body.etag, etag)))
 
 
 @router.delete(ITEM, response_model=Empty, summary="Unload a deployed model (its default moves to the oldest "
                                                    "other deployment of the model)")
-def unload_deployed_model(account_id: str, deployed_model_id: str, caller: CallerDep, session: SessionDep):
-    service.unload(session, caller, account_id, deployed_model_id)
+def unload_deployed_model(account_id: str, deployed_model_id: str, caller: CallerDep, session: SessionDep,
+                          etag: EtagDep):
+    service.unload(session, caller, account_id, deployed_model_id, etag=etag)
     return {}

@@ -29,6 +29,7 @@ class DeployedModelUpdate(Wire):
     description: Str | None = None
     public: bool | None = None
     serverless: bool | None = None
+    etag: str | None = Field(default=None, max_length=64)   # AIP-154: a stale one is 409 ABORTED
 
 
 class DeployedModel(Wire):
@@ -44,6 +45,7 @@ class DeployedModel(Wire):
     status: Status
     create_time: str | None = None
     update_time: str | None = None
+    etag: str | None = None
 
 
 class ListDeployedModelsResponse(Wire):
@@ -61,4 +63,4 @@ def deployed_model_out(row) -> DeployedModel:
         description=row.description, public=row.public,
         serverless=row.deployment.startswith("accounts/fireplace/"), state=row.state,
         status=Status(code=row.status_code, message=row.status_message),
-        create_time=rfc3339(row.create_time), update_time=rfc3339(row.update_time))
+        create_time=rfc3339(row.create_time), update_time=rfc3339(row.update_time), etag=str(row.etag))

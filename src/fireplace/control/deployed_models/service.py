@@ -19,12 +19,14 @@ from sqlalchemy.orm import Session
 from fireplace.api.auth import Action, Principal, authorize
 from fireplace.api.filtering import FieldMap, name_field, as_bool, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
-from fireplace.control.common import fetch, resource_name, touch, update_mask_fields
+from fireplace.control.common import check_etag, fetch, resource_name, touch, update_mask_fields
 from fireplace.control.deployed_models import tables as t
 from fireplace.control.deployed_models.schemas import DeployedModelLoad, DeployedModelUpdate
 from fireplace.control.deployed_models.tables import DeployedModelRow
 from fireplace.control.deployed_models.usage import count_loaded_addons
-from fireplace.control.deployments.service import (ADDON_KIND, model_name, path_id, require_account,
+from fireplace.control.locks import serialize_account
+from fireplace.control.models.service import require_publisher
+from fireplace.control.deployments.service import (ADDON_KIND, model_name, require_account,
                                                    resolve_model)
 from fireplace.control.deployments.tables import SOFT_DELETED, DeploymentRow
 from fireplace.control.quotas.definitions import enforce_quota
@@ -73,11 +75,14 @@ def _make_default(session: Session, row: DeployedModelRow) -> None:
 
 
 def _promote_successor(session: Session, row: DeployedModelRow) -> None:
-    """`row` stops being the default (unload or default=false): the oldest other one takes over."""
+    """`row` stops being the default (unload or default=false; already flushed as not default
+    or deleted, so the database's one-default index holds at every step): the oldest other
+    one takes over."""
     others = _others(session, row.account_id, row.model, exclude_id=row.deployed_model_id)
-    if others and row.is_default:
+    if others and not any(o.is_default for o in others):
         others[0].is_default = True
         touch(others[0])
+        session.flush()
 
 
 def _new_id(model_id: str) -> str:
@@ -88,6 +93,9 @@ def load(session: Session, caller: Principal, account_id: str, body: DeployedMod
     validate_id(account_id, "account id")
     authorize(caller, account_id, Action.WRITE, kind="account")
     require_account(session, account_id)
+    serialize_account(session, account_id)  # loaded-addons quota and the one-default rule
+    if body.public:
+        require_publisher(caller, account_id)
     if body.serverless:
         raise InvalidArgument("serverless is not applicable when loading a model into a deployment; omit it")
     deployment = _deployment(session, account_id, body.deployment)
@@ -137,9 +145,8 @@ def _already_loaded(model: str, deployment: str, existing: str) -> FailedPrecond
 
 def get(session: Session, caller: Principal, account_id: str, deployed_model_id: str,
         action: Action = Action.READ) -> DeployedModelRow:
-    deployed_model_id = path_id(account_id, deployed_model_id, COLLECTION, KIND)
     return fetch(session, DeployedModelRow, caller, account_id, deployed_model_id, kind=KIND,
-                 collection=COLLECTION, action=action, for_update=action >= Action.WRITE)
+                 collection=COLLECTION, action=action, serialize=action >= Action.WRITE)
 
 
 def list_rows(session: Session, caller: Principal, account_id: str, params: ListParams):
@@ -154,8 +161,10 @@ SETTABLE = {"display_name", "description", "public", "default"}
 
 
 def update_row(session: Session, caller: Principal, account_id: str, deployed_model_id: str,
-               body: DeployedModelUpdate, update_mask: str | None = None) -> DeployedModelRow:
+               body: DeployedModelUpdate, update_mask: str | None = None, *,
+               etag: str | None = None) -> DeployedModelRow:
     row = get(session, caller, account_id, deployed_model_id, Action.WRITE)
+    check_etag(row, etag)
     if body.model is not None:
         m_account, m_id = parse_name(body.model, "models", account_id=account_id, what="model")
         if resource_name(m_account, "models", m_id) != row.model:
@@ -174,6 +183,8 @@ def update_row(session: Session, caller: Principal, account_id: str, deployed_mo
     for field in fields & {"display_name", "description"}:
         setattr(row, field, getattr(body, field) or "")
     if "public" in fields:
+        if body.public and not row.public:
+            require_publisher(caller, account_id)
         row.public = bool(body.public)
     if "default" in fields:
         if body.default and not row.is_default:
@@ -182,17 +193,21 @@ def update_row(session: Session, caller: Principal, account_id: str, deployed_mo
             if not _others(session, account_id, row.model, exclude_id=row.deployed_model_id):
                 raise FailedPrecondition("the only deployment of a model is its default; "
                                          "load it elsewhere first or unload it")
-            _promote_successor(session, row)
             row.is_default = False
+            session.flush()
+            _promote_successor(session, row)
     touch(row)
     session.commit()
     return row
 
 
-def unload(session: Session, caller: Principal, account_id: str, deployed_model_id: str) -> None:
+def unload(session: Session, caller: Principal, account_id: str, deployed_model_id: str, *,
+           etag: str | None = None) -> None:
     row = get(session, caller, account_id, deployed_model_id, Action.WRITE)
-    _promote_successor(session, row)
+    check_etag(row, etag)
     session.delete(row)
+    session.flush()
+    _promote_successor(session, row)
     session.commit()
 
 
@@ -202,7 +217,7 @@ def unload_all(session: Session, account_id: str, deployment_name: str, *, dry_r
         DeployedModelRow.account_id == account_id, DeployedModelRow.deployment == deployment_name)))
     if not dry_run:
         for row in rows:
-            _promote_successor(session, row)
             session.delete(row)
-        session.flush()
+            session.flush()
+            _promote_successor(session, row)
     return len(rows)

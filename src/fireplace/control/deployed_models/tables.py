@@ -5,7 +5,7 @@ exactly one is the default (the target of `accounts/A/models/M` without `#deploy
 """
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Index, String, UniqueConstraint
+from sqlalchemy import Boolean, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fireplace.db.base import AccountScoped, Base
@@ -21,6 +21,9 @@ class DeployedModelRow(AccountScoped, Base):
         UniqueConstraint("account_id", "model", "deployment", name="uq_deployed_models_model_deployment"),
         Index("ix_deployed_models_model", "model"),
         Index("ix_deployed_models_deployment", "deployment"),
+        # At most one default per (account, model), enforced by the database as well.
+        Index("uq_deployed_models_default", "account_id", "model", unique=True,
+              sqlite_where=text("is_default"), postgresql_where=text("is_default")),
     )
 
     deployed_model_id: Mapped[str] = mapped_column(String(63), primary_key=True)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Query
 from fireplace.api.auth import CallerDep
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep
+from fireplace.api.etags import EtagDep, body_or_header
 from fireplace.api.listing import ListQuery
 from fireplace.api.wire import Empty
 from fireplace.control.deployments import service
@@ -23,14 +24,15 @@ OUT = {"response_model": Deployment, "response_model_exclude_none": True}
 
 @router.post(ITEM + ":undelete", summary="Undelete a soft-deleted deployment (back to CREATING)", **OUT)
 def undelete_deployment(account_id: str, deployment_id: str, caller: CallerDep, session: SessionDep,
-                        body: Annotated[dict | None, Body()] = None):
-    return deployment_out(service.undelete_deployment(session, caller, account_id, deployment_id))
+                        etag: EtagDep, body: Annotated[dict | None, Body()] = None):
+    return deployment_out(service.undelete_deployment(session, caller, account_id, deployment_id, etag=etag))
 
 
 @router.patch(ITEM + ":scale", summary="Set the desired replica count (within min/max)", **OUT)
 def scale_deployment(account_id: str, deployment_id: str, body: ScaleRequest, caller: CallerDep,
-                     session: SessionDep):
-    return deployment_out(service.scale_deployment(session, caller, account_id, deployment_id, body.replica_count))
+                     session: SessionDep, etag: EtagDep):
+    return deployment_out(service.scale_deployment(session, caller, account_id, deployment_id, body.replica_count,
+                                                   etag=body_or_header(body.etag, etag)))
 
 
 @router.post(COLLECTION, summary="Create a deployment (stays CREATING until a replica serves)", **OUT)
@@ -61,9 +63,10 @@ def get_deployment(account_id: str, deployment_id: str, caller: CallerDep, sessi
 
 @router.patch(ITEM, summary="Update a deployment (merges the fields present; updateMask also accepted)", **OUT)
 def update_deployment(account_id: str, deployment_id: str, body: DeploymentUpdate, caller: CallerDep,
-                      session: SessionDep,
+                      session: SessionDep, etag: EtagDep,
                       update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None):
-    row = service.update_deployment(session, caller, account_id, deployment_id, body, update_mask)
+    row = service.update_deployment(session, caller, account_id, deployment_id, body, update_mask,
+                                    etag=body_or_header(body.etag, etag))
     return deployment_out(row)
 
 
@@ -71,7 +74,8 @@ def update_deployment(account_id: str, deployment_id: str, body: DeploymentUpdat
                summary="Delete a deployment: soft (DELETED, purged after 30 days) or hard=true (now); "
                        "refused while deployed models are loaded unless ignoreChecks=true (unloads them)")
 def delete_deployment(account_id: str, deployment_id: str, caller: CallerDep, session: SessionDep,
-                      hard: Annotated[bool, Query()] = False,
+                      etag: EtagDep, hard: Annotated[bool, Query()] = False,
                       ignore_checks: Annotated[bool, Query(alias="ignoreChecks")] = False):
-    service.delete_deployment(session, caller, account_id, deployment_id, hard=hard, ignore_checks=ignore_checks)
+    service.delete_deployment(session, caller, account_id, deployment_id, hard=hard, ignore_checks=ignore_checks,
+                              etag=etag)
     return {}

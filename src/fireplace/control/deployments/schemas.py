@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from fireplace.api.wire import Status, Str, Wire
+from fireplace.api.wire import Status, Str, Wire, refuse_unhonoured
 
 MAX_REPLICAS = 100
 MAX_CONTEXT_LENGTH = 1 << 20
@@ -40,8 +40,30 @@ class ReplicaStats(Wire):
     ready_replica_count: int = 0
 
 
+# Fields of Fireworks' create/update bodies that Fireplace does not honour: refused by name.
+UNHONOURED = {
+    "expireTime": "deployments do not expire; delete them",
+    "region": "one region", "placement": "one region", "cluster": "one cluster",
+    "draftModel": "no speculative decoding", "draftTokenCount": "no speculative decoding",
+    "ngramSpeculationLength": "no speculative decoding", "enableMtp": "no speculative decoding",
+    "activeModelVersion": "no model versions", "targetModelVersion": "no model versions",
+    "autoTune": "no auto-tuning", "deploymentTemplate": "no deployment templates",
+    "directRouteApiKeys": "no direct routes", "directRouteType": "no direct routes",
+    "enableHotLoad": "no hot load", "enableHotReloadLatestAddon": "no hot load",
+    "hotLoadBucketType": "no hot load", "hotLoadBucketUrl": "no hot load",
+    "maxWithRevocableReplicaCount": "no revocable replicas", "pricingPlanId": "no pricing plans",
+    "disableDeploymentSizeValidation": "sizes are always validated",
+}
+
+
 class DeploymentFields(Wire):
     """The settable fields, shared by create and update (all optional here)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unhonoured(cls, data):
+        return refuse_unhonoured(data, UNHONOURED, "deployment")
+
     display_name: Str | None = Field(default=None, max_length=256)
     description: Str | None = None
     min_replica_count: int | None = ReplicaCount
@@ -63,10 +85,12 @@ class DeploymentCreate(DeploymentFields):
 class DeploymentUpdate(DeploymentFields):
     # The SDK always sends baseModel on update; it must name the deployment's own base model.
     base_model: str | None = Field(default=None, max_length=300)
+    etag: str | None = Field(default=None, max_length=64)   # AIP-154: a stale one is 409 ABORTED
 
 
 class ScaleRequest(Wire):
     replica_count: int = Field(ge=0, le=MAX_REPLICAS)
+    etag: str | None = Field(default=None, max_length=64)
 
 
 class Deployment(Wire):
@@ -94,6 +118,7 @@ class Deployment(Wire):
     max_context_length: int | None = None
     deployment_shape: str | None = None
     enable_session_affinity: bool | None = None
+    etag: str | None = None
 
 
 class ListDeploymentsResponse(Wire):
@@ -126,4 +151,4 @@ def deployment_out(row) -> Deployment:
         accelerator_type=spec.get("acceleratorType"), accelerator_count=spec.get("acceleratorCount"),
         precision=spec.get("precision"), enable_addons=row.enable_addons,
         max_context_length=spec.get("maxContextLength"), deployment_shape=spec.get("deploymentShape"),
-        enable_session_affinity=spec.get("enableSessionAffinity"))
+        enable_session_affinity=spec.get("enableSessionAffinity"), etag=str(row.etag))

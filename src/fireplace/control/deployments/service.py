@@ -4,7 +4,8 @@ Until the data-plane controller exists nothing starts replicas, so a deployment 
 CREATING with replicaCount 0: READY is never reported without a serving replica.
 
 Deletion (AIP-164): soft by default -> DELETED (DELETING while replicas still run) with
-deleteTime = now and purgeTime = now + 30 days; past purgeTime the row is purged lazily.
+deleteTime = now and purgeTime = now + 30 days; past purgeTime it reads as missing and the
+background purger (control.deployments.purger) removes the row; reads never write.
 `hard=true` purges at once. A deployment with deployed models loaded is refused
 (FAILED_PRECONDITION) unless `ignoreChecks=true`, which unloads them as part of the delete.
 """
@@ -21,11 +22,12 @@ from fireplace.api.auth import PUBLIC_ACCOUNT_ID, Action, Principal, authorize
 from fireplace.api.filtering import FieldMap, name_field, as_bool, as_int, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
 from fireplace.api.wire import parse_duration
-from fireplace.control.common import fetch, resource_name, touch, update_mask_fields
+from fireplace.control.common import check_etag, fetch, path_id, resource_name, touch, update_mask_fields
 from fireplace.control.deployments import tables as t
 from fireplace.control.deployments.schemas import DeploymentCreate, DeploymentFields, DeploymentUpdate
 from fireplace.control.deployments.tables import DeploymentRow
 from fireplace.control.deployments.usage import count_deployments, count_replicas
+from fireplace.control.locks import serialize_account
 from fireplace.control.quotas.definitions import enforce_quota
 from fireplace.db.base import utcnow
 from fireplace.db.engine import add_unique
@@ -71,6 +73,21 @@ def resolve_model(session: Session, account_id: str, value: str, field: str, *, 
     return row
 
 
+def resolve_addon_base(session: Session, account_id: str, addon, field: str):
+    """The base model of `addon` (a model `account_id` may read), if `account_id` may read
+    the base as well. A public addon over a base the caller cannot read answers exactly as
+    if the addon were missing: no message names the base or its state."""
+    try:
+        if not addon.base_model:
+            raise InvalidArgument("no base")
+        return resolve_model(session, account_id, addon.base_model, field)
+    except (InvalidArgument, FailedPrecondition) as exc:
+        base_account = addon.base_model.split("/")[1] if addon.base_model.count("/") == 3 else ""
+        if base_account in (account_id, PUBLIC_ACCOUNT_ID) and isinstance(exc, FailedPrecondition):
+            raise  # the caller's own (or the catalog's) base: its state is theirs to know
+        raise InvalidArgument(f"{field}: model {model_name(addon)!r} not found") from None
+
+
 def model_name(row) -> str:
     return resource_name(row.account_id, "models", row.model_id)
 
@@ -84,9 +101,7 @@ def _check_deployable(session: Session, account_id: str, model, enable_addons: b
     if enable_addons:
         raise InvalidArgument("enableAddons must be false when baseModel is a LoRA addon "
                               "(live merge serves one addon merged into its base model)")
-    if not model.base_model:
-        raise FailedPrecondition(f"baseModel: addon {model_name(model)!r} has no peftDetails.baseModel")
-    resolve_model(session, model.account_id, model.base_model, "baseModel's peftDetails.baseModel")
+    resolve_addon_base(session, account_id, model, "baseModel")
 
 
 # ---- validation of the settable fields ----
@@ -175,6 +190,8 @@ def create_deployment(session: Session, caller: Principal, account_id: str, body
     validate_id(account_id, "account id")
     authorize(caller, account_id, Action.WRITE, kind="account")
     require_account(session, account_id)
+    if not validate_only:
+        serialize_account(session, account_id)  # the deployments and replicas quotas count, then insert
     deployment_id = validate_id(deployment_id, "deploymentId") if deployment_id else _new_id()
     model = resolve_model(session, account_id, body.base_model, "baseModel")
     _check_deployable(session, account_id, model, bool(body.enable_addons))
@@ -200,42 +217,43 @@ def row_name(row: DeploymentRow) -> str:
     return resource_name(row.account_id, COLLECTION, row.deployment_id)
 
 
-def path_id(account_id: str, ref: str, collection: str, kind: str) -> str:
-    """A path segment naming a resource: its ID, or its full name (the SDK percent-encodes the
-    slashes). A full name in another account answers like a missing resource."""
-    ref_account, ref_id = parse_name(ref, collection, account_id=account_id, what=kind)
-    if ref_account != account_id:
-        raise not_found(kind, resource_name(ref_account, collection, ref_id))
-    return ref_id
-
-
 def get_deployment(session: Session, caller: Principal, account_id: str, deployment_id: str,
-                   action: Action = Action.READ, for_update: bool = False) -> DeploymentRow:
-    deployment_id = path_id(account_id, deployment_id, COLLECTION, KIND)
+                   action: Action = Action.READ, for_update: bool = False,
+                   serialize: bool = False) -> DeploymentRow:
+    """A soft-deleted deployment past its purgeTime is gone (the purger removes the row)."""
     row = fetch(session, DeploymentRow, caller, account_id, deployment_id, kind=KIND, collection=COLLECTION,
-                action=action, for_update=for_update)
-    if row.state == t.DELETED and row.purge_time is not None and row.purge_time < utcnow():
-        purge_expired(session, account_id)
+                action=action, for_update=for_update, serialize=serialize)
+    if is_purgeable(row):
         raise not_found(KIND, row_name(row))
     return row
 
 
-def purge_expired(session: Session, account_id: str) -> None:
-    """Hard-delete soft-deleted deployments whose purgeTime has passed."""
-    result = session.execute(delete(DeploymentRow).where(
-        DeploymentRow.account_id == account_id, DeploymentRow.state == t.DELETED,
-        DeploymentRow.purge_time < utcnow()))
-    if result.rowcount:
-        session.commit()
+def is_purgeable(row: DeploymentRow) -> bool:
+    return row.state == t.DELETED and row.purge_time is not None and row.purge_time < utcnow()
+
+
+def purge_expired(session: Session, limit: int = 500) -> int:
+    """Hard-delete soft-deleted deployments whose purgeTime has passed (the purger's step);
+    returns how many."""
+    ids = session.execute(select(DeploymentRow.account_id, DeploymentRow.deployment_id).where(
+        DeploymentRow.state == t.DELETED, DeploymentRow.purge_time < utcnow()).limit(limit)).all()
+    for account_id, deployment_id in ids:
+        session.execute(delete(DeploymentRow).where(
+            DeploymentRow.account_id == account_id, DeploymentRow.deployment_id == deployment_id,
+            DeploymentRow.state == t.DELETED, DeploymentRow.purge_time < utcnow()))
+    session.commit()
+    return len(ids)
 
 
 def list_deployments(session: Session, caller: Principal, account_id: str, params: ListParams):
     validate_id(account_id, "account id")
     authorize(caller, account_id, Action.READ, kind="account")
-    purge_expired(session, account_id)
     stmt = select(DeploymentRow).where(DeploymentRow.account_id == account_id)
     if not params.show_deleted:
         stmt = stmt.where(DeploymentRow.state != t.DELETED)
+    else:  # past purgeTime: gone, even before the purger ran
+        stmt = stmt.where((DeploymentRow.state != t.DELETED) | (DeploymentRow.purge_time.is_(None))
+                          | (DeploymentRow.purge_time >= utcnow()))
     return paginate(session, stmt, params, FIELDS, [DeploymentRow.deployment_id],
                     scope=f"deployments:{account_id}")
 
@@ -247,10 +265,12 @@ def _check_live(row: DeploymentRow, verb: str) -> None:
 
 
 def update_deployment(session: Session, caller: Principal, account_id: str, deployment_id: str,
-                      body: DeploymentUpdate, update_mask: str | None = None) -> DeploymentRow:
+                      body: DeploymentUpdate, update_mask: str | None = None, *,
+                      etag: str | None = None) -> DeploymentRow:
     from fireplace.control.deployed_models.usage import count_deployed_models
 
-    row = get_deployment(session, caller, account_id, deployment_id, Action.WRITE, for_update=True)
+    row = get_deployment(session, caller, account_id, deployment_id, Action.WRITE, serialize=True)
+    check_etag(row, etag)
     _check_live(row, "update")
     if body.base_model is not None:
         model_account, model_id = parse_name(body.base_model, "models", account_id=account_id, what="baseModel")
@@ -283,8 +303,9 @@ def update_deployment(session: Session, caller: Principal, account_id: str, depl
 
 
 def scale_deployment(session: Session, caller: Principal, account_id: str, deployment_id: str,
-                     replica_count: int) -> DeploymentRow:
-    row = get_deployment(session, caller, account_id, deployment_id, Action.WRITE, for_update=True)
+                     replica_count: int, *, etag: str | None = None) -> DeploymentRow:
+    row = get_deployment(session, caller, account_id, deployment_id, Action.WRITE, serialize=True)
+    check_etag(row, etag)
     _check_live(row, "scale")
     if not row.min_replica_count <= replica_count <= row.max_replica_count:
         raise InvalidArgument(f"replicaCount {replica_count} is outside [minReplicaCount, maxReplicaCount] = "
@@ -296,10 +317,11 @@ def scale_deployment(session: Session, caller: Principal, account_id: str, deplo
 
 
 def delete_deployment(session: Session, caller: Principal, account_id: str, deployment_id: str, *,
-                      hard: bool = False, ignore_checks: bool = False) -> None:
+                      hard: bool = False, ignore_checks: bool = False, etag: str | None = None) -> None:
     from fireplace.control.deployed_models.service import unload_all
 
-    row = get_deployment(session, caller, account_id, deployment_id, Action.WRITE, for_update=True)
+    row = get_deployment(session, caller, account_id, deployment_id, Action.WRITE, serialize=True)
+    check_etag(row, etag)
     name = row_name(row)
     if not hard and row.state == t.DELETED:
         raise FailedPrecondition(f"deployment {name!r} is already deleted; pass hard=true to purge it now")
@@ -318,8 +340,10 @@ def delete_deployment(session: Session, caller: Principal, account_id: str, depl
     session.commit()
 
 
-def undelete_deployment(session: Session, caller: Principal, account_id: str, deployment_id: str) -> DeploymentRow:
-    row = get_deployment(session, caller, account_id, deployment_id, Action.WRITE, for_update=True)
+def undelete_deployment(session: Session, caller: Principal, account_id: str, deployment_id: str, *,
+                        etag: str | None = None) -> DeploymentRow:
+    row = get_deployment(session, caller, account_id, deployment_id, Action.WRITE, serialize=True)
+    check_etag(row, etag)
     if row.state not in t.SOFT_DELETED:
         raise FailedPrecondition(f"deployment {row_name(row)!r} is "
                                  f"{row.state}, not deleted: nothing to undelete")

@@ -23,7 +23,8 @@ from fireplace.api.filtering import FieldMap, name_field, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
 from fireplace.control.common import fetch, resource_name, touch
 from fireplace.control.deployments.service import (ADDON_KIND, BASE_KIND, model_name, path_id,
-                                                   require_account, resolve_model)
+                                                   require_account, resolve_addon_base,
+                                                   resolve_model)
 from fireplace.control.fine_tuning import runtime, states
 from fireplace.control.fine_tuning.schemas import DEFAULTS, Hyperparameters, SftJobCreate
 from fireplace.control.fine_tuning.tables import SftJobRow
@@ -78,8 +79,7 @@ def _training_base(session: Session, account_id: str, body: SftJobCreate) -> tup
     model = resolve_model(session, account_id, warm, "warmStartFrom")
     if model.kind != ADDON_KIND:
         raise InvalidArgument(f"warmStartFrom: {model_name(model)!r} is a {model.kind}, not a {ADDON_KIND}")
-    trained_on = model_name(resolve_model(session, model.account_id, model.base_model,
-                                          "warmStartFrom's peftDetails.baseModel"))
+    trained_on = model_name(resolve_addon_base(session, account_id, model, "warmStartFrom"))
     return "", model_name(model), trained_on
 
 

@@ -22,9 +22,11 @@ from fireplace.errors import InvalidArgument
 from fireplace.storage import BlobStore
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
-MAX_HEADER_BYTES = 100 << 20
+MAX_HEADER_BYTES = 16 << 20     # real headers are KBs to a few MB (one entry per tensor)
+MAX_TENSORS = 100_000
 MAX_JSON_BYTES = 16 << 20
 MIN_LORA_RANK, MAX_LORA_RANK = 4, 64
+MAX_CONTEXT_LENGTH = 1 << 30    # as Model.contextLength allows
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
@@ -75,14 +77,21 @@ def safetensors_header(blobs: BlobStore, key: str, filename: str) -> dict[str, d
         if length == 0 or length > min(MAX_HEADER_BYTES, total - 8):
             raise InvalidArgument(f"{filename}: not a safetensors file (header length {length} does not "
                                   f"fit a file of {total} bytes)")
-        raw = f.read(length)
+        raw = bytearray()
+        while len(raw) < length:   # streamed: never one read of an attacker-chosen size
+            chunk = f.read(min(1 << 20, length - len(raw)))
+            if not chunk:
+                raise InvalidArgument(f"{filename}: not a safetensors file (header cut short)")
+            raw += chunk
     try:
-        header = json.loads(raw)
+        header = json.loads(bytes(raw))
     except (ValueError, UnicodeDecodeError):
         raise InvalidArgument(f"{filename}: not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise InvalidArgument(f"{filename}: not a safetensors file (header is not a JSON object)")
     header.pop("__metadata__", None)
+    if len(header) > MAX_TENSORS:
+        raise InvalidArgument(f"{filename}: more than {MAX_TENSORS} tensors")
     data_size = total - 8 - length
     for name, info in header.items():
         _check_tensor(filename, name, info, data_size)
@@ -94,10 +103,11 @@ def _check_tensor(filename: str, name: str, info: Any, data_size: int) -> None:
     if not isinstance(info, dict):
         raise InvalidArgument(f"{where}: entry is not an object")
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
         raise InvalidArgument(f"{where}: unknown dtype {str(dtype)[:20]!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise InvalidArgument(f"{where}: shape must be a list of non-negative integers")
+    if (not isinstance(shape, list) or len(shape) > 8
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < (1 << 40) for d in shape)):
+        raise InvalidArgument(f"{where}: shape must be a list of at most 8 non-negative integers")
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
             or not 0 <= offsets[0] <= offsets[1] <= data_size):
         raise InvalidArgument(f"{where}: data_offsets {str(offsets)[:60]} lie outside the file")
@@ -119,12 +129,19 @@ def check_base_model(blobs: BlobStore, keys: dict[str, str]) -> CheckResult:
     result.model_type = config.get("model_type") if isinstance(config.get("model_type"), str) else None
     if not result.model_type:
         raise InvalidArgument("config.json: missing 'model_type' (e.g. \"llama\")")
+    if len(result.model_type) > 128:
+        raise InvalidArgument("config.json: 'model_type' is longer than 128 characters")
     if not config.get("architectures"):
         result.warnings.append("config.json: no 'architectures' listed")
     if config.get("auto_map"):
         result.warnings.append("config.json: 'auto_map' names custom code, which Fireplace never runs")
-    if isinstance(config.get("max_position_embeddings"), int):
-        result.context_length = config["max_position_embeddings"]
+    positions = config.get("max_position_embeddings")
+    if isinstance(positions, int) and not isinstance(positions, bool):
+        if 0 < positions <= MAX_CONTEXT_LENGTH:
+            result.context_length = positions
+        else:
+            result.warnings.append(f"config.json: max_position_embeddings {str(positions)[:24]} is outside "
+                                   f"1..{MAX_CONTEXT_LENGTH}; ignored")
     shards = sorted(f for f in keys if f.endswith(".safetensors"))
     if not shards:
         raise InvalidArgument("*.safetensors: no weights uploaded (a base model needs at least one "
@@ -176,8 +193,11 @@ def check_addon(blobs: BlobStore, keys: dict[str, str], *, peft_r: int | None,
     for name, info in header.items():
         shape = info["shape"]
         # PEFT layout: lora_A [r, in_features], lora_B [out_features, r]
+        if ("lora_A" in name or "lora_B" in name) and len(shape) != 2:
+            raise InvalidArgument(f"adapter_model.safetensors: tensor {name[:200]!r} has shape {shape}; "
+                                  f"LoRA matrices are 2-D ([r, in] for lora_A, [out, r] for lora_B)")
         rank = shape[0] if "lora_A" in name else shape[-1] if "lora_B" in name else None
-        if rank is not None and (len(shape) != 2 or rank != r):
+        if rank is not None and rank != r:
             raise InvalidArgument(f"adapter_model.safetensors: tensor {name[:200]!r} has shape {shape}, "
                                   f"which does not match r={r} from adapter_config.json")
     result.lora_rank, result.target_modules = r, targets

@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 from fireplace.api.auth import CallerDep
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep, SettingsDep, get_blobs
+from fireplace.api.etags import EtagDep, body_or_header
 from fireplace.api.listing import ListQuery
 from fireplace.api.wire import Empty
 from fireplace.control.models import service, uploads
@@ -98,16 +99,20 @@ def get_model(account_id: str, model_ref: str, caller: CallerDep, session: Sessi
 @router.patch(PREFIX + "/{model_ref:path}", response_model=Model,
               summary="Update a model (merges the fields present; updateMask also accepted)", **OUT)
 def update_model(account_id: str, model_ref: str, body: ModelUpdate, caller: CallerDep, session: SessionDep,
+                 etag: EtagDep,
                  update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None):
     account_id, model_id = service.parse_model_ref(account_id, model_ref)
-    return service.update_model(session, caller, account_id, model_id, body, update_mask)
+    return service.update_model(session, caller, account_id, model_id, body, update_mask,
+                                etag=body_or_header(body.etag, etag))
 
 
 @router.delete(PREFIX + "/{model_ref:path}", response_model=Empty,
-               summary="Delete a model and its files (refused while in use)", **OUT)
-def delete_model(account_id: str, model_ref: str, caller: CallerDep, session: SessionDep, blobs: BlobsDep):
+               summary="Delete a model and its files (refused while its own account uses it; a public "
+                       "model used by other accounts needs force=true from an account admin)", **OUT)
+def delete_model(account_id: str, model_ref: str, caller: CallerDep, session: SessionDep, blobs: BlobsDep,
+                 etag: EtagDep, force: Annotated[bool, Query()] = False):
     account_id, model_id = service.parse_model_ref(account_id, model_ref)
-    service.delete_model(session, blobs, caller, account_id, model_id)
+    service.delete_model(session, blobs, caller, account_id, model_id, etag=etag, force=force)
     return Empty()
 
 
@@ -131,14 +136,15 @@ def _sync_chunks(request: Request):
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}, **OUT)
 async def put_model_file(account_id: str, model_id: str, filename: str, request: Request, blobs: BlobsDep,
                          expires: Annotated[str | None, Query(max_length=20)] = None,
-                         sig: Annotated[str | None, Query(max_length=128)] = None):
+                         sig: Annotated[str | None, Query(max_length=128)] = None,
+                         upload: Annotated[str | None, Query(max_length=64)] = None):
     settings = request.app.state.settings
     length = request.headers.get("content-length")
     await anyio.to_thread.run_sync(partial(
         uploads.receive_file, request.app.state.session_factory, blobs, account_id=account_id,
         model_id=model_id, filename=filename, expires=expires, sig=sig,
         content_length=int(length) if length and length.isdigit() else None,
-        chunks=_sync_chunks(request), max_file_bytes=settings.limits.max_model_file_bytes))
+        chunks=_sync_chunks(request), max_file_bytes=settings.limits.max_model_file_bytes, nonce=upload))
     return Empty()
 
 

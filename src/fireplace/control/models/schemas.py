@@ -70,7 +70,9 @@ class ModelCreate(Wire):
 
 class ModelUpdate(ModelIn):
     """PATCH body: mutable fields are merged; kind, peftDetails and baseModelDetails are
-    accepted but ignored (they describe the uploaded files), output-only fields too."""
+    accepted but ignored (they describe the uploaded files), output-only fields too.
+    `etag`: the version the change is based on (a stale one is 409 ABORTED)."""
+    etag: str | None = Field(default=None, max_length=64)
 
 
 class Model(ModelFields):
@@ -88,6 +90,9 @@ class Model(ModelFields):
     supports_serverless: bool | None = None
     tunable: bool | None = None
     etag: str | None = None
+    # Fireplace extension, shown to a public model's owner: resources of other accounts
+    # (deployments, deployed models, addons) that use it; they block a delete without force.
+    foreign_dependent_count: int | None = None
 
 
 class ModelList(Wire):

@@ -15,14 +15,14 @@ from fireplace.api.auth import Action, Principal, authorize
 from fireplace.api.filtering import FieldMap, name_field, as_bool, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
 from fireplace.api.wire import rfc3339, status
-from fireplace.control.common import fetch, touch, update_mask_fields
+from fireplace.control.common import check_etag, fetch, path_id, touch, update_mask_fields
 from fireplace.control.models.files import MAX_LORA_RANK, MIN_LORA_RANK
 from fireplace.control.models.schemas import (DeployedModelRef, Model, ModelCreate, ModelUpdate,
                                               PeftDetails)
 from fireplace.control.models.tables import (KIND_ADDON, KIND_BASE, STATE_READY, STATE_UPLOADING,
                                              ModelFileRow, ModelRow)
 from fireplace.db.engine import add_unique
-from fireplace.errors import FailedPrecondition, InvalidArgument, NotFound, not_found
+from fireplace.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, not_found
 from fireplace.ids import parse_name, validate_id
 from fireplace.storage import BlobStore, blob_key
 
@@ -46,11 +46,11 @@ def model_name(account_id: str, model_id: str) -> str:
 
 
 def load_model(session: Session, caller: Principal, account_id: str, model_id: str, *,
-               action: Action = Action.READ, for_update: bool = False) -> ModelRow:
+               action: Action = Action.READ, for_update: bool = False, serialize: bool = False) -> ModelRow:
     """The model, or the one not-found error. Reads also reach models marked public."""
     try:
         return fetch(session, ModelRow, caller, account_id, model_id, kind="model", collection="models",
-                     action=action, for_update=for_update)
+                     action=action, for_update=for_update, serialize=serialize)
     except NotFound:
         if action > Action.READ:
             raise
@@ -69,8 +69,17 @@ def resolve_model(session: Session, caller: Principal, ref: str, *, account_id: 
 
 
 def parse_model_ref(account_id: str, model_ref: str) -> tuple[str, str]:
-    """A path's model segment: an ID, or a full name (the SDK percent-encodes its slashes)."""
-    return parse_name(model_ref, "models", account_id=account_id)
+    """A path's model segment: an ID, or a full name of the path's account (the SDK
+    percent-encodes its slashes); another account's full name answers like a missing model."""
+    validate_id(account_id, "account id")
+    return account_id, path_id(account_id, model_ref, "models", "model")
+
+
+def require_publisher(caller: Principal, account_id: str) -> None:
+    """Only an account admin (or a platform admin) may make a model public: a public model is
+    readable, deployable and fine-tunable by every account (and then pins it: see delete)."""
+    if not (caller.is_platform_admin or (caller.account_id == account_id and caller.can(Action.ADMIN))):
+        raise PermissionDenied(f"role {caller.role!r} may not make models public; ask an account admin")
 
 
 # ---- create ---------------------------------------------------------------------------------
@@ -91,6 +100,8 @@ def create_model(session: Session, caller: Principal, account_id: str, body: Mod
     if kind not in SUPPORTED_KINDS:
         raise InvalidArgument(f"model.kind {kind[:64]!r} is not supported by Fireplace; "
                               f"use {' or '.join(SUPPORTED_KINDS)}")
+    if spec.public:
+        require_publisher(caller, account_id)
     row = ModelRow(account_id=account_id, model_id=model_id, kind=kind, state=STATE_UPLOADING,
                    display_name=spec.display_name or "", public=bool(spec.public),
                    created_by=caller.user_name, spec=_spec_fields(spec))
@@ -188,7 +199,10 @@ def to_wire(row: ModelRow, refs: list[DeployedModelRef] | None = None) -> Model:
 
 def get_model(session: Session, caller: Principal, account_id: str, model_id: str) -> Model:
     row = load_model(session, caller, account_id, model_id)
-    return to_wire(row, deployed_model_refs(session, caller, row.name))
+    out = to_wire(row, deployed_model_refs(session, caller, row.name))
+    if row.public and (caller.account_id == row.account_id or caller.is_platform_admin):
+        out.foreign_dependent_count = foreign_dependents(session, row)
+    return out
 
 
 LIST_FIELDS: FieldMap = {
@@ -216,8 +230,9 @@ def list_models(session: Session, caller: Principal, account_id: str, params: Li
 # ---- update ---------------------------------------------------------------------------------
 
 def update_model(session: Session, caller: Principal, account_id: str, model_id: str,
-                 body: ModelUpdate, update_mask: str | None = None) -> Model:
-    row = load_model(session, caller, account_id, model_id, action=Action.WRITE, for_update=True)
+                 body: ModelUpdate, update_mask: str | None = None, *, etag: str | None = None) -> Model:
+    row = load_model(session, caller, account_id, model_id, action=Action.WRITE, serialize=True)
+    check_etag(row, etag)
     mask = update_mask_fields(update_mask)
     if mask is None:
         fields = body.model_fields_set & MUTABLE_FIELDS
@@ -235,6 +250,8 @@ def update_model(session: Session, caller: Principal, account_id: str, model_id:
         if f == "display_name":
             row.display_name = value or ""
         elif f == "public":
+            if bool(value) and not row.public:
+                require_publisher(caller, account_id)
             row.public = bool(value)
         elif value is None:
             spec.pop(f, None)
@@ -257,15 +274,28 @@ def model_users(session: Session, name: str) -> list[str]:
     return users
 
 
-def delete_model(session: Session, blobs: BlobStore, caller: Principal, account_id: str, model_id: str) -> None:
-    row = load_model(session, caller, account_id, model_id, action=Action.WRITE, for_update=True)
+def delete_model(session: Session, blobs: BlobStore, caller: Principal, account_id: str, model_id: str, *,
+                 etag: str | None = None, force: bool = False) -> None:
+    """Refused while the owner's own deployments, deployed models or addons use the model
+    (they are the owner's to remove). Users in other accounts (of a public model) are
+    counted, never named; they block the delete unless an account admin passes force=true,
+    which deletes the model anyway: their addons and deployments of it then fail to resolve
+    it, exactly as if it had never been public."""
+    row = load_model(session, caller, account_id, model_id, action=Action.WRITE, serialize=True)
+    check_etag(row, etag)
     users = model_users(session, row.name)
-    if users:
-        # Name only what the caller may see; count the rest.
-        own = [u for u in users if u.startswith(f"accounts/{caller.account_id}/") or caller.is_platform_admin]
-        more = len(users) - len(own)
-        listed = ", ".join(own[:10]) + (f" and {more} more" if more else "")
-        raise FailedPrecondition(f"model {row.name!r} is in use by {listed}; delete or unload those first")
+    own_prefix = f"accounts/{account_id}/"
+    own = [u for u in users if u.startswith(own_prefix)]
+    foreign = len(users) - len(own)
+    if own:
+        listed = ", ".join(own[:10]) + (f" and {len(own) - 10} more" if len(own) > 10 else "")
+        also = f" (and {foreign} resource(s) of other accounts)" if foreign else ""
+        raise FailedPrecondition(f"model {row.name!r} is in use by {listed}{also}; delete or unload those first")
+    if foreign and not force:
+        raise FailedPrecondition(f"public model {row.name!r} is used by {foreign} resource(s) of other accounts; "
+                                 "an account admin may delete it anyway with force=true")
+    if foreign:
+        require_publisher(caller, account_id)
     session.execute(delete(ModelFileRow).where(ModelFileRow.account_id == account_id,
                                                ModelFileRow.model_id == model_id))
     session.delete(row)
@@ -276,3 +306,8 @@ def delete_model(session: Session, blobs: BlobStore, caller: Principal, account_
         blobs.delete_prefix(blob_key("uploads", "models", account_id, model_id))
     except Exception:  # noqa: BLE001  (the delete is acknowledged; a sweeper can retry)
         log.exception("could not delete the files of %s", row.name)
+
+
+def foreign_dependents(session: Session, row: ModelRow) -> int:
+    """How many resources of other accounts use this (public) model: shown to its owner."""
+    return sum(1 for u in model_users(session, row.name) if not u.startswith(f"accounts/{row.account_id}/"))

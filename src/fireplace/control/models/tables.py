@@ -58,3 +58,6 @@ class ModelFileRow(Timestamps, Base):
     # Where the last accepted PUT put the bytes (a unique key per PUT, so a late PUT can never
     # change bytes that :validateUpload already checked); '' once published at the final key.
     staged_key: Mapped[str] = mapped_column(String(600), default="", nullable=False)
+    # The nonce of the one signed PUT URL that may still write this file ('' once used): each
+    # :getUploadEndpoint issues a new one, so a URL uploads once and an older URL never again.
+    upload_nonce: Mapped[str] = mapped_column(String(40), default="", nullable=False)

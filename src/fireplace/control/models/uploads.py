@@ -6,26 +6,31 @@
     GET   .../models/m:getDownloadEndpoint  -> {filenameToSignedUrls: GET URLs}
     GET   /v1/downloads/models/{a}/{m}/{filename}?expires&sig
 
-A PUT streams into a staging blob unique to that PUT (hashed, atomic, at most the declared
-size); the file row then points at it. :validateUpload checks exactly the staged blobs the
+Each URL is signed for the model instance (its create time) and a per-file nonce (`upload=`)
+that the PUT consumes before it reads the body: a URL writes once, a newer
+:getUploadEndpoint voids older URLs, a re-created model of the same ID accepts none of the
+old ones. A PUT streams into a staging blob unique to that PUT (hashed, atomic, at most the
+declared size); the file row then points at it. :validateUpload checks exactly the staged blobs the
 rows name and moves them to their final keys, so a PUT that lands late can never change
 bytes that were already validated.
 """
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Iterable, Iterator
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fireplace.api.auth import Action, Principal
 from fireplace.control.models.files import CheckResult, check_addon, check_base_model, refuse_pickles
 from fireplace.control.models.service import load_model
 from fireplace.control.models.tables import KIND_ADDON, STATE_READY, STATE_UPLOADING, ModelFileRow, ModelRow
-from fireplace.control.signed_urls import sign, verify
-from fireplace.errors import FailedPrecondition, InvalidArgument, NotFound, PayloadTooLarge, not_found
-from fireplace.ids import validate_id
+from fireplace.control.signed_urls import instance_binding, sign, verify
+from fireplace.errors import (FailedPrecondition, InvalidArgument, NotFound, PayloadTooLarge, PermissionDenied,
+                              not_found)
+from fireplace.ids import is_valid_id, validate_id
 from fireplace.storage import BlobStore, blob_key, safe_filename
 
 UPLOAD_PREFIX = "/v1/uploads/models"
@@ -59,7 +64,7 @@ def _file_rows(session: Session, account_id: str, model_id: str) -> list[ModelFi
 
 def upload_endpoints(session: Session, caller: Principal, account_id: str, model_id: str,
                      sizes: dict[str, int], *, base_url: str, max_file_bytes: int) -> dict[str, str]:
-    row = load_model(session, caller, account_id, model_id, action=Action.WRITE, for_update=True)
+    row = load_model(session, caller, account_id, model_id, action=Action.WRITE, serialize=True)
     if row.state != STATE_UPLOADING:
         raise FailedPrecondition(f"model {row.name!r} is {row.state}: its files can no longer change")
     if not sizes:
@@ -75,19 +80,32 @@ def upload_endpoints(session: Session, caller: Principal, account_id: str, model
     existing = {f.filename: f for f in _file_rows(session, account_id, model_id)}
     if len(set(existing) | set(sizes)) > MAX_FILES_PER_MODEL:
         raise InvalidArgument(f"a model may have at most {MAX_FILES_PER_MODEL} files")
+    nonces = {}
     for filename, size in sizes.items():
         file = existing.get(filename)
+        nonces[filename] = "u" + secrets.token_hex(16)
         if file is None:
             session.add(ModelFileRow(account_id=account_id, model_id=model_id, filename=filename,
-                                     declared_size=size))
-        elif file.declared_size != size:  # a new size means new bytes: upload again
-            file.declared_size, file.size, file.sha256 = size, None, ""
+                                     declared_size=size, upload_nonce=nonces[filename]))
+        else:
+            if file.declared_size != size:  # a new size means new bytes: upload again
+                file.declared_size, file.size, file.sha256 = size, None, ""
+            file.upload_nonce = nonces[filename]
     session.commit()
     urls = {}
     for filename in sizes:
         path = file_path(UPLOAD_PREFIX, account_id, model_id, filename)
-        urls[filename] = f"{base_url}{path}?{sign(session, 'PUT', path)}"
+        query = sign(session, "PUT", path, binding=_put_binding(row, nonces[filename]))
+        urls[filename] = f"{base_url}{path}?{query}&upload={nonces[filename]}"
     return urls
+
+
+def _put_binding(row: ModelRow, nonce: str) -> str:
+    return f"{instance_binding(row.create_time)}:{nonce}"
+
+
+def _refused_url() -> PermissionDenied:
+    return PermissionDenied("upload/download URL signature is invalid")
 
 
 # ---- the signed PUT -------------------------------------------------------------------------
@@ -106,43 +124,73 @@ def _exactly(chunks: Iterable[bytes], declared: int, filename: str) -> Iterator[
 
 def receive_file(factory: sessionmaker[Session], blobs: BlobStore, *, account_id: str, model_id: str,
                  filename: str, expires: str | None, sig: str | None, content_length: int | None,
-                 chunks: Iterable[bytes], max_file_bytes: int) -> None:
-    """Runs in a worker thread; sessions are short so no transaction spans the transfer."""
+                 chunks: Iterable[bytes], max_file_bytes: int, nonce: str | None = None) -> None:
+    """Runs in a worker thread; sessions are short so no transaction spans the transfer.
+    The URL must be signed for this model instance and its current upload nonce, which the
+    PUT consumes before reading the body: each URL writes once."""
     validate_id(account_id, "account id")
     validate_id(model_id, "model id")
     safe_filename(filename)
     name = f"accounts/{account_id}/models/{model_id}"
+    path = file_path(UPLOAD_PREFIX, account_id, model_id, filename)
+    if not nonce or not is_valid_id(nonce):
+        raise _refused_url()
     with factory() as session:
-        verify(session, "PUT", file_path(UPLOAD_PREFIX, account_id, model_id, filename), expires, sig)
         row = session.get(ModelRow, (account_id, model_id))
-        file = session.get(ModelFileRow, (account_id, model_id, filename))
         if row is None:
-            raise not_found("model", name)
+            verify(session, "PUT", path, expires, sig, binding="missing")
+            raise _refused_url()
+        verify(session, "PUT", path, expires, sig, binding=_put_binding(row, nonce))
         if row.state != STATE_UPLOADING:
             raise FailedPrecondition(f"model {name!r} is {row.state}: its files can no longer change")
-        if file is None or file.declared_size is None:
-            raise FailedPrecondition(f"{filename}: not declared for {name!r}; call :getUploadEndpoint first")
+        claimed = session.execute(
+            update(ModelFileRow).where(ModelFileRow.account_id == account_id, ModelFileRow.model_id == model_id,
+                                       ModelFileRow.filename == filename, ModelFileRow.upload_nonce == nonce)
+            .values(upload_nonce="").execution_options(synchronize_session=False)).rowcount
+        if not claimed:
+            raise FailedPrecondition(f"{filename}: this upload URL of {name!r} was already used or replaced by a "
+                                     "newer :getUploadEndpoint (each URL uploads once); get a new one")
+        file = session.scalar(select(ModelFileRow).where(
+            ModelFileRow.account_id == account_id, ModelFileRow.model_id == model_id,
+            ModelFileRow.filename == filename).execution_options(populate_existing=True))
         declared = file.declared_size
-    if content_length is not None and content_length > declared:
-        raise PayloadTooLarge(f"{filename}: body of {content_length} bytes is larger than the declared "
-                              f"size of {declared} bytes")
-    key = staging_key(account_id, model_id, filename)
-    info = blobs.write_stream(key, _exactly(chunks, declared, filename), min(declared, max_file_bytes))
+        session.commit()
+    try:
+        if content_length is not None and content_length > declared:
+            raise PayloadTooLarge(f"{filename}: body of {content_length} bytes is larger than the declared "
+                                  f"size of {declared} bytes")
+        key = staging_key(account_id, model_id, filename)
+        info = blobs.write_stream(key, _exactly(chunks, declared, filename), min(declared, max_file_bytes))
+    except BaseException:
+        _release(factory, account_id, model_id, filename, nonce)   # a failed PUT may be retried
+        raise
     with factory() as session:
         row = session.get(ModelRow, (account_id, model_id), with_for_update=True)
         file = session.get(ModelFileRow, (account_id, model_id, filename), with_for_update=True)
-        if row is None or file is None or row.state != STATE_UPLOADING or file.declared_size != declared:
+        if (row is None or file is None or row.state != STATE_UPLOADING or file.declared_size != declared
+                or file.upload_nonce):
             session.rollback()
             blobs.delete(key)
             if row is None:
                 raise not_found("model", name)
-            raise FailedPrecondition(f"{filename}: {name!r} changed during the upload "
-                                     f"(now {row.state}); the bytes were discarded")
+            raise FailedPrecondition(f"{filename}: {name!r} changed during the upload (now {row.state}, or a "
+                                     "newer :getUploadEndpoint); the bytes were discarded")
         previous = file.staged_key
         file.size, file.sha256, file.staged_key = info.size, info.sha256, key
         session.commit()
     if previous and previous != key:
         blobs.delete(previous)
+
+
+def _release(factory: sessionmaker[Session], account_id: str, model_id: str, filename: str, nonce: str) -> None:
+    """Give a PUT's nonce back after it failed (too many or too few bytes, a cut connection),
+    unless a newer :getUploadEndpoint issued another one meanwhile."""
+    with factory() as session:
+        session.execute(update(ModelFileRow).where(
+            ModelFileRow.account_id == account_id, ModelFileRow.model_id == model_id,
+            ModelFileRow.filename == filename, ModelFileRow.upload_nonce == "")
+            .values(upload_nonce=nonce).execution_options(synchronize_session=False))
+        session.commit()
 
 
 # ---- :validateUpload ------------------------------------------------------------------------
@@ -212,7 +260,8 @@ def download_endpoints(session: Session, caller: Principal, account_id: str, mod
     urls = {}
     for f in _file_rows(session, row.account_id, row.model_id):
         path = file_path(DOWNLOAD_PREFIX, row.account_id, row.model_id, f.filename)
-        urls[f.filename] = f"{base_url}{path}?{sign(session, 'GET', path)}"
+        query = sign(session, "GET", path, binding=instance_binding(row.create_time))
+        urls[f.filename] = f"{base_url}{path}?{query}"
     return urls
 
 
@@ -222,7 +271,11 @@ def open_download(session: Session, blobs: BlobStore, *, account_id: str, model_
     validate_id(account_id, "account id")
     validate_id(model_id, "model id")
     safe_filename(filename)
-    verify(session, "GET", file_path(DOWNLOAD_PREFIX, account_id, model_id, filename), expires, sig)
+    path = file_path(DOWNLOAD_PREFIX, account_id, model_id, filename)
+    row = session.get(ModelRow, (account_id, model_id))
+    verify(session, "GET", path, expires, sig, binding=instance_binding(row.create_time) if row else "missing")
+    if row is None:
+        raise _refused_url()
     key = final_key(account_id, model_id, filename)
     try:
         size = blobs.size(key)

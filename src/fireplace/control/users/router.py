@@ -5,9 +5,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
 from fireplace.api.auth import CallerDep
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep
+from fireplace.api.etags import EtagDep, body_or_header
 from fireplace.api.listing import ListQuery
 from fireplace.control.users import service
 from fireplace.control.users.schemas import ListUsersResponse, User, UserCreate, UserUpdate
@@ -28,14 +30,29 @@ def list_users(account_id: str, caller: CallerDep, session: SessionDep, params: 
     return ListUsersResponse(users=[User.of(r) for r in rows], next_page_token=token, total_size=total)
 
 
-@router.get("/v1/accounts/{account_id}/users/{user_id}", response_model=User, **OUT, summary="Get a user")
+@router.get("/v1/accounts/{account_id}/users/{user_id:ref}", response_model=User, **OUT, summary="Get a user")
 def get_user(account_id: str, user_id: str, caller: CallerDep, session: SessionDep,
              read_mask: ReadMask = None) -> User:
     return User.of(service.get_user(session, caller, account_id, user_id))
 
 
-@router.patch("/v1/accounts/{account_id}/users/{user_id}", response_model=User, **OUT,
+@router.patch("/v1/accounts/{account_id}/users/{user_id:ref}", response_model=User, **OUT,
               summary="Update a user's role or display name (admin; anyone may rename themself)")
 def update_user(account_id: str, user_id: str, body: UserUpdate, caller: CallerDep, session: SessionDep,
+                etag: EtagDep,
                 update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None) -> User:
-    return User.of(service.update_user(session, caller, account_id, user_id, body, update_mask))
+    return User.of(service.update_user(session, caller, account_id, user_id, body, update_mask,
+                                       etag=body_or_header(body.etag, etag)))
+
+
+@router.post("/v1/accounts/{account_id}/users/{user_id:ref}:disable", response_model=User, **OUT,
+             summary="Disable a user (admin): state DISABLED, every key of theirs revoked at once "
+                     "(Fireplace extension)")
+def disable_user(account_id: str, user_id: str, caller: CallerDep, session: SessionDep, etag: EtagDep) -> User:
+    return User.of(service.set_user_state(session, caller, account_id, user_id, enabled=False, etag=etag))
+
+
+@router.post("/v1/accounts/{account_id}/users/{user_id:ref}:enable", response_model=User, **OUT,
+             summary="Enable a disabled user (admin); revoked keys stay revoked (Fireplace extension)")
+def enable_user(account_id: str, user_id: str, caller: CallerDep, session: SessionDep, etag: EtagDep) -> User:
+    return User.of(service.set_user_state(session, caller, account_id, user_id, enabled=True, etag=etag))

@@ -18,12 +18,14 @@ class User(Wire):
     status: Status = Field(default_factory=Status)
     create_time: str | None = None
     update_time: str | None = None
+    etag: str | None = None
 
     @classmethod
     def of(cls, row: UserRow) -> "User":
         return cls(name=f"accounts/{row.account_id}/users/{row.user_id}", role=row.role, email=row.email,
                    display_name=row.display_name, service_account=row.service_account, state=row.state,
-                   create_time=rfc3339(row.create_time), update_time=rfc3339(row.update_time))
+                   create_time=rfc3339(row.create_time), update_time=rfc3339(row.update_time),
+                   etag=str(row.etag))
 
 
 class UserCreate(Wire):
@@ -41,6 +43,7 @@ class UserUpdate(Wire):
     display_name: str | None = Field(None, max_length=MAX_DISPLAY_NAME)
     email: str | None = Field(None, max_length=MAX_EMAIL)
     service_account: bool | None = None
+    etag: str | None = Field(None, max_length=64)   # AIP-154: a stale one is 409 ABORTED
 
 
 class ListUsersResponse(Wire):

@@ -1,5 +1,8 @@
 """Users: create (account admins), get and list (readers; anyone reads their own user),
-update (admins; a user may rename themself). No delete: revoke the user's keys instead.
+update (admins; a user may rename themself), disable / enable (admins). Disabling a user
+revokes every key of theirs in the same transaction, so none authenticates again (keys are
+checked on every request); enabling does not bring keys back. The account keeps at least
+one active admin: demoting or disabling the last one is refused, under the account lock.
 
 Platform-admin status is never set through the API: only bootstrap grants it.
 """
@@ -7,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -16,7 +19,8 @@ from fireplace.api.filtering import FieldMap, name_field, as_bool, as_str, as_ti
 from fireplace.api.listing import ListParams, paginate
 from fireplace.control.accounts.schemas import normalize_email
 from fireplace.control.accounts.service import account_id_of, require_account
-from fireplace.control.common import touch, update_mask_fields
+from fireplace.control.common import check_etag, path_id, touch, update_mask_fields
+from fireplace.control.locks import serialize_account
 from fireplace.control.users.schemas import UserCreate, UserUpdate
 from fireplace.control.users.tables import ROLES, UserRow
 from fireplace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, PermissionDenied, not_found
@@ -56,14 +60,17 @@ def check_role(role: str | None) -> str:
 
 
 def fetch_user(session: Session, caller: Principal, account_id: str, user_id: str, action: Action, *,
-               allow_self: bool = True) -> UserRow:
+               allow_self: bool = True, serialize: bool = False) -> UserRow:
     """The user row, or the one not-found error (also for another account's user). A caller may
-    always act on their own user where `allow_self`."""
-    account_id, user_id = account_id_of(account_id), user_id_of(user_id)
+    always act on their own user where `allow_self`. serialize: the account lock first."""
+    account_id = account_id_of(account_id)
+    user_id = path_id(account_id, user_id, "users", "user")
     name = user_name(account_id, user_id)
     if not (allow_self and is_self(caller, account_id, user_id)):
         authorize(caller, account_id, action, kind="user", name=name)
-    row = session.get(UserRow, (account_id, user_id))
+    if serialize:
+        serialize_account(session, account_id)
+    row = session.get(UserRow, (account_id, user_id), populate_existing=serialize)
     if row is None:
         raise not_found("user", name)
     return row
@@ -128,9 +135,11 @@ def _count_admins(session: Session, account_id: str) -> int:
 
 
 def update_user(session: Session, caller: Principal, account_id: str, user_id: str, body: UserUpdate,
-                update_mask: str | None) -> UserRow:
-    row = fetch_user(session, caller, account_id, user_id, Action.ADMIN)
+                update_mask: str | None, *, etag: str | None = None) -> UserRow:
+    row = fetch_user(session, caller, account_id, user_id, Action.ADMIN, serialize=True)
+    check_etag(row, etag)
     present = body.model_dump(exclude_unset=True)
+    present.pop("etag", None)
     fields = update_mask_fields(update_mask)
     if fields is None:
         fields = set(present)
@@ -147,6 +156,8 @@ def update_user(session: Session, caller: Principal, account_id: str, user_id: s
     new_role = changes.get("role")
     if new_role is not None and new_role != row.role:
         check_role(new_role)
+        if row.is_platform_admin and not caller.is_platform_admin:
+            raise PermissionDenied("only a platform admin may change a platform admin's role")
         if not caller.can(Action.ADMIN):
             # Only reached on one's own user: renaming is fine, promotion is not.
             raise PermissionDenied(f"role {caller.role!r} may not change roles")
@@ -156,6 +167,31 @@ def update_user(session: Session, caller: Principal, account_id: str, user_id: s
         row.role = new_role
     if changes.get("display_name") is not None:
         row.display_name = changes["display_name"]
+    touch(row)
+    session.commit()
+    return row
+
+
+def set_user_state(session: Session, caller: Principal, account_id: str, user_id: str, *, enabled: bool,
+                   etag: str | None = None) -> UserRow:
+    """`:disable` (state DISABLED, every key revoked at once) or `:enable` (READY; old keys
+    stay revoked). Admins only, also on themselves; the last active admin cannot be disabled."""
+    from fireplace.control.api_keys.tables import ApiKeyRow
+
+    row = fetch_user(session, caller, account_id, user_id, Action.ADMIN, allow_self=False, serialize=True)
+    check_etag(row, etag)
+    if row.is_platform_admin and not enabled and not caller.is_platform_admin:
+        raise PermissionDenied("only a platform admin may disable a platform admin")
+    if not enabled and row.state == "READY" and row.role == "admin" and _count_admins(session, row.account_id) <= 1:
+        raise FailedPrecondition(f"user {user_name(row.account_id, row.user_id)!r} is the account's last active "
+                                 "admin; make another user admin first")
+    if enabled:
+        row.state = "READY"
+    else:
+        row.state = "DISABLED"
+        session.execute(update(ApiKeyRow).where(ApiKeyRow.account_id == row.account_id,
+                                                ApiKeyRow.user_id == row.user_id, ApiKeyRow.revoked.is_(False))
+                        .values(revoked=True, etag=ApiKeyRow.etag + 1))
     touch(row)
     session.commit()
     return row
