@@ -26,6 +26,7 @@ from fireplace.control.deployments.service import (ADDON_KIND, BASE_KIND, model_
                                                    require_account, resolve_addon_base,
                                                    resolve_model)
 from fireplace.control.fine_tuning import runtime, states
+from fireplace.control.locks import serialize_account
 from fireplace.control.fine_tuning.schemas import DEFAULTS, Hyperparameters, SftJobCreate
 from fireplace.control.fine_tuning.tables import SftJobRow
 from fireplace.control.fine_tuning.usage import count_active_jobs, output_model_claims
@@ -114,6 +115,7 @@ def create_job(session: Session, caller: Principal, account_id: str, body: SftJo
     if out_account != account_id:
         raise InvalidArgument(f"outputModel must be in the job's account {account_id!r}")
     output = resource_name(account_id, "models", out_id)
+    serialize_account(session, account_id)  # output claims and the jobs quota count, then insert
     _check_output_free(session, account_id, output, resource_name(account_id, COLLECTION, job_id))
     enforce_quota(session, account_id, "concurrent-fine-tuning-jobs", usage=count_active_jobs(session, account_id))
     row = SftJobRow(account_id=account_id, job_id=job_id, state=states.CREATING, dataset=dataset,
