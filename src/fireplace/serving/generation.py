@@ -50,7 +50,7 @@ class GenerationService:
         self.engine = engine
         self.tokenizer = engine.engine.tokenizer
         self.max_model_len = engine.engine.max_model_len
-        self.structured_output = structured_output  # callable(response_format, tokenizer, params) -> params
+        self.structured_output = structured_output  # callable(response_format, LLMEngine, params) -> params
         self.num_outstanding = 0
 
     # -- prompts ----------------------------------------------------------------------------
@@ -76,7 +76,11 @@ class GenerationService:
             if self.structured_output is None:
                 raise InvalidArgument("response_format: structured output is not available on this replica",
                                       param="response_format")
-            params = self.structured_output(options.response_format, self.tokenizer, params)
+            try:
+                params = self.structured_output(options.response_format, self.engine.engine, params)
+                params.validate()
+            except InvalidRequestError as exc:
+                raise InvalidArgument(exc.message, param=exc.param) from exc
         return params
 
     def _truncate(self, ids: list[int], options: GenerationOptions) -> list[int]:

@@ -56,7 +56,7 @@ class ReplicaRuntime:
             base_dir = model_files.materialize(self.blobs, model_files.model_prefix(self.config.model), self.cache_dir)
             if self.config.task == "embed":
                 from fireplace.serving.embeddings import Embedder
-                self.embedder = Embedder.from_dir(base_dir)
+                self.embedder = Embedder(base_dir)
                 self.state = "warming"
                 self.embedder.embed(["warm-up"])
             else:
@@ -118,12 +118,15 @@ class ReplicaRuntime:
 
 
 def _structured_output_hook():
-    """The grammar-constrained decoding hook, when its library is installed."""
-    try:
-        from fireplace.serving.structured_output import apply_response_format
-    except ImportError:
-        return None
-    return apply_response_format
+    """response_format -> a grammar logits processor on the request's SamplingParams."""
+    from fireplace.serving.structured_output import make_structured_processor
+
+    def apply(response_format: dict, engine, params):
+        factory = make_structured_processor(response_format, engine.tokenizer,
+                                            vocab_size=engine.model_config.vocab_size,
+                                            eos_token_ids=engine.eos_token_ids)
+        return params if factory is None else params.replace(logits_processor=factory)
+    return apply
 
 
 def create_replica_app(config: ReplicaConfig, secret: str) -> FastAPI:
@@ -239,7 +242,7 @@ def create_replica_app(config: ReplicaConfig, secret: str) -> FastAPI:
         if runtime.state != "ready" or runtime.embedder is None:
             raise Unavailable(f"replica is {runtime.state} or serves no embeddings", headers={"Retry-After": "1"})
         body = await read_json(request)
-        from fireplace.serving.embeddings import embeddings_response
+        from fireplace.serving.embeddings_api import embeddings_response
         return await asyncio.to_thread(embeddings_response, runtime.embedder, body)
 
     return app

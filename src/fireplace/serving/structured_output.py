@@ -9,10 +9,11 @@ Accepted `response_format` values (anything else is an InvalidRequestError, para
     {"type": "json_object", "schema": {...}}         Fireworks' form of a schema constraint
     {"type": "json_schema", "json_schema": {"name": "...", "schema": {...}, "strict": bool,
                                             "description": "..."}}
-The schema is checked against the JSON Schema meta-schema (draft 2020-12) first, for a message
-that says where it is wrong, then compiled; schemas xgrammar cannot compile (e.g. a dangling
-$ref, an impossible range) are 400s too. Keywords xgrammar does not enforce (e.g. `not`) are
-accepted and ignored, as in vLLM. Limits: MAX_SCHEMA_BYTES of serialized schema.
+`strict` must be a boolean if given; the schema is enforced either way. The schema is checked
+against the JSON Schema meta-schema (draft 2020-12) first, for a message that says where it is
+wrong, then compiled; schemas xgrammar cannot compile (e.g. a dangling $ref, an impossible
+range) are 400s too. Keywords xgrammar does not enforce (e.g. `not`) are accepted and ignored,
+as in vLLM. Limits: MAX_SCHEMA_BYTES of serialized schema.
 
 The grammar prints JSON with ", " and ": " separators and no other whitespace: a small model
 given free whitespace can emit newlines until max_tokens. EOS is allowed only once the value is

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from fireplace.control.models.files import MAX_LORA_RANK, MIN_LORA_RANK, is_pickle
-from fireplace.control.models.tables import (KIND_ADDON, KIND_BASE, STATE_READY, STATE_UPLOADING,
+from fireplace.control.models.tables import (KIND_ADDON, KIND_BASE, KIND_EMBEDDING, STATE_READY, STATE_UPLOADING,
                                              ModelFileRow, ModelRow)
 from fireplace.control.models.uploads import final_key, finalize
 from fireplace.errors import InvalidArgument
@@ -71,7 +71,7 @@ def _register(session: Session, blobs: BlobStore, account_id: str, model_id: str
               supports_serverless: bool | None = None) -> ModelRow:
     validate_id(account_id, "account id")
     validate_id(model_id, "model id")
-    if kind not in (KIND_BASE, KIND_ADDON):
+    if kind not in (KIND_BASE, KIND_ADDON, KIND_EMBEDDING):
         raise InvalidArgument(f"kind {kind!r} is not supported")
     if kind == KIND_ADDON and not base_model:
         raise InvalidArgument("an addon needs base_model (a full model name)")

@@ -24,6 +24,7 @@ from fireplace.db.base import AccountScoped, Base, Timestamps
 
 KIND_BASE = "HF_BASE_MODEL"
 KIND_ADDON = "HF_PEFT_ADDON"
+KIND_EMBEDDING = "EMBEDDING_MODEL"   # catalog embedding models (served by /v1/embeddings)
 STATE_UPLOADING = "UPLOADING"
 STATE_READY = "READY"
 
