@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -67,11 +68,12 @@ class Heartbeat(threading.Thread):
         try:
             with self.factory() as s:
                 row = runtime.owned_job(s, self.job.account_id, self.job.job_id, self.job.attempt)
+                if row.state not in (states.RUNNING, states.WRITING_RESULTS):
+                    self.stop_requested.set()
+                    return
                 row.heartbeat_time = utcnow()
                 if self.progress is not None:
                     row.job_progress = dict(self.progress)
-                if row.state not in (states.RUNNING, states.WRITING_RESULTS):
-                    self.stop_requested.set()
                 s.commit()
         except runtime.Superseded:
             self.superseded = True
@@ -289,6 +291,8 @@ class JobWorker:
             row = runtime.owned_job(s, *self.key)
             if row.state == states.RUNNING:
                 states.transition(row, states.WRITING_RESULTS, message="writing the output model")
+                if self.heartbeat.progress is not None:
+                    row.job_progress = dict(self.heartbeat.progress)
                 runtime.add_event(s, row.account_id, row.job_id, runtime.STATE, states.WRITING_RESULTS)
             s.commit()
 
@@ -312,6 +316,7 @@ class JobWorker:
                 files = store.read_files(self.blobs, ckpt.blob_prefix, OUTPUT_FILES, sub=store.OUTPUT)
                 for name, data in files.items():
                     self.blobs.write_bytes(f"models/{out_account}/{out_id}/{name}", data)
+                _fault_pause("before-register", self.job.job_id)
                 cfg = json.loads(files["adapter_config.json"])
                 targets = cfg.get("target_modules") or ckpt.metrics.get("targetModules") or []
                 register_model_files(s, self.blobs, out_account, out_id, kind=KIND_ADDON,
@@ -329,6 +334,16 @@ class JobWorker:
                                   f"registered {row.output_model} (HF_PEFT_ADDON)", data={"model": row.output_model})
                 runtime.add_event(s, row.account_id, row.job_id, runtime.STATE, final)
             s.commit()
+
+
+def _fault_pause(point: str, job_id: str) -> None:
+    """Fault-injection for crash tests: FIREPLACE_TRAINING_FAULT="<point>:<job id>:<seconds>"
+    makes the worker of that one job sleep at that point (so a test can kill it there)."""
+    spec = os.environ.get("FIREPLACE_TRAINING_FAULT", "")
+    parts = spec.split(":")
+    if len(parts) == 3 and parts[0] == point and parts[1] == job_id:
+        log.warning("fault injection: pausing %s s at %s", parts[2], point)
+        time.sleep(float(parts[2]))
 
 
 def run_worker(job_name: str, attempt: int, settings: Settings | None = None) -> int:
