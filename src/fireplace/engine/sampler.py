@@ -1,33 +1,83 @@
-"""Choose the next token of each row from logits [B, V].
+"""Choose the next token of each row from logits [B, V], batched over rows.
 
 Order per row (HF/vLLM): penalties -> banned tokens -> temperature -> top-k -> top-p -> min-p
 -> sample. Greedy rows (temperature 0) take the argmax after penalties.
 
+Batched: every row's parameters become [B] tensors in one pass over the rows, and each stage
+is a few torch ops over the whole batch, whatever the mix of parameters. Penalties and banned
+tokens touch only the (row, token) pairs they concern: the rows' token ids are concatenated
+once and deduplicated / counted by torch.unique over row * V + token, then gathered, edited
+and scattered back in one op each. The rows' token lists are read in place (`TokenSpan`, no
+per-row copy), and only for rows that have a penalty.
+
 Sampling inverts each row's CDF at one uniform point (cheaper on CPU than a random number per
-vocabulary entry). A seeded row draws its point from its own generator, reseeded per token from
+vocabulary entry). A seeded row draws its point from a CPU generator reseeded per token from
 (seed, sample_index, output position), so its tokens do not depend on the rest of the batch and
-survive preemption.
+survive preemption (and are the same on every device).
 
-Rows with top-k / top-p sample among their best candidates only: TOP_CANDIDATES tokens when those
-already hold the nucleus (the usual case), widened x8 up to the whole vocabulary when not.
+Rows with top-k / top-p sample among their best candidates only: the largest top-k of the
+batch when every such row has one, else TOP_CANDIDATES tokens when those already hold the
+nucleus (the usual case), widened x8 up to the whole vocabulary when not. Candidates are
+picked on the logits before temperature (the order is the same) and only they are divided.
 
-Logprobs are of the model's raw distribution (log_softmax of the logits before any processing),
-as vLLM reports them by default.
+Logprobs are of the model's raw distribution (logits minus the row's logsumexp, before any
+processing), as vLLM reports them by default.
+
+Host syncs: every decision is taken from the rows' parameters, on the host, never from device
+values; the one exception is the top-p widening check, which runs on CPU only (elsewhere the
+candidates are the whole vocabulary at once). The result is moved to the host in one copy
+(`SamplerOutput` holds CPU tensors), so a CUDA step syncs once, there.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field
+from itertools import islice
 
 import torch
 
 from fireplace.engine.sampling_params import SamplingParams
 from fireplace.engine.sequence import Sequence
 
-__all__ = ["Sampler", "SamplerOutput", "SamplingRow", "top_k_top_p"]
+__all__ = ["Sampler", "SamplerOutput", "SamplingRow", "TokenSpan", "top_k_top_p"]
 
 _MASK64 = (1 << 64) - 1
 TOP_CANDIDATES = 256
+
+
+class TokenSpan(SequenceOf[int]):
+    """tokens[start:stop] of a list, without copying it (the list must not shrink meanwhile)."""
+
+    __slots__ = ("_tokens", "_start", "_stop")
+
+    def __init__(self, tokens: list[int], start: int, stop: int):
+        self._tokens, self._start, self._stop = tokens, start, stop
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.tolist()[index]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("TokenSpan index out of range")
+        return self._tokens[self._start + index]
+
+    def __iter__(self):
+        return islice(self._tokens, self._start, self._stop)
+
+    def tolist(self) -> list[int]:
+        return self._tokens[self._start:self._stop]
+
+
+def _extend(out: list[int], tokens: SequenceOf[int]) -> None:
+    """out += tokens, at list-copy speed for lists and TokenSpans."""
+    if isinstance(tokens, TokenSpan):
+        out += tokens._tokens[tokens._start:tokens._stop]
+    else:
+        out += tokens
 
 
 @dataclass
@@ -42,21 +92,25 @@ class SamplingRow:
 
     @classmethod
     def for_sequence(cls, seq: Sequence, eos_token_ids: SequenceOf[int] = ()) -> "SamplingRow":
+        """The row of seq: its tokens as spans of seq.token_ids (no copy), fixed at their length now."""
         params = seq.params
-        banned: list[int] = []
-        if seq.num_output_tokens < params.min_tokens:
+        tokens, num_prompt = seq.token_ids, seq.num_prompt_tokens
+        banned: list[int] | tuple = ()
+        if len(tokens) - num_prompt < params.min_tokens:
             banned = list(params.stop_token_ids)
             if not params.ignore_eos:
                 banned += list(eos_token_ids)
-        return cls(params, seq.prompt_token_ids, seq.output_token_ids, seq.sample_index, banned)
+        return cls(params, TokenSpan(tokens, 0, num_prompt), TokenSpan(tokens, num_prompt, len(tokens)),
+                   seq.sample_index, banned)
 
 
 @dataclass
 class SamplerOutput:
+    """The step's choices, on the CPU (one device -> host copy for all of them)."""
     token_ids: torch.Tensor  # [B] int64
     logprobs: torch.Tensor | None = None  # [B] float32, raw logprob of the chosen token
     top_logprobs: torch.Tensor | None = None  # [B, K] float32, K = largest request in the batch
-    top_token_ids: torch.Tensor | None = None  # [B, K] int64
+    top_token_ids: torch.Tensor | None = None  # [B, K] int64 (rows that asked for none: unspecified)
     num_top_logprobs: list[int] = field(default_factory=list)  # K_b wanted by each row
 
     def row_top_logprobs(self, row: int) -> list[tuple[int, float]]:
@@ -79,17 +133,15 @@ def _seed_for(seed: int, sample_index: int, position: int) -> int:
 
 class Sampler:
     def __init__(self) -> None:
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self._seeded = torch.Generator(device="cpu")  # reseeded for every seeded draw
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, rows: SequenceOf[SamplingRow]) -> SamplerOutput:
         # logits: [B, V], any float dtype; rows: B entries
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits {tuple(logits.shape)} do not match {len(rows)} rows")
-        device = logits.device
-        raw_logprobs = None
-        if any(r.params.logprobs is not None for r in rows):
-            raw_logprobs = torch.log_softmax(logits.float(), dim=-1)
+        params = [r.params for r in rows]
+        raw = _raw_logprobs(logits, params)
         if any(_edits_logits(r) for r in rows):
             # one private fp32 copy to edit in place; the caller's logits stay untouched
             logits = logits.float() if logits.dtype != torch.float32 else logits.clone()
@@ -98,108 +150,162 @@ class Sampler:
         else:
             logits = logits.float()
 
-        temperature = torch.tensor([r.params.temperature for r in rows], device=device)
-        is_greedy = temperature == 0
-        if bool(is_greedy.all()):
+        sampled = [i for i, p in enumerate(params) if p.temperature != 0.0]
+        if not sampled:
             token_ids = logits.argmax(dim=-1)
-        elif not bool(is_greedy.any()):
-            token_ids = self._sample(logits, temperature, rows)
+        elif len(sampled) == len(rows):
+            token_ids = self._sample(logits, rows)
         else:
             token_ids = logits.argmax(dim=-1)
-            sampled = (~is_greedy).nonzero().squeeze(1)
-            token_ids[sampled] = self._sample(
-                logits[sampled], temperature[sampled], [rows[i] for i in sampled.tolist()])
+            index = torch.tensor(sampled).to(logits.device, non_blocking=True)
+            token_ids[index] = self._sample(logits.index_select(0, index), [rows[i] for i in sampled])
+        return _to_host(token_ids, raw, params)
 
-        out = SamplerOutput(token_ids=token_ids)
-        if raw_logprobs is not None:
-            out.logprobs = raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1)
-            out.num_top_logprobs = [r.params.logprobs or 0 for r in rows]
-            k = max(out.num_top_logprobs)
-            if k > 0:
-                out.top_logprobs, out.top_token_ids = raw_logprobs.topk(k, dim=-1)
-        return out
-
-    def _sample(self, logits: torch.Tensor, temperature: torch.Tensor, rows: SequenceOf[SamplingRow]) -> torch.Tensor:
-        # logits [B', V], temperature [B'] > 0 -> token ids [B']
-        if bool((temperature != 1.0).any()):
-            logits = logits / temperature.unsqueeze(1)
-        uniform = self._uniforms(rows, logits.device)
+    def _sample(self, logits: torch.Tensor, rows: SequenceOf[SamplingRow]) -> torch.Tensor:
+        # logits [B', V] (before temperature), every row with temperature > 0 -> token ids [B']
+        device = logits.device
+        temps = [r.params.temperature for r in rows]
+        temperature = None
+        if any(t != 1.0 for t in temps):
+            temperature = torch.tensor(temps, dtype=logits.dtype).to(device, non_blocking=True)
+        uniform = self._uniforms(rows, device)
         vocab = logits.shape[1]
         filtered = [i for i, r in enumerate(rows) if 1 <= r.params.top_k < vocab or r.params.top_p < 1.0]
         if len(filtered) == len(rows):
-            return _draw_from_candidates(logits, rows, uniform)
+            return _draw_from_candidates(logits, temperature, rows, uniform)
         if not filtered:
-            return _draw_from_vocabulary(logits, rows, uniform)
-        token_ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-        plain = sorted(set(range(len(rows))) - set(filtered))
+            return _draw_from_vocabulary(logits, temperature, rows, uniform)
+        token_ids = torch.empty(len(rows), dtype=torch.long, device=device)
+        picked_set = set(filtered)
+        plain = [i for i in range(len(rows)) if i not in picked_set]
         for picked, draw in ((filtered, _draw_from_candidates), (plain, _draw_from_vocabulary)):
-            index = torch.tensor(picked, device=logits.device)
-            token_ids[index] = draw(logits[index], [rows[i] for i in picked], uniform[index])
+            index = torch.tensor(picked).to(device, non_blocking=True)
+            group_temperature = temperature.index_select(0, index) if temperature is not None else None
+            token_ids[index] = draw(logits.index_select(0, index), group_temperature, [rows[i] for i in picked],
+                                    uniform.index_select(0, index))
         return token_ids
 
     def _uniforms(self, rows: SequenceOf[SamplingRow], device: torch.device) -> torch.Tensor:
         # [B] float64 in [0, 1); seeded rows from their own stream
         uniform = torch.rand(len(rows), dtype=torch.float64, device=device)
-        for i, row in enumerate(rows):
-            if row.params.seed is not None:
-                generator = self._generator(device)
+        seeded = [i for i, row in enumerate(rows) if row.params.seed is not None]
+        if seeded:
+            generator, points = self._seeded, []
+            for i in seeded:
+                row = rows[i]
                 generator.manual_seed(_seed_for(row.params.seed, row.sample_index, len(row.output_token_ids)))
-                uniform[i] = torch.rand(1, dtype=torch.float64, generator=generator, device=device)
+                points.append(torch.rand(1, dtype=torch.float64, generator=generator))
+            uniform[torch.tensor(seeded).to(device, non_blocking=True)] = torch.cat(points).to(device, non_blocking=True)
         return uniform
 
-    def _generator(self, device: torch.device) -> torch.Generator:
-        generator = self._generators.get(device)
-        if generator is None:
-            generator = self._generators[device] = torch.Generator(device=device)
-        return generator
+
+def _raw_logprobs(logits: torch.Tensor, params: SequenceOf[SamplingParams]):
+    """(logits fp32 [B, V], their logsumexp [B]) when some row wants logprobs, else None."""
+    if all(p.logprobs is None for p in params):
+        return None
+    raw = logits.float()
+    return raw, torch.logsumexp(raw, dim=-1)
 
 
-def top_k_top_p(logits: torch.Tensor, top_k: SequenceOf[int], top_p: SequenceOf[float]
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _to_host(token_ids: torch.Tensor, raw, params: SequenceOf[SamplingParams]) -> SamplerOutput:
+    """The chosen tokens (and logprobs, when asked) as CPU tensors, in one device -> host copy."""
+    if raw is None:
+        return SamplerOutput(token_ids=token_ids.cpu())
+    logits, lse = raw
+    num_top = [p.logprobs or 0 for p in params]
+    k = max(num_top)
+    chosen = logits.gather(1, token_ids.unsqueeze(1)).squeeze(1) - lse  # [B]
+    if k == 0:
+        if token_ids.device.type == "cpu":
+            return SamplerOutput(token_ids=token_ids, logprobs=chosen, num_top_logprobs=num_top)
+        host = torch.stack((token_ids.double(), chosen.double()), dim=1).cpu()
+        return SamplerOutput(token_ids=host[:, 0].long(), logprobs=host[:, 1].float(), num_top_logprobs=num_top)
+    # the top-k of the logits is the top-k of the logprobs (same order per row); only the rows
+    # that asked for alternatives are searched (the others' rows are left zero)
+    wanting = [i for i, n in enumerate(num_top) if n]
+    if len(wanting) == len(num_top):
+        top_values, top_ids = logits.topk(k, dim=-1)
+        top_values = top_values - lse.unsqueeze(1)
+    else:
+        index = torch.tensor(wanting).to(logits.device, non_blocking=True)
+        values, ids = logits.index_select(0, index).topk(k, dim=-1)
+        top_values = logits.new_zeros((len(num_top), k)).index_copy_(0, index, values - lse[index].unsqueeze(1))
+        top_ids = ids.new_zeros((len(num_top), k)).index_copy_(0, index, ids)
+    if token_ids.device.type == "cpu":
+        return SamplerOutput(token_ids, chosen, top_values, top_ids, num_top)
+    host = torch.cat((token_ids.double().unsqueeze(1), chosen.double().unsqueeze(1), top_values.double(),
+                      top_ids.double()), dim=1).cpu()  # token ids < 2^53: exact in float64
+    return SamplerOutput(host[:, 0].long(), host[:, 1].float(), host[:, 2:2 + k].float(), host[:, 2 + k:].long(),
+                         num_top)
+
+
+def top_k_top_p(logits: torch.Tensor, top_k: SequenceOf[int], top_p: SequenceOf[float],
+                temperature: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each row's candidates, best first, and which survive top-k then top-p.
 
-    logits [B, V]; top_k [B] (< 1 or >= V: off); top_p [B] (1: off)
-    -> values [B, C], token ids [B, C], keep [B, C] bool (at least the best token kept).
-    Top-p keeps the smallest set of top-k survivors whose renormalised mass reaches top_p.
+    logits [B, V]; top_k [B] (< 1 or >= V: off); top_p [B] (1: off); temperature [B] or None:
+    the logits are divided by it (only the candidates are, where that is all that is needed)
+    -> values [B, C] (after temperature), token ids [B, C], keep [B, C] bool (at least the best
+    token kept). Top-p keeps the smallest set of top-k survivors whose renormalised mass
+    reaches top_p.
     """
     vocab = logits.shape[1]
     device = logits.device
-    k = torch.tensor([t if 1 <= t < vocab else vocab for t in top_k], device=device)
+    ks = [t if 1 <= t < vocab else vocab for t in top_k]
+    k = torch.tensor(ks).to(device, non_blocking=True)
     # rows without top-p get an unreachable bound, immune to cumsum rounding
-    p = torch.tensor([t if t < 1.0 else 2.0 for t in top_p], device=device).unsqueeze(1)
-    num_candidates = min(vocab, max([TOP_CANDIDATES] + [t for t in k.tolist() if t < vocab]))
+    p = torch.tensor([t if t < 1.0 else 2.0 for t in top_p], dtype=logits.dtype).to(device, non_blocking=True)
+    p = p.unsqueeze(1)
+    largest_k = max(ks)
+    if largest_k < vocab:  # every row has a top-k: its survivors are all the candidates needed
+        num_candidates = largest_k
+    elif device.type != "cpu":  # no data-dependent widening (a host sync) off the CPU
+        num_candidates = vocab
+    else:
+        num_candidates = min(vocab, max([TOP_CANDIDATES] + [t for t in ks if t < vocab]))
+    rows_without_k = [i for i, t in enumerate(ks) if t == vocab]
     row_norm = None
     while True:
         values, token_ids = logits.topk(num_candidates, dim=-1)
+        if temperature is not None:
+            values = values / temperature.unsqueeze(1)
         rank = torch.arange(num_candidates, device=device).unsqueeze(0)
         in_top_k = rank < k.unsqueeze(1)
         masked = values.masked_fill(~in_top_k, float("-inf"))
         # top-p mass is relative to the top-k survivors, or the whole row when top-k is off
-        k_within = k <= num_candidates
         norm = masked.logsumexp(dim=-1)
-        if not bool(k_within.all()):
-            row_norm = logits.logsumexp(dim=-1) if row_norm is None else row_norm
+        k_within = k <= num_candidates
+        if rows_without_k and num_candidates < vocab:
+            if row_norm is None:
+                full = logits / temperature.unsqueeze(1) if temperature is not None else logits
+                row_norm = full.logsumexp(dim=-1)
             norm = torch.where(k_within, norm, row_norm)
         probs = (masked - norm.unsqueeze(1)).exp()
         before = probs.cumsum(dim=-1) - probs  # mass of the better candidates
         keep = in_top_k & (before < p)
         keep[:, 0] = True
+        if num_candidates == vocab or not rows_without_k:
+            return values, token_ids, keep
         reached = probs.sum(dim=-1, keepdim=True) >= p
-        if num_candidates == vocab or bool((k_within.unsqueeze(1) | (p > 1.0) | reached).all()):
+        if bool((k_within.unsqueeze(1) | (p > 1.0) | reached).all()):  # CPU only: see above
             return values, token_ids, keep
         num_candidates = vocab if num_candidates * 8 >= vocab else num_candidates * 8
 
 
-def _draw_from_candidates(logits: torch.Tensor, rows: SequenceOf[SamplingRow], uniform: torch.Tensor) -> torch.Tensor:
-    # rows with top-k / top-p: logits [B, V], uniform [B] -> token ids [B]
+def _draw_from_candidates(logits: torch.Tensor, temperature: torch.Tensor | None, rows: SequenceOf[SamplingRow],
+                          uniform: torch.Tensor) -> torch.Tensor:
+    # rows with top-k / top-p: logits [B, V] (before temperature), uniform [B] -> token ids [B]
     values, token_ids, keep = top_k_top_p(
-        logits, [r.params.top_k for r in rows], [r.params.top_p for r in rows])
+        logits, [r.params.top_k for r in rows], [r.params.top_p for r in rows], temperature)
     probs = _apply_min_p(torch.softmax(values.masked_fill(~keep, float("-inf")), dim=-1), rows)
     return token_ids.gather(1, _invert_cdf(probs, uniform).unsqueeze(1)).squeeze(1)
 
 
-def _draw_from_vocabulary(logits: torch.Tensor, rows: SequenceOf[SamplingRow], uniform: torch.Tensor) -> torch.Tensor:
-    # logits [B, V], uniform [B] -> token ids [B]
+def _draw_from_vocabulary(logits: torch.Tensor, temperature: torch.Tensor | None, rows: SequenceOf[SamplingRow],
+                          uniform: torch.Tensor) -> torch.Tensor:
+    # logits [B, V] (before temperature), uniform [B] -> token ids [B]
+    if temperature is not None:
+        logits = logits / temperature.unsqueeze(1)
     return _invert_cdf(_apply_min_p(torch.softmax(logits, dim=-1), rows), uniform)
 
 
@@ -218,33 +324,58 @@ def _edits_logits(row: SamplingRow) -> bool:
             or bool(row.banned_token_ids))
 
 
+def _pairs(rows: SequenceOf[SamplingRow], picked: SequenceOf[int], token_lists, vocab: int,
+           device: torch.device) -> torch.Tensor:
+    """Flat keys row * V + token [N] (int64, on device) of the tokens token_lists(row) of each picked row."""
+    tokens: list[int] = []
+    counts: list[int] = []
+    for i in picked:
+        before = len(tokens)
+        for part in token_lists(rows[i]):
+            _extend(tokens, part)
+        counts.append(len(tokens) - before)
+    row_ids = torch.repeat_interleave(torch.tensor(list(picked)), torch.tensor(counts))
+    return (row_ids * vocab + torch.tensor(tokens, dtype=torch.int64)).to(device, non_blocking=True)
+
+
 def _apply_penalties(logits: torch.Tensor, rows: SequenceOf[SamplingRow]) -> None:
     # in place on logits [B, V]; touches only the tokens each row has seen
-    device = logits.device
-    for i, row in enumerate(rows):
-        p = row.params
-        if p.repetition_penalty != 1.0:
-            # HF: a token seen in prompt or output has its logit divided (if > 0) or multiplied
-            seen = set(row.prompt_token_ids)
-            seen.update(row.output_token_ids)
-            if seen:
-                ids = torch.tensor(sorted(seen), device=device)
-                values = logits[i, ids]
-                logits[i, ids] = torch.where(values > 0, values / p.repetition_penalty,
-                                             values * p.repetition_penalty)
-        if (p.frequency_penalty != 0.0 or p.presence_penalty != 0.0) and len(row.output_token_ids):
-            # OpenAI: logit -= frequency * count + presence * (count > 0), over output tokens
-            ids, counts = torch.tensor(list(row.output_token_ids), device=device).unique(return_counts=True)
-            logits[i, ids] -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty
+    vocab, device, dtype = logits.shape[1], logits.device, logits.dtype
+    repeat = [i for i, r in enumerate(rows) if r.params.repetition_penalty != 1.0]
+    if repeat:
+        # HF: a token seen in prompt or output has its logit divided (if > 0) or multiplied
+        keys = _pairs(rows, repeat, lambda r: (r.prompt_token_ids, r.output_token_ids), vocab, device).unique()
+        if keys.numel():
+            row, token = keys // vocab, keys % vocab
+            penalty = torch.tensor([r.params.repetition_penalty for r in rows], dtype=dtype)
+            penalty = penalty.to(device, non_blocking=True)[row]
+            values = logits[row, token]
+            logits.index_put_((row, token), torch.where(values > 0, values / penalty, values * penalty))
+    counted = [i for i, r in enumerate(rows)
+               if (r.params.frequency_penalty != 0.0 or r.params.presence_penalty != 0.0) and len(r.output_token_ids)]
+    if counted:
+        # OpenAI: logit -= frequency * count + presence * (count > 0), over output tokens
+        keys, counts = _pairs(rows, counted, lambda r: (r.output_token_ids,), vocab, device).unique(
+            return_counts=True)
+        row, token = keys // vocab, keys % vocab
+        per_row = torch.tensor([[r.params.frequency_penalty, r.params.presence_penalty] for r in rows], dtype=dtype)
+        per_row = per_row.to(device, non_blocking=True)[row]  # [N, 2]
+        logits.index_put_((row, token), logits[row, token] - (per_row[:, 0] * counts.to(dtype) + per_row[:, 1]))
 
 
 def _apply_banned(logits: torch.Tensor, rows: SequenceOf[SamplingRow]) -> None:
     # in place on logits [B, V]
     vocab = logits.shape[1]
-    for i, row in enumerate(rows):
-        banned = [t for t in row.banned_token_ids if 0 <= t < vocab]
-        if banned:
-            logits[i, banned] = float("-inf")
+    row_ids: list[int] = []
+    tokens: list[int] = []
+    for i, r in enumerate(rows):
+        for t in r.banned_token_ids:
+            if 0 <= t < vocab:
+                row_ids.append(i)
+                tokens.append(t)
+    if tokens:
+        index = torch.tensor([row_ids, tokens]).to(logits.device, non_blocking=True)
+        logits.index_put_((index[0], index[1]), torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device))
 
 
 def _apply_min_p(probs: torch.Tensor, rows: SequenceOf[SamplingRow]) -> torch.Tensor:
@@ -252,5 +383,5 @@ def _apply_min_p(probs: torch.Tensor, rows: SequenceOf[SamplingRow]) -> torch.Te
     min_p = [r.params.min_p for r in rows]
     if not any(m > 0 for m in min_p):
         return probs
-    threshold = torch.tensor(min_p, device=probs.device).unsqueeze(1) * probs.max(dim=-1, keepdim=True).values
-    return probs.masked_fill(probs < threshold, 0.0)
+    threshold = torch.tensor(min_p, dtype=probs.dtype).to(probs.device, non_blocking=True).unsqueeze(1)
+    return probs.masked_fill(probs < threshold * probs.max(dim=-1, keepdim=True).values, 0.0)
