@@ -11,10 +11,12 @@ import pytest
 from fireplace.catalog.smollm2 import ensure_smollm2
 from fireplace.engine.async_engine import AsyncEngine
 from fireplace.engine.engine_config import EngineConfig
-from fireplace.engine.errors import EngineDeadError, EngineOverloadedError, InvalidRequestError
+from fireplace.engine.errors import (AdapterLoadError, AdapterUnavailableError, EngineDeadError,
+                                     EngineOverloadedError, InvalidRequestError)
 from fireplace.engine.llm_engine import LLMEngine
 from fireplace.engine.sampling_params import SamplingParams
 from tests.engine.helpers import make_hf_checkpoint
+from tests.engine.lora_helpers import make_peft_adapter
 
 LONG = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
 WAIT_S = 10  # far above what any step here takes; reaching it means something hangs
@@ -23,7 +25,8 @@ WAIT_S = 10  # far above what any step here takes; reaching it means something h
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("async-engine")
-    make_hf_checkpoint("llama", path, seed=5)
+    hf = make_hf_checkpoint("llama", path, seed=5)
+    make_peft_adapter(hf, path / "adapter", r=4, seed=1)  # beside the weights: not part of the checkpoint
     return path
 
 
@@ -177,6 +180,46 @@ def test_admission_errors_reach_the_caller_typed(model_dir, tokenizer):
         with pytest.raises(InvalidRequestError):
             await aengine.generate([1], SamplingParams(temperature=-1)).__anext__()
         await first.aclose()
+        aengine.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_adapter_files_are_read_off_the_engine_thread(model_dir, tokenizer):
+    engine = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=64, block_size=4, enable_lora=True,
+                                    max_loras=2, max_lora_rank=8), tokenizer=tokenizer)
+    files = {p.name: p.read_bytes() for p in (model_dir / "adapter").iterdir()}
+    downloading = threading.Event()
+    release = threading.Event()
+
+    def slow_download():  # the blob store: blocks until the test lets it finish
+        downloading.set()
+        release.wait(WAIT_S)
+        return files
+
+    async def scenario():
+        aengine = AsyncEngine(engine)
+        stream = aengine.generate([1, 2, 3], LONG)
+        await asyncio.wait_for(stream.__anext__(), WAIT_S)
+        load = asyncio.ensure_future(aengine.load_adapter("tuned", slow_download))
+        await wait_thread_event(downloading)
+        for _ in range(5):  # the engine keeps stepping while the download is in flight
+            await asyncio.wait_for(stream.__anext__(), 3)
+        release.set()
+        version = await asyncio.wait_for(load, WAIT_S)
+        assert version == await aengine.call(lambda e: e.adapters.version_of("tuned"))
+        tokens = []
+        async for out in aengine.generate([4, 5, 6], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True),
+                                          adapter_id="tuned"):
+            tokens += out.outputs[0].token_ids
+        assert len(tokens) == 4
+
+        broken = dict(files, **{"adapter_config.json": b"{not json"})
+        with pytest.raises(AdapterLoadError, match="adapter_config.json is not valid JSON"):
+            await aengine.load_adapter("broken", broken)
+        with pytest.raises(AdapterUnavailableError, match="its load failed: adapter_config.json"):
+            await aengine.generate([1], LONG, adapter_id="broken").__anext__()
+        await stream.aclose()
         aengine.shutdown()
 
     asyncio.run(scenario())

@@ -79,6 +79,7 @@ def test_the_waiting_queue_is_bounded(model_dir, tokenizer):
         engine.add_request("e", [2, 2], GREEDY)
     merged = run_all(engine)
     assert sorted(merged) == ["a", "b", "c", "d"] and all(o.error is None for o in merged.values())
+    assert engine.stats().num_overloaded_rejections == 2
 
 
 def test_a_request_waiting_past_its_deadline_is_rejected(model_dir, tokenizer):
@@ -103,6 +104,7 @@ def test_a_request_waiting_past_its_deadline_is_rejected(model_dir, tokenizer):
         merged[out.request_id] = merge_output(merged.get(out.request_id), out)
     merged.update({k: merge_output(merged.get(k), v) for k, v in run_all(engine).items()})
     assert len(merged["running"].outputs[0].token_ids) == 12
+    assert engine.stats().num_deadline_rejections == 2
     assert merged["patient"].error is None and len(merged["patient"].outputs[0].token_ids) == 8
 
 

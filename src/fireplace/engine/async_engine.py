@@ -115,6 +115,19 @@ class AsyncEngine:
         self._submit(cmd)
         return await cmd.fut
 
+    async def load_adapter(self, adapter_id: str, source) -> str:
+        """LLMEngine.load_adapter with the reading and checking done in a worker thread, so a
+        download or a large file never stalls the engine's steps; only the install (a dict
+        update) runs on the engine thread. Returns the version; raises AdapterLoadError."""
+        self._raise_if_dead()
+        loop = asyncio.get_running_loop()
+        try:
+            prepared = await loop.run_in_executor(None, self.engine.prepare_adapter, adapter_id, source)
+        except Exception as exc:
+            await self.call(lambda engine: engine.note_adapter_load_failure(adapter_id, exc))
+            raise
+        return await self.call(lambda engine: engine.load_adapter(adapter_id, prepared))
+
     def abort(self, request_id: str) -> None:
         self._submit(_Abort(request_id))
 

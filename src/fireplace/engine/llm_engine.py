@@ -106,6 +106,7 @@ class LLMEngine:
         self.logits_processors = LogitsProcessors(self.eos_token_ids)  # per-sample constraints
         self.meter = ThroughputMeter()
         self._requests: dict[str, _Request] = {}
+        self._num_overloaded = 0
         self._load_failures: dict[str, str] = {}  # adapter id -> why its last load failed (none serving)
 
     # -- requests ---------------------------------------------------------------------------
@@ -126,6 +127,7 @@ class LLMEngine:
         """
         limit = self.config.max_waiting_requests
         if limit is not None and self.scheduler.num_waiting >= limit:
+            self._num_overloaded += 1
             raise EngineOverloadedError(
                 f"the engine has {self.scheduler.num_waiting} requests waiting (max_waiting_requests={limit}); "
                 "retry later", num_waiting=self.scheduler.num_waiting, max_waiting=limit)
@@ -280,9 +282,23 @@ class LLMEngine:
         return results
 
     # -- adapters and stats -------------------------------------------------------------------
+    def prepare_adapter(self, adapter_id: str, source):
+        """Read and check an adapter source without touching the engine's state: safe on any
+        thread (AsyncEngine.load_adapter runs it in a worker). Returns a PreparedAdapter for
+        load_adapter; raises AdapterLoadError."""
+        if self.adapters is None:
+            raise AdapterLoadError("LoRA is not enabled on this engine", adapter_id)
+        try:
+            return self.adapters.prepare(adapter_id, source)
+        except Exception as exc:  # a corrupt file, a failing download: typed, never the engine's end
+            message = str(exc) or type(exc).__name__
+            raise AdapterLoadError(f"LoRA adapter {adapter_id!r} could not be loaded: {message}",
+                                   adapter_id) from exc
+
     def load_adapter(self, adapter_id: str, source) -> str:
         """Read, check and register an adapter: a PEFT directory, or a mapping {filename: bytes}
-        (the blob store's files), or a callable returning either. Returns its content version.
+        (the blob store's files), a callable returning either, or prepare_adapter's result.
+        Returns its content version.
 
         The files are read here, once, and kept in host memory: a step never reads them again.
         Loading an id again replaces its version for new requests (identical files: the same
@@ -290,19 +306,21 @@ class LLMEngine:
         started with. Raises AdapterLoadError (nothing changed; other adapters and requests are
         unaffected); requests for an id whose only load failed get AdapterUnavailableError.
         """
-        if self.adapters is None:
-            raise AdapterLoadError("LoRA is not enabled on this engine", adapter_id)
         try:
-            self.adapters.load_adapter(adapter_id, source)
-        except Exception as exc:  # a corrupt file, a failing download: typed, never the engine's end
-            message = str(exc) or type(exc).__name__
-            if not self.adapters.is_registered(adapter_id):
-                self._load_failures[adapter_id] = message
-            raise AdapterLoadError(f"LoRA adapter {adapter_id!r} could not be loaded: {message}",
-                                   adapter_id) from exc
+            prepared = self.prepare_adapter(adapter_id, source)
+        except AdapterLoadError as exc:
+            self.note_adapter_load_failure(adapter_id, exc)
+            raise
+        self.adapters.load_adapter(adapter_id, prepared)
         self._load_failures.pop(adapter_id, None)
         self._drop_unused_adapter_versions()
-        return self.adapters.version_of(adapter_id)
+        return prepared.version
+
+    def note_adapter_load_failure(self, adapter_id: str, error: AdapterLoadError) -> None:
+        """Remember why an id has no version, for the error its requests get."""
+        if self.adapters is not None and not self.adapters.is_registered(adapter_id):
+            cause = error.__cause__
+            self._load_failures[adapter_id] = str(cause) if cause is not None else error.message
 
     def unload_adapter(self, adapter_id: str) -> None:
         """New requests for the adapter are refused at once (AdapterUnavailableError); requests
@@ -326,7 +344,8 @@ class LLMEngine:
         used = total = 0
         if self.adapters is not None:
             used, total = self.adapters.num_slots_used, self.adapters.num_slots
-        return EngineStats.collect(self.scheduler, self.meter, adapter_slots_used=used, adapter_slots_total=total)
+        return EngineStats.collect(self.scheduler, self.meter, adapter_slots_used=used, adapter_slots_total=total,
+                                   num_overloaded_rejections=self._num_overloaded)
 
     # -- offline ----------------------------------------------------------------------------
     def generate(self, prompts: Iterable[str | list[int]], params: SamplingParams | list[SamplingParams] | None = None,

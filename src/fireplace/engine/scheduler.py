@@ -48,6 +48,7 @@ class Scheduler:
         self._requests: dict[str, list[Sequence]] = {}  # live sequences of each request
         self._num_bypassed: dict[int, int] = {}  # seq_id -> admissions that passed it (adapter limit)
         self.num_preemptions = 0
+        self.num_deadline_rejections = 0
 
     # -- requests --------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -222,6 +223,7 @@ class Scheduler:
                    and s.status is SequenceStatus.WAITING]  # a preempted one has started: it stays
         for seq in expired:
             self.waiting.remove(seq)
+            self.num_deadline_rejections += 1
             waited = max(0.0, now - seq.arrival_time)
             self._reject(seq, DeadlineExceededError(
                 f"request {seq.request_id!r} waited {waited:.3f}s in the queue and passed its deadline "

@@ -25,11 +25,14 @@ class EngineStats:
     prefix_cache_hit_rate: float = 0.0  # cached / queried prompt tokens since start
     num_preemptions: int = 0
     prompt_tokens_total: int = 0  # computed since start (recomputes after preemption included)
+    num_overloaded_rejections: int = 0  # add_request refused: the waiting queue was full
+    num_deadline_rejections: int = 0  # waiting requests whose deadline passed
     generation_tokens_total: int = 0
 
     @classmethod
     def collect(cls, scheduler: "Scheduler", meter: "ThroughputMeter | None" = None, *,
-                adapter_slots_used: int = 0, adapter_slots_total: int = 0) -> "EngineStats":
+                adapter_slots_used: int = 0, adapter_slots_total: int = 0,
+                num_overloaded_rejections: int = 0) -> "EngineStats":
         bm = scheduler.block_manager
         prompt_rate, generation_rate = meter.rates() if meter is not None else (0.0, 0.0)
         return cls(
@@ -43,6 +46,8 @@ class EngineStats:
             generation_tokens_per_s=generation_rate,
             prefix_cache_hit_rate=bm.stats.hit_rate,
             num_preemptions=scheduler.num_preemptions,
+            num_overloaded_rejections=num_overloaded_rejections,
+            num_deadline_rejections=scheduler.num_deadline_rejections,
             prompt_tokens_total=meter.total_prompt_tokens if meter is not None else 0,
             generation_tokens_total=meter.total_generated_tokens if meter is not None else 0,
         )

@@ -17,7 +17,7 @@ from fireplace.engine.lora.adapter import (MAX_LORA_RANK, MIN_API_LORA_RANK, MIN
 from fireplace.engine.lora.attach import attach_lora_stacks
 from fireplace.engine.lora.batch import BASE_SLOT, LoRABatch
 from fireplace.engine.lora.manager import (AdapterManager, AdapterSource, LoRAStats, NoFreeSlotError,
-                                           UnknownAdapterError)
+                                           PreparedAdapter, UnknownAdapterError)
 from fireplace.engine.lora.merge import merge_adapter, unmerge_adapter
 from fireplace.engine.lora.projections import PROJECTIONS
 from fireplace.engine.lora.stack import LoRAStack
@@ -37,6 +37,7 @@ __all__ = [
     "LoRAStack",
     "LoRAStats",
     "NoFreeSlotError",
+    "PreparedAdapter",
     "UnknownAdapterError",
     "attach_lora_stacks",
     "merge_adapter",

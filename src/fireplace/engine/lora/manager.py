@@ -81,6 +81,15 @@ class _Version:
     ids: set[str] = field(default_factory=set)  # adapter ids whose current version this is
 
 
+@dataclass(frozen=True)
+class PreparedAdapter:
+    """An adapter read and checked off the engine thread (AdapterManager.prepare), ready to install."""
+
+    version: str
+    _files: _Version
+    adapter: LoRAAdapter
+
+
 @dataclass
 class _Slot:
     version: str | None = None
@@ -146,7 +155,19 @@ class AdapterManager:
                 raise UnknownAdapterError(f"LoRA adapter {adapter_id!r} is not loaded on this deployment")
             return key
 
-    def load_adapter(self, adapter_id: str, source: AdapterSource | None = None) -> LoRAAdapter:
+    def prepare(self, adapter_id: str, source: AdapterSource) -> PreparedAdapter:
+        """Read, parse and check a source without changing any state (any thread, no lock held
+        while reading: a download or a large file must not stall the engine's steps).
+
+        Raises AdapterError when it cannot be served by this model with these limits.
+        """
+        if isinstance(source, PreparedAdapter):
+            return source
+        version = self._materialize(source)
+        adapter = self._parse(version, adapter_id)
+        return PreparedAdapter(version.key, version, adapter)
+
+    def load_adapter(self, adapter_id: str, source: AdapterSource | PreparedAdapter | None = None) -> LoRAAdapter:
         """Read, parse and check the adapter into the host cache (registering `source` if given).
 
         Raises AdapterError when it cannot be served by this model with these limits, so a
@@ -156,12 +177,11 @@ class AdapterManager:
         if source is None:
             with self._lock:
                 return self._host_adapter(self.version_of(adapter_id), adapter_id)
-        version = self._materialize(source)
+        prepared = self.prepare(adapter_id, source)
         with self._lock:
-            adapter = self._parse(version, adapter_id)
-            self._install(adapter_id, version)
-            self._cache_host(version.key, adapter)
-            return adapter
+            self._install(adapter_id, _Version(prepared.version, prepared._files.files, prepared._files.parsed))
+            self._cache_host(prepared.version, prepared.adapter)
+            return prepared.adapter
 
     def unload_adapter(self, adapter_id: str) -> None:
         """Forget the id. Its version's slot is freed now, or at its last release if sequences use it."""
@@ -369,7 +389,8 @@ class AdapterManager:
         else:
             adapter = LoRAAdapter.from_files(version.files, self.model_config)
         self._check_servable(adapter_id, adapter)
-        self._counts["host_loads"] += 1
+        with self._lock:
+            self._counts["host_loads"] += 1
         return adapter
 
     def _cache_host(self, key: str, adapter: LoRAAdapter) -> None:
