@@ -4,10 +4,7 @@ the typed calls against a real `fireplace serve`."""
 from __future__ import annotations
 
 import email.utils
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,52 +12,7 @@ from fireplace import errors
 from fireplace.client import ConnectionFailed, Fireplace
 from fireplace.client.inference import iter_sse
 from fireplace.client.transport import retry_after_seconds
-
-
-class Scripted:
-    """An HTTP server answering each request with the next (status, headers, body) of a script."""
-
-    def __init__(self, script: list[tuple[int, dict, object]]):
-        self.script, self.requests = list(script), []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self):
-                length = int(self.headers.get("content-length") or 0)
-                outer.requests.append((self.command, self.path, dict(self.headers), self.rfile.read(length)))
-                status, headers, body = outer.script.pop(0)
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                for k, v in {"content-type": "application/json", **headers}.items():
-                    self.send_header(k, v)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def scripted():
-    servers = []
-
-    def make(*script):
-        servers.append(Scripted(list(script)))
-        return servers[-1]
-    yield make
-    for s in servers:
-        s.close()
+from tests.cli.scripted import scripted  # noqa: F401  (fixture)
 
 
 def client(url: str, slept: list | None = None, **kw) -> Fireplace:

@@ -67,8 +67,6 @@ app.command("train", hidden=True)(_train.train)
 # Process commands are registered here, one line each.
 
 grammar.install(app)
-from fireplace.cli import train as _train  # noqa: E402
-app.command("train", hidden=True)(_train.train)
 
 if __name__ == "__main__":
     app()

@@ -128,7 +128,7 @@ class Printer:
             return
         table = Table(title=None, header_style="bold", box=None, pad_edge=False)
         for column in kind.columns:
-            table.add_column(column.header, no_wrap=not column.wrap, overflow="fold")
+            table.add_column(column.header, no_wrap=not column.wrap, overflow="fold", min_width=len(column.header))
         for resource in resources:
             cells = []
             for column in kind.columns:

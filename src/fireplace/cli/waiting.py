@@ -15,9 +15,10 @@ POLL_SECONDS = 1.0
 
 
 def wait_for(fetch: Callable[[], dict], *, done: set[str], failed: set[str], timeout: float,
-             describe: Callable[[dict, float], str], what: str, poll: float = POLL_SECONDS) -> dict:
+             describe: Callable[[dict], str], what: str, poll: float = POLL_SECONDS) -> dict:
     """Returns the resource once its `state` is in `done`; WaitFailed on a failed state or timeout.
-    `describe(resource, elapsed_seconds)` is the status line."""
+    `describe(resource)` is the status line (the time waited so far is added to it); off a
+    terminal a line is printed only when it changes."""
     start = time.monotonic()
     live = Live(console=stderr(), transient=False, auto_refresh=False) if is_terminal() else None
     last_line = None
@@ -27,11 +28,11 @@ def wait_for(fetch: Callable[[], dict], *, done: set[str], failed: set[str], tim
         while True:
             resource = fetch()
             elapsed = time.monotonic() - start
-            line = describe(resource, elapsed)
+            line = describe(resource)
             if live:
-                live.update(Text(line), refresh=True)
+                live.update(Text(f"{line}  ({elapsed:.0f}s)"), refresh=True)
             elif line != last_line:
-                note(line)
+                note(f"{line}  ({elapsed:.0f}s)")
             last_line = line
             state = resource.get("state", "")
             if state in done:

@@ -194,6 +194,11 @@ class SftJobs(_Collection):
         """Per-step metrics (`GET .../supervisedFineTuningJobs/{j}/metrics`, paged)."""
         return self.fp.iter_list(self._path(ref, "/metrics"), "metrics", **query)
 
+    def latest_metrics(self, ref: str) -> Resource | None:
+        """The metrics of the job's last step so far (None before the first)."""
+        page = self.fp.list_page(self._path(ref, "/metrics"), order_by="step desc", page_size=1)
+        return next(iter(page.get("metrics") or []), None)
+
     def events(self, ref: str, **query: Any) -> Iterator[Resource]:
         return self.fp.iter_list(self._path(ref, "/events"), "events", **query)
 

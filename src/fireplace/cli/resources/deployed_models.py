@@ -21,8 +21,8 @@ Deployment = Annotated[str, typer.Option("--deployment", "-d", help="Deployment 
 DONE, FAILED = {"DEPLOYED"}, {"UNDEPLOYING"}
 
 
-def _describe(dm: dict, elapsed: float) -> str:
-    return f"{short_id(dm.get('model'))} on {short_id(dm.get('deployment'))}: {dm.get('state')}  {elapsed:.0f}s"
+def _describe(dm: dict) -> str:
+    return f"{short_id(dm.get('model'))} on {short_id(dm.get('deployment'))}: {dm.get('state')}"
 
 
 @top("load-lora", "fireplace load-lora my-lora --deployment chat --wait\n"

@@ -43,10 +43,10 @@ def _fields(display_name, description, min_replicas, max_replicas, up, down, to_
     return fields
 
 
-def _describe(d: dict, elapsed: float) -> str:
+def _describe(d: dict) -> str:
     stats = d.get("replicaStats") or {}
     return (f"{short_id(d.get('name'))}: {d.get('state')}  replicas {d.get('replicaCount', 0)}/"
-            f"{d.get('desiredReplicaCount', 0)} (ready {stats.get('readyReplicaCount', 0)})  {elapsed:.0f}s")
+            f"{d.get('desiredReplicaCount', 0)} (ready {stats.get('readyReplicaCount', 0)})")
 
 
 @verb("create", "deployment",

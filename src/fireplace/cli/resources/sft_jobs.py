@@ -2,8 +2,10 @@
 the per-step table or a terminal chart), list, delete, cancel, resume."""
 from __future__ import annotations
 
+import re
 import time
-from typing import Annotated, Optional
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -34,11 +36,14 @@ class ProgressLine:
     """'RUNNING 42%  epoch 1/3  step 120/400  loss 1.234  ETA 2m10s' from jobProgress; the ETA is
     the job's own when it gives one, else extrapolated from the percent done while RUNNING."""
 
-    def __init__(self) -> None:
+    def __init__(self, latest_metrics: Callable[[], dict | None] = lambda: None) -> None:
+        self.latest_metrics = latest_metrics
+        self.loss: tuple[object, float | None] = (None, None)   # (step, its train loss)
         self.running_since: float | None = None
         self.start_percent = 0.0
+        self.estimate: tuple[float, float] | None = None    # (percent, ETA) while the percent stays
 
-    def __call__(self, job: dict, elapsed: float) -> str:
+    def __call__(self, job: dict) -> str:
         p = job.get("jobProgress") or {}
         st = (job.get("state") or "").removeprefix("JOB_STATE_")
         percent = float(p.get("percent") or 0)
@@ -49,7 +54,12 @@ class ProgressLine:
         step, steps = _first(p, "step", "currentStep"), _first(p, "totalSteps", "steps")
         if step is not None:
             parts.append(f"step {step}" + (f"/{steps}" if steps else ""))
-        loss = _first(p, "loss", "trainLoss", "train_loss")
+        loss = _first(p, "loss", "trainLoss")
+        if loss is None and step:
+            if self.loss[0] != step:   # one metrics read per new step
+                last = self.latest_metrics() or {}
+                self.loss = (step, _first(last, "trainLoss", "loss"))
+            loss = self.loss[1]
         if loss is not None:
             parts.append(f"loss {float(loss):.4f}")
         eta = _first(p, "etaSeconds", "remainingSeconds", "estimatedRemainingSeconds")
@@ -58,11 +68,13 @@ class ProgressLine:
             if self.running_since is None:
                 self.running_since, self.start_percent = now, percent
             done = percent - self.start_percent
-            if done > 0:
+            if self.estimate and self.estimate[0] == percent:
+                eta = self.estimate[1]
+            elif done > 0:
                 eta = (now - self.running_since) * (100 - percent) / done
+                self.estimate = (percent, eta)
         if eta is not None and st == "RUNNING":
             parts.append(f"ETA {_clock(float(eta))}")
-        parts.append(f"({elapsed:.0f}s)")
         return "  ".join(parts)
 
 
@@ -107,7 +119,8 @@ def create_sftj(
     job = s.client.sft_jobs.create(fields, job_id=job_id)
     if wait:
         job = wait_for(lambda: s.client.sft_jobs.get(job["name"]), done=DONE, failed=FAILED, timeout=timeout,
-                       describe=ProgressLine(), what=job["name"], poll=2.0)
+                       describe=ProgressLine(lambda: s.client.sft_jobs.latest_metrics(job["name"])),
+                       what=job["name"], poll=2.0)
     s.printer.one(job, SFTJ)
 
 
@@ -146,7 +159,18 @@ def get_sftj(job: JobRef,
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
-    s.printer.many(rows, Kind("Metrics", tuple(Column(k.upper(), k) for k in keys)))
+    s.printer.many(rows, Kind("Metrics", tuple(_metric_column(k) for k in keys)))
+
+
+def _metric_column(key: str) -> Column:
+    """'trainLoss' -> TRAIN LOSS, floats to 4 significant digits, times as '5m ago'."""
+    header = re.sub(r"(?<!^)(?=[A-Z])", " ", key).upper()
+    if key.endswith("Time"):
+        return when(key, header)
+
+    def show(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return Column(header, key, show)
 
 
 @verb("list", "sftj", "fireplace list sftjs\nfireplace list sftjs --filter 'state=\"JOB_STATE_RUNNING\"'")
