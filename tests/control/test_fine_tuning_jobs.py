@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from fireplace.control.fine_tuning import states
 from fireplace.errors import FailedPrecondition
-from tests.conftest import http, new_account, sdk, user_key
+from tests.conftest import BACKENDS, http, new_account, sdk, start_server, stop_server, user_key
 from tests.control.helpers_resources import (expect_error, ready_addon, ready_base_model, ready_dataset,
                                              uploading_dataset)
 
@@ -88,6 +88,15 @@ def test_state_table_shape():
 # ---- the API ----
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, tmp_path_factory):
+    """A server without the controller: jobs stay in the state the API put them in (the
+    runtime — validation, workers, crashes — is tested in tests/training)."""
+    srv = start_server(tmp_path_factory, request.param, extra_env={"FIREPLACE_WORKERS_ENABLED": "false"})
+    yield srv
+    stop_server(srv)
+
+
 @pytest.fixture(scope="module")
 def base(server) -> str:
     return ready_base_model(server)
@@ -109,14 +118,14 @@ def test_create_defaults_get_list_cancel_resume_delete(server, admin, base, data
     job = admin.supervised_fine_tuning_jobs.create(dataset=dataset, base_model=base, display_name="first")
     job_id = _id(job.name)
     assert UUID_LIKE.match(job_id) and job.name == f"accounts/{server.account_id}/supervisedFineTuningJobs/{job_id}"
-    assert job.state == "JOB_STATE_PENDING" and job.status.code == "OK" and job.completed_time is None
+    assert job.state == "JOB_STATE_CREATING" and job.status.code == "OK" and job.completed_time is None
     assert (job.dataset, job.base_model, job.warm_start_from) == (dataset, base, None)
     assert job.output_model == f"accounts/{server.account_id}/models/{job_id}"
     assert (job.epochs, job.learning_rate, job.lora_rank, job.max_context_length) == (1, 1e-4, 8, 8192)
     assert job.job_progress.percent == 0
     assert admin.supervised_fine_tuning_jobs.get(job_id).model_dump() == job.model_dump()
     assert admin.supervised_fine_tuning_jobs.get(job.name).name == job.name
-    listed = admin.supervised_fine_tuning_jobs.list(filter='state="JOB_STATE_PENDING" AND display_name="first"')
+    listed = admin.supervised_fine_tuning_jobs.list(filter='state="JOB_STATE_CREATING" AND display_name="first"')
     assert job.name in [j.name for j in listed]
 
     admin.supervised_fine_tuning_jobs.cancel(job_id, body={})
@@ -125,8 +134,9 @@ def test_create_defaults_get_list_cancel_resume_delete(server, admin, base, data
     err = expect_error(400, 9, admin.supervised_fine_tuning_jobs.cancel, job_id, body={})
     assert "JOB_STATE_CANCELLED" in err.body["message"]
     resumed = admin.supervised_fine_tuning_jobs.resume(job_id, body={})
-    assert resumed.state == "JOB_STATE_PENDING" and resumed.completed_time is None
-    expect_error(400, 9, admin.supervised_fine_tuning_jobs.resume, job_id, body={})  # PENDING is not resumable
+    # never validated, so it validates again before it waits for a worker
+    assert resumed.state == "JOB_STATE_VALIDATING" and resumed.completed_time is None
+    expect_error(400, 9, admin.supervised_fine_tuning_jobs.resume, job_id, body={})  # VALIDATING is not resumable
     admin.supervised_fine_tuning_jobs.delete(job_id)
     expect_error(404, 5, admin.supervised_fine_tuning_jobs.get, job_id)
 
@@ -193,7 +203,7 @@ def test_concurrent_jobs_quota(server, admin):
     client.supervised_fine_tuning_jobs.cancel(_id(first.name), body={})  # a cancelled job frees its slot
     second = client.supervised_fine_tuning_jobs.create(dataset=dataset, base_model=base)
     expect_error(429, 8, client.supervised_fine_tuning_jobs.resume, _id(first.name), body={})
-    assert second.state == "JOB_STATE_PENDING"
+    assert second.state == "JOB_STATE_CREATING"
 
 
 def test_isolation_and_roles(server, admin, base, dataset):

@@ -81,8 +81,8 @@ def get_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep
 
 
 @router.delete(ITEM, response_model=Empty,
-               summary="Delete a job that is PENDING, PAUSED or finished (cancel a running one first), with its "
-                       "checkpoints, metrics and events; its output model stays")
+               summary="Delete a job no worker runs for (not RUNNING, WRITING_RESULTS or CANCELLING: cancel it "
+                       "first), with its checkpoints, metrics and events; its output model stays")
 def delete_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep, request: Request):
     service.delete_job(session, caller, account_id, job_id, blobs=request.app.state.blobs)
     return {}

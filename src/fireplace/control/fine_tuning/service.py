@@ -11,7 +11,7 @@ the controller (orchestration/jobs.py) takes it through VALIDATING and PENDING t
   - the concurrent-fine-tuning-jobs quota.
 State changes follow fine_tuning/states.py. Delete removes the row (the output model, if any,
 stays), with its events, metrics, checkpoints and encoded examples; only jobs with nothing
-running may be deleted: PENDING, PAUSED or finished.
+running may be deleted: CREATING, VALIDATING, PENDING, PAUSED or finished.
 """
 from __future__ import annotations
 

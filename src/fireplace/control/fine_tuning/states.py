@@ -8,7 +8,7 @@
     FAILED | CANCELLED | PAUSED --resume--> PENDING (VALIDATING when validation never finished)
 
 Terminal: COMPLETED, EARLY_STOPPED, EXPIRED (no exits); FAILED and CANCELLED only resume.
-A job is deletable when nothing runs for it: PENDING, PAUSED or a final state.
+A job is deletable when no worker runs for it: CREATING, VALIDATING, PENDING, PAUSED or final.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ STATES = frozenset(TRANSITIONS)
 FINAL = frozenset({COMPLETED, EARLY_STOPPED, EXPIRED, FAILED, CANCELLED})  # nothing runs; completedTime set
 # Counted by the concurrent-fine-tuning-jobs quota: the job holds (or waits for) a worker.
 ACTIVE = frozenset({CREATING, VALIDATING, PENDING, RUNNING, RE_QUEUEING, WRITING_RESULTS, CANCELLING})
-DELETABLE = FINAL | {PENDING, PAUSED}
+DELETABLE = FINAL | {CREATING, VALIDATING, PENDING, PAUSED}
 
 # User verbs: the state each verb moves a job to, from each state it is legal in.
 CANCEL = {CREATING: CANCELLED, VALIDATING: CANCELLED, PENDING: CANCELLED, PAUSED: CANCELLED,
