@@ -36,6 +36,7 @@ class Account(Wire):
     status: Status = Field(default_factory=Status)
     create_time: str | None = None
     update_time: str | None = None
+    etag: str | None = None
     # Open sign-up only (Fireplace extension): the new admin's API key, shown this once.
     admin_api_key: "SignupKey | None" = None
 
@@ -43,7 +44,8 @@ class Account(Wire):
     def of(cls, row: AccountRow) -> "Account":
         return cls(name=f"accounts/{row.account_id}", email=row.email, display_name=row.display_name,
                    account_type=row.account_type, state=row.state, suspend_state=row.suspend_state,
-                   create_time=rfc3339(row.create_time), update_time=rfc3339(row.update_time))
+                   create_time=rfc3339(row.create_time), update_time=rfc3339(row.update_time),
+                   etag=str(row.etag))
 
 
 class SignupKey(Wire):

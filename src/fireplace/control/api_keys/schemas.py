@@ -21,12 +21,14 @@ class ApiKey(Wire):
     expire_time: str | None = None
     secure: bool = True                  # the server never knows a plaintext key after creation
     status: Status = Field(default_factory=Status)
+    etag: str | None = None
 
     @classmethod
     def of(cls, row: ApiKeyRow, *, email: str = "", secret: str | None = None) -> "ApiKey":
         return cls(name=f"accounts/{row.account_id}/users/{row.user_id}/apiKeys/{row.key_id}",
                    key_id=row.key_id, display_name=row.display_name, key=secret, prefix=row.prefix,
-                   email=email, create_time=rfc3339(row.create_time), expire_time=rfc3339(row.expire_time))
+                   email=email, create_time=rfc3339(row.create_time), expire_time=rfc3339(row.expire_time),
+                   etag=str(row.etag))
 
 
 class ApiKeySpec(Wire):
