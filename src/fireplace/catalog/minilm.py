@@ -11,7 +11,9 @@ fireplace.serving.embeddings.Embedder reads; it also reads `1_Pooling/config.jso
 atomic (temp dir + rename) and idempotent, like the SmolLM2 conversion.
 
 Catalog: register the flat directory as accounts/fireplace/models/all-minilm-l6-v2 with kind
-EMBEDDING_MODEL (Fireworks' Model.kind for embedding models).
+EMBEDDING_MODEL (Fireworks' Model.kind for embedding models):
+    register_local_model(session, blobs, PUBLIC_ACCOUNT_ID, MINILM_MODEL_ID, ensure_minilm(),
+                         **MINILM_REGISTRATION)
 """
 from __future__ import annotations
 
@@ -23,12 +25,16 @@ from pathlib import Path
 
 from fireplace.catalog.smollm2 import default_model_cache
 
-__all__ = ["MINILM_DISPLAY_NAME", "MINILM_KIND", "MINILM_MODEL_ID", "ensure_minilm", "find_minilm_package_dir"]
+__all__ = ["MINILM_KIND", "MINILM_MODEL_ID", "MINILM_REGISTRATION", "ensure_minilm", "find_minilm_package_dir"]
 
 MINILM_MODEL_ID = "all-minilm-l6-v2"
 MINILM_KIND = "EMBEDDING_MODEL"
 MINILM_DISPLAY_NAME = "all-MiniLM-L6-v2"
 MINILM_DESCRIPTION = "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0): 384-dim normalized sentence embeddings"
+MAX_INPUT_TOKENS = 256  # sentence_bert_config.json's max_seq_length (config.json's 512 is the position table)
+# keyword arguments of control.models.registry.register_local_model for the catalog entry
+MINILM_REGISTRATION = {"kind": MINILM_KIND, "display_name": MINILM_DISPLAY_NAME, "description": MINILM_DESCRIPTION,
+                       "context_length": MAX_INPUT_TOKENS, "public": True}
 POOLING_CONFIG = "pooling_config.json"
 _MARKER = "fireplace-flattened"
 _REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "modules.json", "sentence_bert_config.json")
