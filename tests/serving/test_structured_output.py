@@ -20,7 +20,7 @@ from fireplace.engine.engine_config import EngineConfig
 from fireplace.engine.errors import InvalidRequestError
 from fireplace.engine.llm_engine import LLMEngine
 from fireplace.engine.sampling_params import SamplingParams
-from fireplace.serving.structured_output import MAX_SCHEMA_BYTES, make_structured_processor
+from fireplace.serving.structured_output import MAX_SCHEMA_BYTES, check_response_format, make_structured_processor
 
 MAX_TOKENS = 160
 
@@ -179,6 +179,8 @@ def test_bad_response_format_is_an_invalid_request(engine, response_format, frag
 def test_text_is_no_constraint_and_conflicting_params_are_refused(engine):
     assert processor_for(engine, {"type": "text"}) is None
     assert processor_for(engine, None) is None
+    assert check_response_format({"type": "json_object"}) == ({"type": "object"}, "json_object")
+    assert check_response_format(schema_format("w", WEATHER))[0] == WEATHER
     factory = processor_for(engine, {"type": "json_object"})
     SamplingParams(logits_processor=factory).validate()
     for bad, param in (({"ignore_eos": True}, "ignore_eos"), ({"min_tokens": 3}, "min_tokens")):

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from fireplace.engine.async_engine import AsyncEngine
 from fireplace.engine.errors import InvalidRequestError
 from fireplace.engine.outputs import RequestOutput
-from fireplace.errors import FireplaceError, Internal, InvalidArgument, ResourceExhausted
+from fireplace.errors import FireplaceError, Internal, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from fireplace.serving import responses as r
 from fireplace.serving.protocol import ChatRequest, GenerationOptions
 from fireplace.serving.openai_errors import openai_error_body
@@ -33,9 +33,12 @@ def sse(obj: dict) -> bytes:
 def engine_error(exc: Exception) -> FireplaceError:
     """Engine exceptions -> the platform's error hierarchy (the edge renders them)."""
     from fireplace.engine import errors as engine_errors
-    overloaded = getattr(engine_errors, "EngineOverloadedError", None)
-    if overloaded is not None and isinstance(exc, overloaded):
+    if isinstance(exc, engine_errors.EngineOverloadedError):
         return ResourceExhausted(str(exc), headers={"Retry-After": "1"})
+    if isinstance(exc, (engine_errors.EngineDeadError, engine_errors.DeadlineExceededError)):
+        return Unavailable(str(exc), headers={"Retry-After": "1"})
+    if isinstance(exc, engine_errors.AdapterUnavailableError):
+        return NotFound(exc.message, param="model")
     if isinstance(exc, InvalidRequestError):
         return InvalidArgument(exc.message, param=exc.param)
     if isinstance(exc, FireplaceError):
@@ -95,7 +98,8 @@ class GenerationService:
             async for out in self.engine.generate(prompt_ids, params, adapter_id=adapter_id,
                                                   truncate_prompt=truncate):
                 if out.error:
-                    raise InvalidArgument(f"request rejected: {out.error}")
+                    exc = getattr(out, "exception", None)
+                    raise engine_error(exc) if exc is not None else InvalidArgument(f"request rejected: {out.error}")
                 yield out
         except FireplaceError:
             raise

@@ -93,7 +93,7 @@ class ReplicaRuntime:
         if self.engine is None or not self.config.enable_lora:
             raise InvalidArgument("this replica serves no LoRA addons (enableAddons is off)")
         files = await asyncio.to_thread(model_files.adapter_files, self.blobs, name)
-        await self.engine.call(lambda e: e.load_adapter(name, files))
+        await self.engine.load_adapter(name, files)  # parsed off the engine thread
         self.adapters.add(name)
 
     async def unload_adapter(self, name: str) -> None:

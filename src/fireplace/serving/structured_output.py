@@ -1,7 +1,10 @@
 """Structured output: OpenAI's `response_format` compiled to a per-sample token mask (xgrammar).
 
-    factory = make_structured_processor(response_format, tokenizer, vocab_size=engine.model_config.vocab_size)
-    params = SamplingParams(..., logits_processor=factory)    # None for {"type": "text"}
+    factory = make_structured_processor(response_format, engine.tokenizer,        # in the replica
+                                        vocab_size=engine.model_config.vocab_size,
+                                        eos_token_ids=engine.eos_token_ids)
+    params = SamplingParams(..., logits_processor=factory)    # factory is None for {"type": "text"}
+    check_response_format(response_format)                    # anywhere (gateway): 400s early
 
 Accepted `response_format` values (anything else is an InvalidRequestError, param "response_format"):
     {"type": "text"}                                 no constraint (returns None)
@@ -38,7 +41,8 @@ import torch
 from fireplace.engine.errors import InvalidRequestError
 from fireplace.engine.logits_processors import LogitsProcessor, allow_only, bitmask_words
 
-__all__ = ["MAX_SCHEMA_BYTES", "GrammarProcessor", "StructuredOutputFactory", "make_structured_processor"]
+__all__ = ["MAX_SCHEMA_BYTES", "GrammarProcessor", "StructuredOutputFactory", "check_response_format",
+           "make_structured_processor"]
 
 MAX_SCHEMA_BYTES = 64 << 10
 SEPARATORS = (", ", ": ")
@@ -117,7 +121,7 @@ def make_structured_processor(response_format: Any, tokenizer, *, vocab_size: in
     tokenizer's EOS. Raises InvalidRequestError(param="response_format") for a bad value.
     Compiling takes milliseconds (cached per schema); run it off the event loop if schemas are big.
     """
-    schema, description = _schema_of(response_format)
+    schema, description = check_response_format(response_format)
     if schema is None:
         return None
     info, compiler = _compiler_for(tokenizer, vocab_size or len(tokenizer))
@@ -133,8 +137,9 @@ def make_structured_processor(response_format: Any, tokenizer, *, vocab_size: in
     return StructuredOutputFactory(compiled, stop, info.vocab_size, description)
 
 
-def _schema_of(response_format: Any) -> tuple[dict | None, str]:
-    """-> (JSON schema to enforce or None for text, a short description)."""
+def check_response_format(response_format: Any) -> tuple[dict | None, str]:
+    """-> (JSON schema to enforce or None for text, a short description); InvalidRequestError
+    for a bad value. Needs no tokenizer: a gateway can call it to answer 400 early."""
     if response_format is None:
         return None, "text"
     if not isinstance(response_format, dict):
