@@ -27,7 +27,12 @@ def route_exists(server: Server, path: str, method: str = "POST") -> bool:
 
 def start_serving_server(tmp_path_factory) -> Server:
     srv = Server(home=tmp_path_factory.mktemp("fp-serving"), backend="sqlite", api_key=ADMIN_KEY,
-                 extra_env={"FIREPLACE_IMPORT_CATALOG": "true"}).start(timeout=START_TIMEOUT_S)
+                 extra_env={"FIREPLACE_IMPORT_CATALOG": "true"})
+    try:
+        srv.start(timeout=START_TIMEOUT_S)
+    except BaseException:
+        srv.stop()   # a server that never became ready must not outlive the test
+        raise
     if not route_exists(srv, "/v1/chat/completions"):
         srv.stop()
         pytest.skip("POST /v1/chat/completions is not served yet (serving not in this tree)")

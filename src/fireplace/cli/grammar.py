@@ -49,7 +49,7 @@ def _app(table: dict[str, typer.Typer], name: str, help_text: str) -> typer.Type
     return table[name]
 
 
-def _epilog(example: str) -> str:
+def examples(example: str) -> str:
     lines = [line.strip() for line in example.strip().splitlines() if line.strip()]
     return "Examples:\n\n" + "\n\n".join(f"  $ {line}" for line in lines)
 
@@ -58,7 +58,7 @@ def verb(verb_name: str, noun: str, example: str) -> Callable[[Callable[..., Any
     """Register `fn` as `VERB NOUN` and `NOUN VERB` (and the noun's aliases, hidden)."""
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         wrapped = command(fn)
-        epilog = _epilog(example)
+        epilog = examples(example)
         noun_help, aliases = NOUNS[noun]
         by_verb = _app(_verb_apps, verb_name, VERBS[verb_name])
         by_verb.command(noun, epilog=epilog)(wrapped)
@@ -72,7 +72,7 @@ def verb(verb_name: str, noun: str, example: str) -> Callable[[Callable[..., Any
 def top(name: str, example: str, help_text: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A command without a noun: `fireplace NAME ...`."""
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _top.append((name, command(fn), _epilog(example), help_text))
+        _top.append((name, command(fn), examples(example), help_text))
         return fn
     return register
 

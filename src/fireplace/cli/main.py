@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from fireplace.cli import exit_codes, grammar
+from fireplace.cli import grammar
 from fireplace.cli.session import GLOBAL_PARAMS, Options, set_root_options
 
 EPILOG = ("Connection: --base-url / FIREPLACE_BASE_URL (default http://localhost:8000), --api-key / "
@@ -20,8 +20,8 @@ EPILOG = ("Connection: --base-url / FIREPLACE_BASE_URL (default http://localhost
           "timed out, 130 interrupted.\n\n"
           "Examples:\n\n  $ fireplace list models --account fireplace\n\n"
           "  $ fireplace create dataset chats ./train.jsonl\n\n  $ fireplace deployment create my-base --wait")
+# Exit statuses: fireplace.cli.exit_codes.
 app = typer.Typer(help="Fireplace: a self-hosted LLM platform.", no_args_is_help=True, epilog=EPILOG)
-_ = exit_codes  # documented above; raised through fireplace.cli.session
 
 
 def _main(ctx: typer.Context, **options) -> None:
@@ -36,7 +36,8 @@ _main.__annotations__ = {"ctx": typer.Context, **{p.name: p.annotation for p in 
 app.callback()(_main)
 
 
-@app.command()
+@app.command(epilog=grammar.examples("fireplace serve\nfireplace serve --port 9000 --data-dir /srv/fireplace "
+                                     "--allow-signup"))
 def serve(
     host: Optional[str] = typer.Option(None, help="Bind address (FIREPLACE_HOST, default 127.0.0.1)."),
     port: Optional[int] = typer.Option(None, help="Port (FIREPLACE_PORT, default 8000)."),
@@ -58,14 +59,14 @@ def serve(
                 access_log=False, timeout_graceful_shutdown=10)
 
 
+# Process commands (hidden: the controller starts them), registered here one line each.
 from fireplace.cli import replica as _replica  # noqa: E402
 
 app.command("replica", hidden=True)(_replica.replica)
 from fireplace.cli import train as _train  # noqa: E402
 app.command("train", hidden=True)(_train.train)
 
-# Process commands are registered here, one line each.
-
+# The resource verbs, chat, complete, login ... (fireplace.cli.grammar).
 grammar.install(app)
 
 if __name__ == "__main__":

@@ -45,3 +45,11 @@ def usage() -> None:
         return
     rows = [{"name": key, "quotaId": key, "usage": value} for key, value in sorted((answer.get("usage") or {}).items())]
     s.printer.many(rows, Kind("Usage", (Column("QUOTA", "quotaId"), Column("USAGE", "usage"))))
+    # Metered breakdowns the server may add (e.g. per model and day): any list of records.
+    for key, value in answer.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            keys: list[str] = []
+            for row in value:
+                keys += [k for k in row if k not in keys]
+            typer.echo(f"\n{key}:")
+            s.printer.many(value, Kind(key, tuple(Column(k, k) for k in keys)))
