@@ -10,8 +10,6 @@ no replica is ready.
 """
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, FastAPI, Request
 from sqlalchemy.orm import Session
 
@@ -22,6 +20,7 @@ from fireplace.gateway.models_list import list_models
 from fireplace.gateway.proxy import Proxy
 from fireplace.gateway.replica_pool import ReplicaPool
 from fireplace.gateway.routing import Route, resolve
+from fireplace.serving.protocol import parse_json_object
 
 INFERENCE_PREFIXES = ("/v1", "/inference/v1")
 INFERENCE_PATHS = ("/chat/completions", "/completions", "/embeddings", "/models")
@@ -43,12 +42,7 @@ class Gateway:
 
 
 def _body(raw: bytes) -> dict:
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument("request body must be a JSON object")
+    body = parse_json_object(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidArgument("model: is required (e.g. accounts/fireplace/models/smollm2-135m-instruct)",

@@ -48,6 +48,30 @@ def engine_error(exc: Exception) -> FireplaceError:
     return Internal(f"engine failed: {type(exc).__name__}: {exc}")
 
 
+class _Accounting:
+    """Prompt/cached tokens (counted once per prompt) and timings of one OpenAI request."""
+
+    def __init__(self):
+        self.num_prompt = self.num_cached = self.num_completion = 0
+        self.arrival, self.first = time.monotonic(), None
+        self._seen: set[int] = set()
+
+    def see(self, i: int, out: RequestOutput) -> None:
+        if i not in self._seen:
+            self._seen.add(i)
+            self.num_prompt += len(out.prompt_token_ids)
+            self.num_cached += out.num_cached_tokens
+        self.first = self.first or time.monotonic()
+        self.num_completion += sum(len(o.token_ids) for o in out.outputs)
+
+    def usage(self) -> dict:
+        return r.usage(self.num_prompt, self.num_completion, self.num_cached)
+
+    def perf_metrics(self) -> dict:
+        return r.perf_metrics(self.arrival, self.first, time.monotonic(), self.num_prompt, self.num_completion,
+                              self.num_cached)
+
+
 class GenerationService:
     def __init__(self, engine: AsyncEngine, *, structured_output=None):
         self.engine = engine
@@ -144,19 +168,13 @@ class GenerationService:
         prompts = [self._truncate(p, options) for p in prompts]
         n = params.n
         choices = [r.ChoiceState(index=i) for i in range(len(prompts) * n)]
-        num_prompt = num_cached = 0
-        seen_prompt: set[int] = set()
-        arrival, first = time.monotonic(), None
+        acct = _Accounting()
         self.num_outstanding += 1
         try:
             async for i, out in self._merged(prompts, params, adapter_id, options.truncate):
-                if i not in seen_prompt:
-                    seen_prompt.add(i)
-                    num_prompt += len(out.prompt_token_ids)
-                    num_cached += out.num_cached_tokens
+                acct.see(i, out)
                 for o in out.outputs:
                     c = choices[i * n + o.index]
-                    first = first or time.monotonic()
                     c.text += o.text
                     c.token_ids += o.token_ids
                     if o.logprobs:
@@ -164,17 +182,15 @@ class GenerationService:
                     c.finish_reason = o.finish_reason or c.finish_reason
         finally:
             self.num_outstanding -= 1
-        num_completion = sum(len(c.token_ids) for c in choices)
         extra: dict = {}
         if options.perf_metrics:
-            extra["perf_metrics"] = r.perf_metrics(arrival, first, time.monotonic(), num_prompt, num_completion,
-                                                   num_cached)
+            extra["perf_metrics"] = acct.perf_metrics()
         if options.return_token_ids:
             extra["return_token_ids"] = True
             extra["prompt_token_ids"] = prompts if len(prompts) > 1 else prompts[0]
         build = r.chat_completion if chat else r.text_completion
         return build(r.new_id("chatcmpl" if chat else "cmpl"), model, choices, tokenizer=self.tokenizer,
-                     num_top=options.logprobs, usage_obj=r.usage(num_prompt, num_completion, num_cached), extra=extra)
+                     num_top=options.logprobs, usage_obj=acct.usage(), extra=extra)
 
     async def stream(self, kind: str, prompts: list[list[int]], options: GenerationOptions, *, model: str,
                      adapter_id: str | None) -> AsyncIterator[bytes]:
@@ -188,20 +204,13 @@ class GenerationService:
         request_id, created, n = r.new_id("chatcmpl" if chat else "cmpl"), int(time.time()), params.n
         started: set[int] = set()
         offsets: dict[int, int] = {}
-        num_prompt = num_cached = num_completion = 0
-        seen_prompt: set[int] = set()
-        arrival, first = time.monotonic(), None
+        acct = _Accounting()
         self.num_outstanding += 1
         try:
             async for i, out in self._merged(prompts, params, adapter_id, options.truncate):
-                if i not in seen_prompt:
-                    seen_prompt.add(i)
-                    num_prompt += len(out.prompt_token_ids)
-                    num_cached += out.num_cached_tokens
+                acct.see(i, out)
                 for o in out.outputs:
                     index = i * n + o.index
-                    first = first or time.monotonic()
-                    num_completion += len(o.token_ids)
                     if chat and index not in started:
                         started.add(index)
                         yield sse(r.chat_chunk(request_id, model, created, index, {"role": "assistant", "content": ""}))
@@ -226,10 +235,9 @@ class GenerationService:
                         yield sse(chunk)
             if options.include_usage or options.perf_metrics:
                 obj = "chat.completion.chunk" if chat else "text_completion"
-                chunk = r.usage_chunk(request_id, model, created, obj, r.usage(num_prompt, num_completion, num_cached))
+                chunk = r.usage_chunk(request_id, model, created, obj, acct.usage())
                 if options.perf_metrics:
-                    chunk["perf_metrics"] = r.perf_metrics(arrival, first, time.monotonic(), num_prompt,
-                                                           num_completion, num_cached)
+                    chunk["perf_metrics"] = acct.perf_metrics()
                 yield sse(chunk)
         except FireplaceError as exc:  # after the first byte an error can only be an event
             yield sse(openai_error_body(exc.http_status, exc.message, param=exc.param))

@@ -167,6 +167,18 @@ class CompletionRequest:
     options: GenerationOptions
 
 
+def parse_json_object(raw: bytes) -> dict:
+    """A request body that must be one JSON object (gateway and replica alike)."""
+    import json
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    return body
+
+
 def parse_model(body: dict) -> str:
     model = _get(body, "model", str, None)
     if not model:

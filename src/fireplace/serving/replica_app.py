@@ -27,7 +27,7 @@ from fireplace.errors import FireplaceError, InvalidArgument, NotFound, Unavaila
 from fireplace.serving import model_files
 from fireplace.serving.disconnect import until_disconnect
 from fireplace.serving.openai_errors import openai_error_response
-from fireplace.serving.protocol import parse_chat, parse_completion
+from fireplace.serving.protocol import parse_chat, parse_completion, parse_json_object
 from fireplace.serving.replica_headers import ADAPTER_HEADER, SECRET_HEADER
 from fireplace.serving.replica_config import ReplicaConfig
 
@@ -167,14 +167,7 @@ def create_replica_app(config: ReplicaConfig, secret: str) -> FastAPI:
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
             raise InvalidArgument("request body too large")
-        import json
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise InvalidArgument("request body must be a JSON object")
-        return body
+        return parse_json_object(raw)
 
     @app.get("/internal/health")
     async def health():
