@@ -1,9 +1,16 @@
-"""The OpenAI-compatible gateway against a real `fireplace serve` and a real replica process
-serving the bundled SmolLM2 (its public serverless deployment), through the official
-`openai` and `fireworks-ai` SDKs, on SQLite and PostgreSQL."""
+"""The OpenAI-compatible gateway against a real `fireplace serve` and real replica processes
+serving the bundled SmolLM2 and all-MiniLM-L6-v2 (their public serverless deployments), through
+the official `openai` and `fireworks-ai` SDKs, on SQLite and PostgreSQL: chat, completions,
+streaming, structured output, embeddings, errors."""
 from __future__ import annotations
 
+import base64
+import json
+import math
+import struct
+
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -125,3 +132,43 @@ def test_context_length_behaviour(client):
     out = client.completions.create(model=SMOL, prompt=long_prompt, max_tokens=4, temperature=0,
                                     extra_body={"prompt_truncate_len": 64})
     assert out.usage.prompt_tokens == 64
+
+
+MINILM = "accounts/fireplace/models/all-minilm-l6-v2"
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 150}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def test_json_schema_output_validates(client):
+    out = client.chat.completions.create(
+        model=SMOL, temperature=0, max_tokens=60,
+        messages=[{"role": "user", "content": "Describe a person called Ann who is 31."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}})
+    value = json.loads(out.choices[0].message.content)
+    jsonschema.validate(value, PERSON)
+    obj = client.chat.completions.create(model=SMOL, temperature=0, max_tokens=60,
+                                         messages=[{"role": "user", "content": "Give me a JSON object."}],
+                                         response_format={"type": "json_object"})
+    assert isinstance(json.loads(obj.choices[0].message.content), dict)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": "x"}],
+                                       response_format={"type": "json_schema",
+                                                        "json_schema": {"name": "bad", "schema": {"type": 12}}})
+    assert info.value.body["param"] == "response_format"
+
+
+def test_embeddings_float_base64_batch(client):
+    texts = ["A cat sits on the mat.", "Fireplace serves LoRA addons.", "Paris is in France."]
+    out = client.embeddings.create(model=MINILM, input=texts)
+    assert [d.index for d in out.data] == [0, 1, 2]
+    for d in out.data:
+        assert len(d.embedding) == 384
+        assert math.isclose(sum(x * x for x in d.embedding), 1.0, rel_tol=1e-5)
+    assert out.usage.prompt_tokens > 0
+    raw = client.embeddings.with_raw_response.create(model=MINILM, input=texts[0], encoding_format="base64")
+    encoded = raw.http_response.json()["data"][0]["embedding"]
+    decoded = struct.unpack(f"<{384}f", base64.b64decode(encoded))
+    assert max(abs(a - b) for a, b in zip(decoded, out.data[0].embedding)) < 1e-6
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model=SMOL, input="x")  # not an embedding model

@@ -298,6 +298,9 @@ class DeploymentReconciler:
                 argv += ["--dtype", dtype]
         elif _cuda_available():
             argv += ["--device", "cuda", "--dtype", "bfloat16"]
+        template = ((model.spec or {}).get("conversation_config") or {}).get("template")
+        if template:  # the model's conversationConfig.template overrides its tokenizer's chat template
+            argv += ["--chat-template-file", str(self._template_file(template))]
         max_len = (dep.spec or {}).get("maxContextLength")
         if max_len:
             argv += ["--max-model-len", str(max_len)]
@@ -311,6 +314,17 @@ class DeploymentReconciler:
         session.flush()
         log.info("controller: started replica %s for %s", replica_id, deployment_name(dep))
         return row
+
+    def _template_file(self, template: str):
+        import hashlib
+        directory = self.ctx.settings.home / "cache" / "chat-templates"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{hashlib.sha256(template.encode()).hexdigest()[:24]}.jinja"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(template)
+            tmp.replace(path)
+        return path
 
     def _stop_async(self, process_id: str) -> None:
         if process_id in self._stopping:
