@@ -173,3 +173,57 @@ def test_callers_logits_are_not_modified():
     out = Sampler()(logits, rows)
     assert torch.equal(logits, before)
     assert out.token_ids[1].item() != int(logits[1].argmax())
+
+
+def test_argmax_on_cpu_blocks_equals_torch_argmax():
+    from fireplace.engine.sampler import _argmax
+
+    x = torch.randn(6, 4096, generator=torch.Generator().manual_seed(9)).round()  # many ties
+    x[1] = float("-inf")
+    x[2, 100] = x[2, 3000] = float("nan")
+    x[3] = 5.0
+    x[4, 4095] = 100.0  # the last block
+    assert torch.equal(_argmax(x), x.argmax(-1))
+    assert torch.equal(_argmax(x[:, :4000].contiguous()), x[:, :4000].argmax(-1))  # no block size divides
+
+
+def test_batched_penalties_equal_the_per_row_definition():
+    g = torch.Generator().manual_seed(10)
+    vocab = 50
+    logits = torch.randn(6, vocab, generator=g) * 3
+    settings = [dict(repetition_penalty=1.3), dict(frequency_penalty=0.7, presence_penalty=-0.4), dict(),
+                dict(repetition_penalty=0.8, frequency_penalty=-0.5), dict(presence_penalty=1.5),
+                dict(repetition_penalty=1.1, frequency_penalty=0.2, presence_penalty=0.1)]
+    rows = []
+    for i, s in enumerate(settings):
+        prompt = torch.randint(0, vocab, (7 + i,), generator=g).tolist()
+        output = torch.randint(0, vocab, (i * 3,), generator=g).tolist()
+        rows.append(SamplingRow(SamplingParams(**s), prompt, output))
+    expected = logits.clone()
+    for i, row in enumerate(rows):  # HF repetition penalty, then OpenAI frequency/presence, per token
+        p = row.params
+        for t in set(row.prompt_token_ids) | set(row.output_token_ids):
+            if p.repetition_penalty != 1.0:
+                v = expected[i, t]
+                expected[i, t] = v / p.repetition_penalty if v > 0 else v * p.repetition_penalty
+        for t in set(row.output_token_ids):
+            count = list(row.output_token_ids).count(t)
+            expected[i, t] -= p.frequency_penalty * count + p.presence_penalty
+    ours = logits.clone()
+    _apply_penalties(ours, rows)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+    assert torch.equal(ours[2], logits[2])
+
+
+def test_rows_of_a_sequence_read_its_tokens_without_copies():
+    seq = Sequence("r", [4, 5, 6], SamplingParams(repetition_penalty=2.0, temperature=0.0))
+    seq.append_token(7)
+    row = SamplingRow.for_sequence(seq)
+    assert list(row.prompt_token_ids) == [4, 5, 6] and list(row.output_token_ids) == [7]
+    assert len(row.output_token_ids) == 1 and row.output_token_ids[0] == 7 and row.prompt_token_ids[-1] == 6
+    seq.append_token(8)  # a row is the sequence as it was when the row was made
+    assert list(row.output_token_ids) == [7]
+    logits = torch.zeros(1, V)
+    logits[0, 4] = 1.0
+    logits[0, 9] = 0.6  # 4 is seen: 1.0 / 2 < 0.6
+    assert Sampler()(logits, [row]).token_ids.tolist() == [9]

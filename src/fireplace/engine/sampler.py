@@ -152,11 +152,11 @@ class Sampler:
 
         sampled = [i for i, p in enumerate(params) if p.temperature != 0.0]
         if not sampled:
-            token_ids = logits.argmax(dim=-1)
+            token_ids = _argmax(logits)
         elif len(sampled) == len(rows):
             token_ids = self._sample(logits, rows)
         else:
-            token_ids = logits.argmax(dim=-1)
+            token_ids = _argmax(logits)
             index = torch.tensor(sampled).to(logits.device, non_blocking=True)
             token_ids[index] = self._sample(logits.index_select(0, index), [rows[i] for i in sampled])
         return _to_host(token_ids, raw, params)
@@ -197,6 +197,23 @@ class Sampler:
                 points.append(torch.rand(1, dtype=torch.float64, generator=generator))
             uniform[torch.tensor(seeded).to(device, non_blocking=True)] = torch.cat(points).to(device, non_blocking=True)
         return uniform
+
+
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] -> argmax [B] (the first maximum, as torch.argmax).
+
+    torch's CPU argmax is not vectorized (~5 ms for 64 x 49152 on one thread) while amax is
+    (~0.3 ms): on CPU the row is cut into blocks, the first block holding the row's maximum is
+    found from the blocks' maxima, and the argmax is taken within it. The first maximum of the
+    row is the first maximum of that block, so the result is torch.argmax's (NaN included)."""
+    num_rows, vocab = logits.shape
+    block = next((b for b in (256, 128, 64) if vocab % b == 0), None)
+    if logits.device.type != "cpu" or block is None or vocab < 16 * block or not logits.is_contiguous():
+        return logits.argmax(dim=-1)
+    blocks = logits.view(num_rows, vocab // block, block)
+    best = blocks.amax(dim=-1).argmax(dim=-1)  # [B] first block holding the maximum
+    within = blocks[torch.arange(num_rows), best].argmax(dim=-1)  # [B]
+    return best * block + within
 
 
 def _raw_logprobs(logits: torch.Tensor, params: SequenceOf[SamplingParams]):
