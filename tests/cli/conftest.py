@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.cli.helpers import Cli
+from tests.cli.scripted import Scripted
 from tests.cli.serving import start_serving_server, wait_for_bundled_model
 from tests.conftest import start_server, stop_server
 
@@ -35,3 +36,16 @@ def serving_server(tmp_path_factory):
         yield srv
     finally:
         stop_server(srv)
+
+
+@pytest.fixture
+def scripted():
+    """scripted(*responses) -> a Scripted server; all are closed after the test."""
+    servers = []
+
+    def make(*script):
+        servers.append(Scripted(list(script)))
+        return servers[-1]
+    yield make
+    for s in servers:
+        s.close()

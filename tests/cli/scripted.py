@@ -7,7 +7,6 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
 
 
 class Scripted:
@@ -42,15 +41,3 @@ class Scripted:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-@pytest.fixture
-def scripted():
-    servers = []
-
-    def make(*script):
-        servers.append(Scripted(list(script)))
-        return servers[-1]
-    yield make
-    for s in servers:
-        s.close()

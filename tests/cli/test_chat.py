@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from tests.cli.helpers import Cli
-from tests.cli.scripted import scripted  # noqa: F401  (fixture)
 from tests.cli.serving import BUNDLED
 from tests.servers import Server
 

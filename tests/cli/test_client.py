@@ -12,7 +12,6 @@ from fireplace import errors
 from fireplace.client import ConnectionFailed, Fireplace
 from fireplace.client.inference import iter_sse
 from fireplace.client.transport import retry_after_seconds
-from tests.cli.scripted import scripted  # noqa: F401  (fixture)
 
 
 def client(url: str, slept: list | None = None, **kw) -> Fireplace:

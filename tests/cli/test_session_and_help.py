@@ -4,10 +4,13 @@ the real installed `fireplace` executable."""
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
 
 from fireplace.cli.main import app
 from tests.conftest import ADMIN_KEY, user_key
+from tests.servers import FIREPLACE_BIN
 
 
 def test_the_servers_credentials_file_is_enough(cli):
@@ -84,10 +87,17 @@ def test_every_command_has_help_with_an_example(cli):
         assert "Examples:" in out and "$ fireplace " in out and "--output" in out, path
 
 
-def test_shell_completion_script(cli):
+def test_shell_completion_script_and_ids_from_the_server(cli):
     done = cli.subprocess("--show-completion", "bash")
     assert done.returncode == 0, done.stderr
     assert "_FIREPLACE_COMPLETE" in done.stdout and "complete" in done.stdout
+    cli.run("create", "model", "completion-probe", "--kind", "HF_BASE_MODEL")
+    env = {**os.environ, **{k: v for k, v in cli.environment().items() if v is not None},
+           "_FIREPLACE_COMPLETE": "complete_bash", "COMP_WORDS": "fireplace get model completion-p", "COMP_CWORD": "3"}
+    for key in ("FIREPLACE_API_KEY", "FIREPLACE_BASE_URL", "FIREPLACE_ACCOUNT"):
+        env.pop(key, None)
+    out = subprocess.run([FIREPLACE_BIN], env=env, capture_output=True, text=True, timeout=60)
+    assert "completion-probe" in out.stdout.split(), (out.stdout, out.stderr)
 
 
 def test_the_installed_executable(cli, tmp_path):

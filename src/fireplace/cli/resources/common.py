@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Optional
 
 import typer
@@ -68,3 +69,20 @@ def show_list(path: str, items_key: str, kind: Kind, *, filter: Optional[str], o
         if token:
             note(f"more results: add --all, or --page-token {token}")
     session.printer.many(items, kind)
+
+
+def completer(collection: str, items_key: str) -> Callable[[str], list[str]]:
+    """Shell completion of resource IDs from the server (the default connection; silent on
+    any failure, since a completion must never print errors into the user's prompt)."""
+    def complete(incomplete: str) -> list[str]:
+        from fireplace.cli.profile import resolve
+        from fireplace.client import Fireplace
+        try:
+            p = resolve()
+            with Fireplace(p.base_url, p.api_key, p.account_id, timeout=3, max_retries=0) as fp:
+                page = fp.list_page(fp.collection_path(collection), page_size=200)
+        except Exception:
+            return []
+        ids = [item.get("name", "").rsplit("/", 1)[-1] for item in page.get(items_key, [])]
+        return [i for i in ids if i.startswith(incomplete)]
+    return complete

@@ -15,13 +15,14 @@ from fireplace import errors
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Column, Kind, ident, note, state, when
 from fireplace.cli.progress import transfer_progress
-from fireplace.cli.resources.common import AllPages, Filter, OrderBy, PageSize, PageToken, show_list
+from fireplace.cli.resources.common import AllPages, Filter, OrderBy, PageSize, PageToken, completer, show_list
 from fireplace.cli.session import Session, current
 from fireplace.client import transfers
 
 DATASET = Kind("Dataset", (ident(), Column("FORMAT", "format"), state(), Column("EXAMPLES", "exampleCount"),
                            Column("TOKENS", "estimatedTokenCount"), when()))
-DatasetRef = Annotated[str, typer.Argument(help="Dataset ID or full name.")]
+DatasetRef = Annotated[str, typer.Argument(help="Dataset ID or full name.",
+                                            autocompletion=completer("datasets", "datasets"))]
 File = Annotated[Path, typer.Argument(help="JSONL file: one example per line (messages, or prompt/completion).",
                                       dir_okay=False)]
 Format = Annotated[Optional[str], typer.Option("--format", help="CHAT or COMPLETION (default: from the file).")]

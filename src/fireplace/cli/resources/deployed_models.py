@@ -8,7 +8,8 @@ import typer
 
 from fireplace.cli.grammar import top, verb
 from fireplace.cli.output import Column, Kind, ident, note, short_id, state, when
-from fireplace.cli.resources.common import AllPages, Filter, OrderBy, PageSize, PageToken, Wait, WaitTimeout, seconds, show_list
+from fireplace.cli.resources.common import (AllPages, Filter, OrderBy, PageSize, PageToken, Wait, WaitTimeout,
+                                            seconds, show_list)
 from fireplace.cli.session import current
 from fireplace.cli.waiting import wait_for
 from fireplace.errors import not_found

@@ -8,14 +8,15 @@ import typer
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Column, Kind, ident, note, short_id, state, when
 from fireplace.cli.resources.common import (AllPages, Filter, OrderBy, PageSize, PageToken, Wait, WaitTimeout,
-                                            key_values, proto_duration, seconds, show_list)
+                                            completer, key_values, proto_duration, seconds, show_list)
 from fireplace.cli.session import current
 from fireplace.cli.waiting import wait_for
 
 DEPLOYMENT = Kind("Deployment", (ident(), Column("BASE MODEL", "baseModel", short_id), state(),
                                  Column("REPLICAS", "replicaCount"), Column("MIN", "minReplicaCount"),
                                  Column("MAX", "maxReplicaCount"), Column("ADDONS", "enableAddons"), when()))
-DeploymentRef = Annotated[str, typer.Argument(help="Deployment ID or full name.")]
+DeploymentRef = Annotated[str, typer.Argument(help="Deployment ID or full name.",
+                                               autocompletion=completer("deployments", "deployments"))]
 MinReplicas = Annotated[Optional[int], typer.Option("--min-replica-count", min=0)]
 MaxReplicas = Annotated[Optional[int], typer.Option("--max-replica-count", min=0)]
 ScaleUp = Annotated[Optional[str], typer.Option("--scale-up-window", help="e.g. 30s (default 30s).")]

@@ -13,14 +13,15 @@ import typer
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Column, Kind, ident, note, short_id, state, when
 from fireplace.cli.progress import transfer_progress
-from fireplace.cli.resources.common import AllPages, Filter, OrderBy, PageSize, PageToken, show_list
+from fireplace.cli.resources.common import AllPages, Filter, OrderBy, PageSize, PageToken, completer, show_list
 from fireplace.cli.session import Session, current
 from fireplace.client import transfers
 from fireplace.errors import InvalidArgument
 
 MODEL = Kind("Model", (ident(), Column("KIND", "kind"), state(), Column("BASE MODEL", "peftDetails.baseModel", short_id),
                        when()))
-ModelRef = Annotated[str, typer.Argument(help="Model ID or full name (accounts/A/models/M).")]
+ModelRef = Annotated[str, typer.Argument(help="Model ID or full name (accounts/A/models/M).",
+                                          autocompletion=completer("models", "models"))]
 Dir = Annotated[Path, typer.Argument(help="Directory of HF files (config.json + *.safetensors, or an adapter).",
                                      file_okay=False)]
 DisplayName = Annotated[Optional[str], typer.Option("--display-name")]

@@ -11,7 +11,8 @@ import typer
 
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Column, Kind, ident, note, short_id, state, stdout, when
-from fireplace.cli.resources.common import AllPages, Filter, OrderBy, PageSize, PageToken, Wait, WaitTimeout, seconds, show_list
+from fireplace.cli.resources.common import (AllPages, Filter, OrderBy, PageSize, PageToken, Wait, WaitTimeout,
+                                            completer, seconds, show_list)
 from fireplace.cli.session import current
 from fireplace.cli.waiting import wait_for
 from fireplace.errors import InvalidArgument
@@ -19,7 +20,8 @@ from fireplace.errors import InvalidArgument
 SFTJ = Kind("Supervised fine-tuning job", (
     ident(), state(), Column("DATASET", "dataset", short_id), Column("BASE MODEL", "baseModel", short_id),
     Column("OUTPUT MODEL", "outputModel", short_id), Column("%", "jobProgress.percent"), when()))
-JobRef = Annotated[str, typer.Argument(help="Job ID or full name.")]
+JobRef = Annotated[str, typer.Argument(help="Job ID or full name.", autocompletion=completer(
+    "supervisedFineTuningJobs", "supervisedFineTuningJobs"))]
 DONE = {"JOB_STATE_COMPLETED", "JOB_STATE_EARLY_STOPPED"}
 FAILED = {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED", "JOB_STATE_PAUSED"}
 SPARKS = "▁▂▃▄▅▆▇█"
