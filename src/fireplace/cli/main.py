@@ -44,6 +44,9 @@ def serve(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data directory (FIREPLACE_HOME, default ~/.fireplace)."),
     allow_signup: Optional[bool] = typer.Option(None, "--allow-signup/--no-allow-signup", help="Let anyone create an account."),
     workers: int = typer.Option(1, help="uvicorn worker processes."),
+    local_replica_slots: Optional[int] = typer.Option(
+        None, help="Model replicas this server runs at once (FIREPLACE_SERVING_LOCAL_REPLICA_SLOTS; "
+                   "default one per GPU, else 2)."),
 ) -> None:
     """Run the API server (and the controller) until interrupted."""
     import uvicorn
@@ -53,6 +56,9 @@ def serve(
 
     overrides = {k: v for k, v in {"host": host, "port": port, "home": data_dir,
                                     "allow_signup": allow_signup}.items() if v is not None}
+    if local_replica_slots is not None:
+        from fireplace.config import ServingSettings
+        overrides["serving"] = ServingSettings(local_replica_slots=local_replica_slots)
     settings = Settings(**overrides)
     application = create_app(settings)
     uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level,
@@ -65,6 +71,8 @@ from fireplace.cli import replica as _replica  # noqa: E402
 app.command("replica", hidden=True)(_replica.replica)
 from fireplace.cli import train as _train  # noqa: E402
 app.command("train", hidden=True)(_train.train)
+from fireplace.cli import controller as _controller  # noqa: E402
+app.command("controller")(_controller.controller)
 
 # The resource verbs, chat, complete, login ... (fireplace.cli.grammar).
 grammar.install(app)
