@@ -16,7 +16,8 @@ from tests.cli.helpers import CLEARED
 from tests.servers import FIREPLACE_BIN
 
 pytestmark = pytest.mark.slow
-README = Path(__file__).resolve().parents[2] / "README.md"
+# FIREPLACE_TEST_README runs a draft instead of the repository's README.md.
+README = Path(os.environ.get("FIREPLACE_TEST_README") or Path(__file__).resolve().parents[2] / "README.md")
 SECTION = "Quickstart with the CLI"
 SERVER_START = re.compile(r"^\s*(make run|fireplace serve)\b")
 

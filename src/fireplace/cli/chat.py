@@ -3,7 +3,7 @@ complete MODEL PROMPT: a raw completion. Both stream the OpenAI-shaped SSE of th
 
 REPL commands: /reset (forget the conversation), /system TEXT (set the system prompt and
 reset), /exit (or Ctrl-D). A bare model ID is looked up in your account, then in the public
-catalog (accounts/fireplace/models/ID).
+catalog (accounts/fireplace/models/ID), among the models this key can call.
 """
 from __future__ import annotations
 
@@ -28,12 +28,21 @@ HELP = "/reset forgets the conversation, /system TEXT sets the system prompt, /e
 
 
 def resolve_model(s: Session, model: str) -> str:
+    """A bare ID -> the full name of what this key can call (GET /v1/models, open to every role):
+    the account's own model first, then the public catalog's; a full name is kept as given."""
     if "/" in model:
         return model
     try:
-        return s.client.models.get(model)["name"]
-    except errors.NotFound:
-        return f"accounts/{PUBLIC_ACCOUNT}/models/{model}"
+        callable_ids = [m.get("id", "") for m in s.client.inference.models()]
+    except errors.FireplaceError:
+        callable_ids = []
+    own = s.client.models.name(model)
+    public = f"accounts/{PUBLIC_ACCOUNT}/models/{model}"
+    for candidate in (own, public):
+        if candidate in callable_ids:
+            return candidate
+    matches = [i for i in callable_ids if i.endswith(f"/models/{model}")]
+    return matches[0] if len(matches) == 1 else own
 
 
 def _stream_reply(s: Session, model: str, messages: list[dict], params: dict) -> str:

@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 
 from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
 from rich.text import Text
 
 from fireplace.cli.exit_codes import WaitFailed
@@ -15,10 +17,11 @@ POLL_SECONDS = 1.0
 
 
 def wait_for(fetch: Callable[[], dict], *, done: set[str], failed: set[str], timeout: float,
-             describe: Callable[[dict], str], what: str, poll: float = POLL_SECONDS) -> dict:
+             describe: Callable[[dict], str], what: str, poll: float = POLL_SECONDS,
+             percent: Callable[[dict], float | None] | None = None) -> dict:
     """Returns the resource once its `state` is in `done`; WaitFailed on a failed state or timeout.
     `describe(resource)` is the status line (the time waited so far is added to it); off a
-    terminal a line is printed only when it changes."""
+    terminal a line is printed only when it changes. With `percent`, a terminal also shows a bar."""
     start = time.monotonic()
     live = Live(console=stderr(), transient=False, auto_refresh=False) if is_terminal() else None
     last_line = None
@@ -30,7 +33,15 @@ def wait_for(fetch: Callable[[], dict], *, done: set[str], failed: set[str], tim
             elapsed = time.monotonic() - start
             line = describe(resource)
             if live:
-                live.update(Text(f"{line}  ({elapsed:.0f}s)"), refresh=True)
+                status = Text(f"{line}  ({elapsed:.0f}s)")
+                done_percent = percent(resource) if percent else None
+                bar = ProgressBar(total=100, completed=done_percent, width=40) if done_percent is not None else None
+                if bar is not None:
+                    grid = Table.grid(padding=(0, 1))
+                    grid.add_row(bar, status)
+                    live.update(grid, refresh=True)
+                else:
+                    live.update(status, refresh=True)
             elif line != last_line:
                 note(f"{line}  ({elapsed:.0f}s)")
             last_line = line

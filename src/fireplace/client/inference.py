@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
+MODELS_PATH = "/v1/models"
 
 
 def iter_sse(lines: Iterator[str]) -> Iterator[dict]:
@@ -43,6 +44,10 @@ def iter_sse(lines: Iterator[str]) -> Iterator[dict]:
 class Inference:
     def __init__(self, fp: "Fireplace"):
         self.fp = fp
+
+    def models(self) -> list[dict]:
+        """GET /v1/models: the models this key can call (OpenAI list shape: id = full name)."""
+        return self.fp.get(MODELS_PATH).get("data", [])
 
     def chat(self, model: str, messages: list[dict], **params: Any) -> dict:
         return self.fp.post(CHAT_PATH, _body(model=model, messages=messages, **params))

@@ -122,7 +122,8 @@ def create_sftj(
     if wait:
         job = wait_for(lambda: s.client.sft_jobs.get(job["name"]), done=DONE, failed=FAILED, timeout=timeout,
                        describe=ProgressLine(lambda: s.client.sft_jobs.latest_metrics(job["name"])),
-                       what=job["name"], poll=2.0)
+                       what=job["name"], poll=2.0,
+                       percent=lambda j: float((j.get("jobProgress") or {}).get("percent") or 0))
     s.printer.one(job, SFTJ)
 
 
