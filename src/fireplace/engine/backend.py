@@ -64,6 +64,7 @@ class Backend:
     small_gemm_kernel: bool = False
     paged_decode_kernel: bool = False
     lora_kernel: bool = False
+    quant_kernel: bool = False  # quantized GEMV (kernels/quant_gemv; weight-only int8/int4)
     reason: str = ""  # why this kind, for logs and errors ("" when asked for explicitly)
 
     # -- choosing ---------------------------------------------------------------------------
@@ -126,6 +127,13 @@ class Backend:
         """Whether a FusedLinear runs one matmul for all its parts (torch path; always off the CPU)."""
         return self.device.type != "cpu" or num_tokens >= self.config.fused_matmul_min_tokens
 
+    def uses_quant_kernel(self, x: torch.Tensor) -> bool:
+        """Whether x [T, in] times a quantized weight runs through the quantized GEMV (decode-sized
+        T, fp32); else the weight is dequantized (C loops where built, torch otherwise) for a
+        fp32 matmul (layers/quantized_linear.py)."""
+        return (self.quant_kernel and x.dim() == 2 and x.shape[0] <= self.config.quant_gemv_max_tokens
+                and x.dtype is torch.float32 and x.stride()[1] == 1 and not torch.compiler.is_compiling())
+
     def uses_lora_kernel(self, x: torch.Tensor) -> bool:
         """Whether a LoRA stack adds its deltas for input x with the C kernel."""
         return self.lora_kernel and x.dtype is torch.float32 and not torch.compiler.is_compiling()
@@ -139,14 +147,15 @@ class Backend:
         if self.kind != "cpu-kernels":
             return f"{self.kind} ({self.reason})" if self.reason else self.kind
         on = [name for name, used in (("elementwise", self.elementwise_kernels), ("small-gemm", self.small_gemm_kernel),
-                                      ("paged-decode", self.paged_decode_kernel), ("lora-delta", self.lora_kernel))
+                                      ("paged-decode", self.paged_decode_kernel), ("lora-delta", self.lora_kernel),
+                                      ("quant-gemv", self.quant_kernel))
               if used]
         return f"cpu-kernels ({', '.join(on)})"
 
 
 def _built_kernels() -> dict[str, bool]:
     """Which C kernels build and load here (each built at most once per process)."""
-    from fireplace.engine.kernels import elementwise, lora_delta, paged_decode, small_gemm
+    from fireplace.engine.kernels import elementwise, lora_delta, paged_decode, quant_gemv, small_gemm
 
     return {
         "elementwise_kernels": elementwise.available(),
@@ -154,6 +163,7 @@ def _built_kernels() -> dict[str, bool]:
         "small_gemm_kernel": small_gemm.available() and small_gemm.uses_avx2(),
         "paged_decode_kernel": paged_decode.available(),
         "lora_kernel": lora_delta.available(),
+        "quant_kernel": quant_gemv.available(),
     }
 
 

@@ -33,6 +33,13 @@ class EngineConfig:
     # Compute backend (fireplace.engine.backend): auto | cpu-kernels | torch | cuda; auto takes
     # our C kernels on CPU fp32 where they build (FIREPLACE_CPU_KERNELS=0: never), else torch.
     backend: str = "auto"
+    # Weight-only quantization of the base projections (fireplace.engine.quantize_model): None
+    # (the dtype's weights) | "int8" (per output channel) | "int4" (asymmetric, groups of
+    # quantization_group_size weights, a multiple of 32 dividing every in_features); CPU float32
+    # only. quantize_lm_head: the lm_head too, as int8. LoRA addons stay fp32 on top.
+    quantization: str | None = None
+    quantization_group_size: int = 32
+    quantize_lm_head: bool = True
     # Admission control (see scheduler): requests allowed to wait before add_request raises
     # EngineOverloadedError (None: unbounded); the default deadline of a waiting request
     # (arrival + queue_timeout_s; None: none); the share of KV blocks admission keeps free.
@@ -57,6 +64,16 @@ class EngineConfig:
         from fireplace.engine.backend import KINDS
         if self.backend not in KINDS:
             raise ValueError(f"backend must be one of {', '.join(KINDS)}, got {self.backend!r}")
+        if self.quantization is not None:
+            from fireplace.engine.quantization import INT4_BLOCK, SCHEMES
+            if self.quantization not in SCHEMES:
+                raise ValueError(f"quantization must be one of {', '.join(SCHEMES)} or None, got {self.quantization!r}")
+            if not self.device.startswith("cpu") or DTYPES[self.dtype] != torch.float32:
+                raise ValueError(f"quantization {self.quantization!r} is for the CPU in float32 (its kernels "
+                                 f"dequantize to fp32); got device {self.device!r}, dtype {self.dtype!r}")
+            group = self.quantization_group_size
+            if isinstance(group, bool) or not isinstance(group, int) or group < INT4_BLOCK or group % INT4_BLOCK:
+                raise ValueError(f"quantization_group_size must be a multiple of {INT4_BLOCK}, got {group!r}")
         if self.dtype in ("float16", "fp16") and not self.device.startswith("cuda"):
             raise ValueError("float16 is for CUDA; use float32 or bfloat16 on CPU")
         if self.device.startswith("cuda") and not torch.cuda.is_available():

@@ -88,6 +88,11 @@ class LLMEngine:
             from fireplace.engine.lora.adapter import LoRAAdapter
             from fireplace.engine.lora.merge import merge_adapter
             merge_adapter(self.model, LoRAAdapter.from_dir(config.merged_adapter, self.model_config))
+        self.quantization = None  # a QuantizationSummary when the base weights are quantized
+        if config.quantization:  # after any merge: a merge writes the fp32 weights
+            from fireplace.engine.quantize_model import quantize_model
+            self.quantization = quantize_model(self.model, config.quantization, config.quantization_group_size,
+                                               lm_head=config.quantize_lm_head)
         if config.enable_lora:
             from fireplace.engine.lora.manager import AdapterManager
             self.adapters = AdapterManager(self.model, self.model_config, max_loras=config.max_loras,

@@ -21,6 +21,7 @@ from torch import nn
 
 from fireplace.engine.backend import Backend, default_backend
 from fireplace.engine.kernels import small_gemm
+from fireplace.engine.layers.quantized_linear import quantized_linear
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: Backend) -> torch.Tensor:
@@ -50,8 +51,13 @@ class Linear(nn.Module):
         # Set by fireplace.engine.lora when adapters may target this projection.
         # Interface: lora_stack.apply(x [T, in], y [T, out], lora_batch) -> y' [T, out]
         self.lora_stack = None
+        # Set by fireplace.engine.quantize_model: the base weight quantized (a QuantizedWeight);
+        # the base matmul then reads it instead of `weight` (see layers/quantized_linear.py).
+        self.quantized = None
 
     def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
+        if self.quantized is not None:
+            return self.add_lora(x, quantized_linear(x, self.quantized, self.bias, self.backend), ctx)
         return self.add_lora(x, linear(x, self.weight, self.bias, self.backend), ctx)
 
     def add_lora(self, x: torch.Tensor, y: torch.Tensor, ctx) -> torch.Tensor:
@@ -92,9 +98,12 @@ class FusedLinear:
         # Set by fireplace.engine.lora when every part has a LoRA stack: applies all parts' deltas
         # together. Interface: lora_group.apply(x [T, in], [y_i [T, out_i]], lora_batch) -> [y_i']
         self.lora_group = None
+        self.quantized = None  # the whole matrix quantized (fireplace.engine.quantize_model)
 
     def __call__(self, x: torch.Tensor, ctx=None) -> list[torch.Tensor]:
-        if self.backend.uses_small_gemm(x, self.weight):  # our GEMM does best on the whole matrix
+        if self.quantized is not None:
+            ys = list(quantized_linear(x, self.quantized, self.bias, self.backend).split(self.sizes, dim=-1))
+        elif self.backend.uses_small_gemm(x, self.weight):  # our GEMM does best on the whole matrix
             ys = list(small_gemm.linear_unchecked(x, self.weight, self.bias).split(self.sizes, dim=-1))
         elif self.backend.fuses_matmul(x.shape[0]):
             ys = list(F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1))  # views of [T, sum(out)]

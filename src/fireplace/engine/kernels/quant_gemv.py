@@ -1,0 +1,124 @@
+"""ctypes wrapper of quant_gemv.c: y = x @ dequantize(qw)^T + bias, the weight read quantized.
+
+    y = linear(x, qw, bias=None, out=None)
+
+x [M, K] fp32, qw a fireplace.engine.quantization.QuantizedWeight (int8 or int4) of shape
+[N, K], bias [N] -> y [M, N] fp32. Dequantizes in registers (AVX2 + FMA; a portable path
+otherwise), one fp32 accumulation per output; for decode-sized M (it reuses each weight row for
+all M tokens from L1, but does no register blocking over rows: prefill-sized M is better served
+by dequantize + MKL). The library is compiled on first use (cpu_build); `available()` says
+whether that worked, `uses_avx2()` whether it got the fast path.
+"""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+
+from fireplace.engine.kernels.arg_checks import check_tensor, thread_count
+from fireplace.engine.kernels.cpu_build import KernelLibrary
+from fireplace.engine.quantization import QuantizedWeight
+
+_SOURCE = Path(__file__).with_name("quant_gemv.c")
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    c_i64, c_ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.fq_linear_int8.argtypes = [c_ptr, c_i64, c_ptr, c_ptr, c_i64, c_ptr,  # x, ldx, q, scale, G, bias
+                                   c_ptr, c_i64, c_i64, c_i64, c_i64, ctypes.c_int]  # y, ldy, M, K, N, threads
+    lib.fq_linear_int8.restype = ctypes.c_int
+    lib.fq_linear_int4.argtypes = [c_ptr, c_i64, c_ptr, c_ptr, c_ptr, c_i64, c_ptr,  # x, ldx, q, scale, min, G, bias
+                                   c_ptr, c_i64, c_i64, c_i64, c_i64, ctypes.c_int]
+    lib.fq_linear_int4.restype = ctypes.c_int
+    lib.fq_dequantize.argtypes = [c_ptr, c_ptr, c_ptr, c_i64, ctypes.c_int,  # q, scale, min, G, is_int4
+                                  c_ptr, c_i64, c_i64, c_i64, ctypes.c_int]  # out, ldo, K, N, threads
+    lib.fq_dequantize.restype = ctypes.c_int
+    lib.fq_uses_avx2.argtypes = []
+    lib.fq_uses_avx2.restype = ctypes.c_int
+
+
+_kernels = KernelLibrary(_SOURCE, "quant_gemv", _declare)
+
+
+def available() -> bool:
+    """Whether the kernel compiled and loaded here (cached after the first call)."""
+    return _kernels.get() is not None
+
+
+def uses_avx2() -> bool:
+    """Whether the library has its AVX2/FMA path (else the portable loops: correct, slow)."""
+    lib = _kernels.get()
+    return lib is not None and bool(lib.fq_uses_avx2())
+
+
+def linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = None,
+           out: torch.Tensor | None = None, num_threads: int | None = None) -> torch.Tensor:
+    """x [M, K] fp32 (unit column stride, rows apart), qw [N, K] on the CPU, bias [N] fp32 or
+    None -> y [M, N] fp32 (into `out` when given: [M, N], unit column stride).
+    Raises TypeError / ValueError for bad arguments, RuntimeError when the kernel is unavailable."""
+    if not isinstance(qw, QuantizedWeight):
+        raise TypeError(f"qw must be a QuantizedWeight, got {type(qw).__name__}")
+    check_tensor("x", x, 2, torch.float32)
+    if x.shape[1] != qw.in_features:
+        raise ValueError(f"x {tuple(x.shape)} does not match the weight {qw.shape}: expected [M, {qw.in_features}]")
+    if (x.shape[1] > 1 and x.stride(1) != 1) or (x.shape[0] > 1 and x.stride(0) < x.shape[1]):
+        raise ValueError(f"x needs unit column stride and non-overlapping rows, got strides {x.stride()}")
+    for name, t in (("qweight", qw.qweight), ("scale", qw.scale), ("min", qw.min)):
+        if t is not None and not t.is_cpu:
+            raise ValueError(f"the weight's {name} must be on the CPU, got {t.device}")
+    if bias is not None:
+        check_tensor("bias", bias, 1, torch.float32)
+        if bias.shape[0] != qw.out_features or (bias.shape[0] > 1 and bias.stride(0) != 1):
+            raise ValueError(f"bias must be contiguous with {qw.out_features} entries, got {tuple(bias.shape)}")
+    if out is not None:
+        check_tensor("out", out, 2, torch.float32)
+        if out.shape != (x.shape[0], qw.out_features):
+            raise ValueError(f"out {tuple(out.shape)} must have shape {(x.shape[0], qw.out_features)}")
+        if (out.shape[1] > 1 and out.stride(1) != 1) or (out.shape[0] > 1 and out.stride(0) < out.shape[1]):
+            raise ValueError(f"out needs unit column stride and non-overlapping rows, got strides {out.stride()}")
+    num_threads = thread_count(num_threads)
+    if not available():
+        raise RuntimeError("quantized GEMV CPU kernel is unavailable (see available())")
+    return linear_unchecked(x, qw, bias, out, num_threads)
+
+
+def linear_unchecked(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = None,
+                     out: torch.Tensor | None = None, num_threads: int | None = None) -> torch.Tensor:
+    """linear without the argument checks (the decode hot path): the caller guarantees them."""
+    num_tokens = x.shape[0]
+    if out is None:
+        out = torch.empty((num_tokens, qw.out_features), dtype=torch.float32)
+    threads = torch.get_num_threads() if num_threads is None else num_threads
+    bias_ptr = None if bias is None else bias.data_ptr()
+    lib = _kernels.get()
+    ldx = x.stride()[0] if num_tokens > 1 else qw.in_features  # a 1-row view may report any stride
+    ldy = out.stride()[0] if num_tokens > 1 else qw.out_features
+    if qw.scheme == "int8":
+        code = lib.fq_linear_int8(x.data_ptr(), ldx, qw.qweight.data_ptr(), qw.scale.data_ptr(),
+                                  qw.group_size, bias_ptr, out.data_ptr(), ldy, num_tokens,
+                                  qw.in_features, qw.out_features, threads)
+    else:
+        code = lib.fq_linear_int4(x.data_ptr(), ldx, qw.qweight.data_ptr(), qw.scale.data_ptr(),
+                                  qw.min.data_ptr(), qw.group_size, bias_ptr, out.data_ptr(), ldy,
+                                  num_tokens, qw.in_features, qw.out_features, threads)
+    if code != 0:
+        raise ValueError("invalid sizes or strides passed to the quantized GEMV kernel")
+    return out
+
+
+def dequantize_unchecked(qw: QuantizedWeight, out: torch.Tensor | None = None,
+                         num_threads: int | None = None) -> torch.Tensor:
+    """The fp32 [N, K] weight of qw (quantization.dequantize's values; the int4 ones rounded
+    once, by an FMA), written by C loops into `out` (contiguous [N, K] fp32) when given.
+    For CPU tensors, with available() true (the caller checks)."""
+    if out is None:
+        out = torch.empty(qw.shape, dtype=torch.float32)
+    is_int4 = qw.scheme == "int4"
+    code = _kernels.get().fq_dequantize(
+        qw.qweight.data_ptr(), qw.scale.data_ptr(), qw.min.data_ptr() if is_int4 else None, qw.group_size,
+        int(is_int4), out.data_ptr(), qw.in_features, qw.in_features, qw.out_features,
+        torch.get_num_threads() if num_threads is None else num_threads)
+    if code != 0:
+        raise ValueError("invalid sizes passed to the dequantize kernel")
+    return out

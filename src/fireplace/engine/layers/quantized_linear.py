@@ -1,0 +1,45 @@
+"""The matmul of a projection whose base weight is quantized (fireplace.engine.quantization).
+
+    y = quantized_linear(x, qw, bias, backend)      x [T, in] fp32 -> y [T, out] fp32
+
+Which code runs is the Backend's choice (Backend.uses_quant_kernel): decode-sized batches on the
+cpu-kernels backend read the weight as stored through the quantized GEMV (kernels/quant_gemv);
+larger batches dequantize it with the C loops into a per-thread scratch matrix and run the fp32
+path (our small GEMM or MKL), since the GEMV does not block for many rows; without the C
+kernels (torch backend) the weight is dequantized by torch ops. LoRA deltas are added on top by
+the Linear, unchanged (they read x, not the base weight).
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+import torch.nn.functional as F
+
+from fireplace.engine.backend import Backend
+from fireplace.engine.kernels import quant_gemv, small_gemm
+from fireplace.engine.quantization import QuantizedWeight, dequantize
+
+_scratch = threading.local()  # .buffer: fp32 storage reused for dequantized weights on this thread
+
+
+def quantized_linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None,
+                     backend: Backend) -> torch.Tensor:
+    if backend.uses_quant_kernel(x):
+        return quant_gemv.linear_unchecked(x, qw, bias)
+    if backend.quant_kernel and x.is_cpu:
+        weight = quant_gemv.dequantize_unchecked(qw, _scratch_matrix(qw.out_features, qw.in_features))
+        if backend.uses_small_gemm(x, weight):
+            return small_gemm.linear_unchecked(x, weight, bias)
+        return F.linear(x, weight, bias)
+    return F.linear(x, dequantize(qw).to(x.dtype), bias)
+
+
+def _scratch_matrix(rows: int, cols: int) -> torch.Tensor:
+    """A [rows, cols] fp32 view of this thread's scratch buffer (grown as needed, kept: the
+    largest matrix of the model, lm_head's, is dequantized at every prefill)."""
+    needed = rows * cols
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.numel() < needed:
+        buffer = _scratch.buffer = torch.empty(needed, dtype=torch.float32)
+    return buffer[:needed].view(rows, cols)
