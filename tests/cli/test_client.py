@@ -84,6 +84,17 @@ def test_unreachable_server_is_connection_failed():
     assert "cannot reach http://127.0.0.1:9" in info.value.message
 
 
+def test_a_get_that_times_out_is_retried_a_post_is_not(scripted):
+    srv = scripted((200, {}, {"late": True}, 1.5), (200, {}, {"ok": True}))
+    assert Fireplace(srv.url, "k", "a", timeout=0.5, sleep=lambda _s: None).get("/v1/x") == {"ok": True}
+    assert len(srv.requests) == 2
+    srv2 = scripted((200, {}, {"late": True}, 1.5))
+    with pytest.raises(ConnectionFailed, match="no answer in time"):
+        Fireplace(srv2.url, "k", "a", timeout=0.5, sleep=lambda _s: None).post("/v1/x", {})
+    time.sleep(1.2)
+    assert len(srv2.requests) == 1
+
+
 def test_a_streamed_upload_body_is_never_resent(scripted, tmp_path):
     srv = scripted((503, {"retry-after": "0"}, {"code": 14, "message": "busy"}))
     path = tmp_path / "f.bin"

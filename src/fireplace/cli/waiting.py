@@ -1,5 +1,6 @@
 """--wait: poll a resource until it reaches a wanted state (or a failed one, or the timeout),
-showing each change: a live line on a terminal, one printed line per change otherwise."""
+showing each change: a live line on a terminal, one printed line per change otherwise. A poll
+the server does not answer (timeout, 503 after the client's retries) does not end the wait."""
 from __future__ import annotations
 
 import time
@@ -10,6 +11,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from fireplace import errors
 from fireplace.cli.exit_codes import WaitFailed
 from fireplace.cli.output import is_terminal, note, stderr
 
@@ -29,7 +31,16 @@ def wait_for(fetch: Callable[[], dict], *, done: set[str], failed: set[str], tim
         if live:
             live.start()
         while True:
-            resource = fetch()
+            try:
+                resource = fetch()
+            except errors.Unavailable as exc:   # the server is busy or restarting: keep waiting
+                elapsed = time.monotonic() - start
+                if elapsed >= timeout:
+                    raise WaitFailed(f"{what}: the server did not answer ({exc.message}) and "
+                                     f"--wait-timeout ({timeout:.0f}s) has passed") from None
+                note(f"(no answer from the server: {exc.message}; still waiting)")
+                time.sleep(min(poll, max(0.05, timeout - elapsed)))
+                continue
             elapsed = time.monotonic() - start
             line = describe(resource)
             if live:

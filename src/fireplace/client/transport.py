@@ -1,9 +1,10 @@
 """HTTP transport: one httpx client, the API key, and the retry policy.
 
 Retried: 429 and 503 (the server asked to come back: `Retry-After` seconds or HTTP date is
-honoured, capped at `max_retry_wait`), and a connection that could not be opened. Nothing
-else is retried: a 4xx is the caller's to fix, and a request that reached the server and
-failed mid-way may have had its effect. Between retries without `Retry-After` the wait
+honoured, capped at `max_retry_wait`), a connection that could not be opened, and a GET whose
+answer did not come (timeout, dropped connection; reading twice changes nothing). Nothing
+else is retried: a 4xx is the caller's to fix, and any other request that reached the server
+and failed mid-way may have had its effect. Between retries without `Retry-After` the wait
 doubles from `backoff` seconds.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fireplace import __version__
 from fireplace.client.errors import ConnectionFailed, error_from_response
 
 RETRY_STATUSES = frozenset({429, 503})
+SAFE_METHODS = frozenset({"GET", "HEAD"})
 DEFAULT_TIMEOUT = 60.0
 
 
@@ -75,6 +77,7 @@ class Transport:
         Retries happen before any body is handed out, so a body is never read twice."""
         client = self._client_for(url)
         attempts = self.max_retries + 1 if _replayable(kwargs) else 1
+        started = False   # once the body is handed out, a failure is the reader's: no retry
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
@@ -86,16 +89,19 @@ class Transport:
                         response.read()
                         raise error_from_response(response)
                     else:
+                        started = True
                         yield response
                         return
             except httpx.ConnectError as exc:
                 if last:
                     raise ConnectionFailed(f"cannot reach {self.base_url}: {exc}") from None
                 retry_response = None
-            except httpx.TimeoutException as exc:
-                raise ConnectionFailed(f"{method} {url}: no answer in time ({type(exc).__name__})") from None
             except httpx.TransportError as exc:
-                raise ConnectionFailed(f"{method} {url}: connection failed ({exc})") from None
+                if last or method not in SAFE_METHODS or started:
+                    why = f"no answer in time ({type(exc).__name__})" if isinstance(exc, httpx.TimeoutException) \
+                        else f"connection failed ({exc or type(exc).__name__})"
+                    raise ConnectionFailed(f"{method} {url}: {why}") from None
+                retry_response = None
             self._wait(attempt, retry_response)
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
