@@ -18,10 +18,9 @@ class Limits(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FIREPLACE_LIMIT_", extra="forbid")
 
     max_body_bytes: int = 1 << 20             # JSON request bodies
-    max_string_chars: int = 4096              # any one string field (descriptions, names)
     max_page_size: int = 200
     default_page_size: int = 50
-    max_filter_chars: int = 1024
+    max_filter_chars: int = 1024              # may lower, not raise, the documented 1,024
     max_dataset_bytes: int = 150 << 20        # one dataset upload (Fireworks: 150 MB)
     max_model_file_bytes: int = 20 << 30      # one model file upload
     max_dataset_errors: int = 100             # errors listed for a bad JSONL upload

@@ -15,6 +15,12 @@ from fireplace.errors import InvalidArgument
 
 ID_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_ID_LEN = 63
+_ID = r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?"
+
+
+def ref_pattern(collection: str) -> str:
+    """The JSON-schema pattern of a field taking an ID or the full name in `collection`."""
+    return rf"^(accounts/{_ID}/{collection}/)?{_ID}$"
 
 
 def is_valid_id(value: str) -> bool:

@@ -57,6 +57,17 @@ def _is_inference(request: Request) -> bool:
     return is_inference_path(request.url.path)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (a path may be served by several routes)."""
+    from starlette.routing import Match
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "__none__"})
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FireplaceError)
     async def _fireplace(_req: Request, exc: FireplaceError):
@@ -75,10 +86,13 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "error"
         if exc.status_code == 404 and message == "Not Found":
             message = "no such path or resource"
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:   # one path may be served by several routes: name all their methods
+            headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+            headers["Allow"] = ", ".join(_allowed_methods(_req))
         if _is_inference(_req):
-            return openai_error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
-        return error_response(exc.status_code, HTTP_TO_GRPC.get(exc.status_code, 2), message,
-                              headers=getattr(exc, "headers", None))
+            return openai_error_response(exc.status_code, message, headers=headers)
+        return error_response(exc.status_code, HTTP_TO_GRPC.get(exc.status_code, 2), message, headers=headers)
 
     @app.exception_handler(IntegrityError)
     async def _integrity(_req: Request, exc: IntegrityError):

@@ -5,7 +5,7 @@ platform's signing secret) covering the offset, the list's scope, filter, orderB
 showDeleted and pageSize, so a forged token, or one reused with other parameters, is a
 clear 400. Order is always total (the primary key breaks ties), so paging is stable.
 Bounds (Settings.limits): pageSize at most max_page_size (default default_page_size),
-filter at most max_filter_chars.
+filter at most max_filter_chars (which can lower, not raise, the documented 1,024).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from fireplace.api.filtering import FieldMap, compile_filter, parse_filter
+from fireplace.api.read_mask import READ_MASK, refuse_read_mask
 from fireplace.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
@@ -42,17 +43,16 @@ def list_params(
     request: Request,
     page_size: Annotated[int | None, Query(alias="pageSize", ge=0, le=1 << 31)] = None,
     page_token: Annotated[str | None, Query(alias="pageToken", max_length=512)] = None,
-    filter: Annotated[str | None, Query(max_length=4096)] = None,
+    filter: Annotated[str | None, Query(max_length=MAX_FILTER_CHARS)] = None,
     order_by: Annotated[str | None, Query(alias="orderBy", max_length=256)] = None,
-    read_mask: Annotated[str | None, Query(alias="readMask", max_length=1024)] = None,
+    read_mask: Annotated[str | None, READ_MASK] = None,
     show_deleted: Annotated[bool, Query(alias="showDeleted")] = False,
 ) -> ListParams:
-    from fireplace.api.read_mask import refuse_read_mask
     refuse_read_mask(read_mask)
     limits = request.app.state.settings.limits
     size = limits.default_page_size if not page_size else min(page_size, limits.max_page_size)
     return ListParams(size, page_token or "", filter or "", order_by or "", show_deleted,
-                      limits.max_filter_chars)
+                      min(limits.max_filter_chars, MAX_FILTER_CHARS))
 
 
 ListQuery = Annotated[ListParams, Depends(list_params)]

@@ -21,6 +21,30 @@ ERROR_STATUSES = {
 }
 
 
+ID_PATTERN = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
+# A path segment that takes an ID or the resource's full name (percent-encoded slashes).
+REF_PATTERN = r"^(accounts/[a-z]([a-z0-9-]{0,61}[a-z0-9])?/[A-Za-z]+/)?[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
+FILENAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"
+PARAM_PATTERNS = {"account_id": ID_PATTERN, "filename": FILENAME_PATTERN, "model_id": ID_PATTERN,
+                  "userId": ID_PATTERN, "deploymentId": ID_PATTERN, "accountId": ID_PATTERN,
+                  "supervisedFineTuningJobId": ID_PATTERN}
+
+
+def _document_parameters(op: dict, path: str) -> None:
+    """What the server checks on path and ID parameters, so the spec tells the truth: IDs
+    (AIP-122), full-name-or-ID path segments, flat file names."""
+    for param in op.get("parameters", []):
+        schema = param.setdefault("schema", {})
+        if schema.get("type") != "string" or "pattern" in schema:
+            continue
+        name = param.get("name", "")
+        if name in PARAM_PATTERNS and not (name == "model_id" and path.startswith("/v1/accounts")):
+            schema["pattern"] = PARAM_PATTERNS[name]
+        elif param.get("in") == "path" and (name.endswith("_id") or name.endswith("_ref")):
+            schema["pattern"] = REF_PATTERN if not path.startswith("/v1/uploads") and not \
+                path.startswith("/v1/downloads") else ID_PATTERN
+
+
 class ErrorBody(BaseModel):
     """grpc-gateway's error body, as Fireworks returns it (message at most 1,024 characters)."""
     code: int
@@ -46,6 +70,7 @@ def install_openapi(app: FastAPI) -> None:
             for method, op in item.items():
                 if not isinstance(op, dict) or "responses" not in op:
                     continue
+                _document_parameters(op, path)
                 op["responses"].pop("422", None)
                 for status, description in ERROR_STATUSES.items():
                     op["responses"].setdefault(status, {"description": description, "content": error_content})

@@ -15,7 +15,11 @@ def refuse_read_mask(read_mask: str | None) -> None:
                               "(omit readMask, or send '*')")
 
 
-def read_mask_param(read_mask: Annotated[str | None, Query(alias="readMask", max_length=1024)] = None) -> None:
+READ_MASK = Query(alias="readMask", max_length=1024, pattern=r"^\*?$",
+                  description="Only '*' (whole resources) is supported; a field mask is refused")
+
+
+def read_mask_param(read_mask: Annotated[str | None, READ_MASK] = None) -> None:
     refuse_read_mask(read_mask)
 
 

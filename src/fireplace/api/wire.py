@@ -168,6 +168,10 @@ def status(code: str = "OK", message: str = "") -> dict[str, str]:
 
 
 Str = Annotated[str, Field(max_length=MAX_STRING)]
+# json_schema_extra of a dict keyed by a pattern: keys outside the pattern are not allowed.
+CLOSED = {"additionalProperties": False}
+# A flat file name (storage.blobs.safe_filename); as a dict key it documents `patternProperties`.
+FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")]
 
 
 def to_snake(name: str) -> str:

@@ -1,7 +1,8 @@
 """Fireworks API resources the official SDK knows but Fireplace does not serve: every method
 on them answers 501 UNIMPLEMENTED (code 12) in the one error shape, after authentication,
 instead of a 404 that reads like a missing resource. Only /v1/accounts/{a}/<collection>
-paths are claimed, so nothing here can shadow the inference endpoints."""
+paths are claimed, so nothing here can shadow the inference endpoints. They stay out of
+/openapi.json (which describes what Fireplace serves); the README lists them."""
 from __future__ import annotations
 
 from fastapi import APIRouter
@@ -42,4 +43,5 @@ for _collection in UNSERVED:
     _base = f"/v1/accounts/{{account_id}}/{_collection}"
     for _path in (_base, _base + "/{rest:path}", _base + ":{verb}"):
         router.add_api_route(_path, _unserved(_collection), methods=METHODS, responses=RESPONSES,
+                             include_in_schema=False,
                              summary=f"Not served: {UNSERVED[_collection]} (501)")

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
 from fireplace.api.auth import CallerDep
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep, SettingsDep, get_blobs
@@ -32,7 +33,7 @@ from fireplace.storage import BlobStore
 router = APIRouter(tags=["datasets"])
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 BASE = "/v1/accounts/{account_id}/datasets"
-ITEM = BASE + "/{dataset_id:path}"  # an ID or a full name
+ITEM = BASE + "/{dataset_id:ref}"  # an ID or a full name
 FILE = "/v1/uploads/datasets/{account_id}/{dataset_id}/{filename}"
 MULTIPART_SLACK = 64 << 10   # multipart headers and boundaries around the file
 SPOOL_BYTES = 1 << 20

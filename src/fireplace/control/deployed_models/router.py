@@ -5,6 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
 from fireplace.api.auth import CallerDep
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep
@@ -17,7 +18,7 @@ from fireplace.control.deployed_models.schemas import (DeployedModel, DeployedMo
 
 router = APIRouter(tags=["deployed models"])
 COLLECTION = "/v1/accounts/{account_id}/deployedModels"
-ITEM = COLLECTION + "/{deployed_model_id:path}"  # an ID or a full name
+ITEM = COLLECTION + "/{deployed_model_id:ref}"  # an ID or a full name
 OUT = {"response_model": DeployedModel, "response_model_exclude_none": True}
 
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
 
+import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
 from fireplace.api.auth import CallerDep
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep
@@ -18,7 +19,7 @@ from fireplace.control.deployments.schemas import (Deployment, DeploymentCreate,
 
 router = APIRouter(tags=["deployments"])
 COLLECTION = "/v1/accounts/{account_id}/deployments"
-ITEM = COLLECTION + "/{deployment_id:path}"  # an ID or a full name
+ITEM = COLLECTION + "/{deployment_id:ref}"  # an ID or a full name
 OUT = {"response_model": Deployment, "response_model_exclude_none": True}
 
 

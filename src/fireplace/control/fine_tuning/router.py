@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request
 
+import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
 from fireplace.api.auth import CallerDep
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep
@@ -19,7 +20,7 @@ from fireplace.control.fine_tuning.schemas import (ListJobCheckpointsResponse, L
 
 router = APIRouter(tags=["supervised fine-tuning jobs"])
 COLLECTION = "/v1/accounts/{account_id}/supervisedFineTuningJobs"
-ITEM = COLLECTION + "/{job_id:path}"  # an ID or a full name
+ITEM = COLLECTION + "/{job_id:ref}"  # an ID or a full name
 OUT = {"response_model": SupervisedFineTuningJob, "response_model_exclude_none": True}
 
 

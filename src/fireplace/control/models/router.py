@@ -13,6 +13,7 @@ import anyio.from_thread
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
+import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
 from fireplace.api.auth import CallerDep
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep, SettingsDep, get_blobs
@@ -46,7 +47,7 @@ def list_models(account_id: str, params: ListQuery, caller: CallerDep, session: 
     return ModelList(models=models, next_page_token=token, total_size=total)
 
 
-@router.post(PREFIX + "/{model_ref:path}:getUploadEndpoint", response_model=SignedUrls,
+@router.post(PREFIX + "/{model_ref:ref}:getUploadEndpoint", response_model=SignedUrls,
              summary="Signed PUT URLs for the model's files", **OUT)
 def get_upload_endpoint(account_id: str, model_ref: str, body: UploadEndpointRequest, request: Request,
                         caller: CallerDep, session: SessionDep, settings: SettingsDep):
@@ -57,7 +58,7 @@ def get_upload_endpoint(account_id: str, model_ref: str, body: UploadEndpointReq
     return SignedUrls(filename_to_signed_urls=urls)
 
 
-@router.get(PREFIX + "/{model_ref:path}:validateUpload", response_model=ValidateUploadResponse,
+@router.get(PREFIX + "/{model_ref:ref}:validateUpload", response_model=ValidateUploadResponse,
             summary="Check the uploaded files; UPLOADING -> READY", **OUT)
 def validate_upload(account_id: str, model_ref: str, caller: CallerDep, session: SessionDep, blobs: BlobsDep,
                     config_only: Annotated[bool, Query(alias="configOnly")] = False,
@@ -70,7 +71,7 @@ def validate_upload(account_id: str, model_ref: str, caller: CallerDep, session:
     return ValidateUploadResponse(warnings=warnings)
 
 
-@router.get(PREFIX + "/{model_ref:path}:getDownloadEndpoint", response_model=SignedUrls,
+@router.get(PREFIX + "/{model_ref:ref}:getDownloadEndpoint", response_model=SignedUrls,
             summary="Signed GET URLs for the model's files", **OUT)
 def get_download_endpoint(account_id: str, model_ref: str, request: Request, caller: CallerDep,
                           session: SessionDep, settings: SettingsDep,
@@ -81,7 +82,7 @@ def get_download_endpoint(account_id: str, model_ref: str, request: Request, cal
     return SignedUrls(filename_to_signed_urls=urls)
 
 
-@router.post(PREFIX + "/{model_ref:path}:prepare", response_model=Model,
+@router.post(PREFIX + "/{model_ref:ref}:prepare", response_model=Model,
              summary="Prepare a model for a precision (a no-op here: returns the model)", **OUT)
 def prepare_model(account_id: str, model_ref: str, caller: CallerDep, session: SessionDep,
                   body: PrepareRequest | None = None):
@@ -89,14 +90,14 @@ def prepare_model(account_id: str, model_ref: str, caller: CallerDep, session: S
     return service.get_model(session, caller, account_id, model_id)
 
 
-@router.get(PREFIX + "/{model_ref:path}", response_model=Model, summary="Get a model", **OUT)
+@router.get(PREFIX + "/{model_ref:ref}", response_model=Model, summary="Get a model", **OUT)
 def get_model(account_id: str, model_ref: str, caller: CallerDep, session: SessionDep,
               read_mask: ReadMask = None):
     account_id, model_id = service.parse_model_ref(account_id, model_ref)
     return service.get_model(session, caller, account_id, model_id)
 
 
-@router.patch(PREFIX + "/{model_ref:path}", response_model=Model,
+@router.patch(PREFIX + "/{model_ref:ref}", response_model=Model,
               summary="Update a model (merges the fields present; updateMask also accepted)", **OUT)
 def update_model(account_id: str, model_ref: str, body: ModelUpdate, caller: CallerDep, session: SessionDep,
                  etag: EtagDep,
@@ -106,7 +107,7 @@ def update_model(account_id: str, model_ref: str, body: ModelUpdate, caller: Cal
                                 etag=body_or_header(body.etag, etag))
 
 
-@router.delete(PREFIX + "/{model_ref:path}", response_model=Empty,
+@router.delete(PREFIX + "/{model_ref:ref}", response_model=Empty,
                summary="Delete a model and its files (refused while its own account uses it; a public "
                        "model used by other accounts needs force=true from an account admin)", **OUT)
 def delete_model(account_id: str, model_ref: str, caller: CallerDep, session: SessionDep, blobs: BlobsDep,

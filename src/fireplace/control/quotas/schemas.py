@@ -1,6 +1,8 @@
 """Wire shapes of quotas and usage (Fireplace extensions; int64 as strings)."""
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 
 from fireplace.api.wire import Int64, Status, Wire, rfc3339
@@ -32,7 +34,7 @@ class Quota(Wire):
 
 class QuotaUpdate(Wire):
     """PATCH body: only maxValue is writable (platform admin)."""
-    max_value: Int64 | None = Field(None, ge=0, le=MAX_INT64)
+    max_value: Annotated[Int64, Field(ge=0, le=MAX_INT64)] | None = None
 
 
 class ListQuotasResponse(Wire):
