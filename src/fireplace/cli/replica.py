@@ -20,6 +20,7 @@ def replica(
     max_loras: int = typer.Option(8, help="Addons in compute memory at once."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16 (CUDA)."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
+    quantization: Optional[str] = typer.Option(None, help="Weight-only quantization on CPU: int8 | int4."),
     kv_cache_mb: int = typer.Option(256, help="KV cache memory in MiB."),
     max_num_seqs: int = typer.Option(64, help="Sequences in one batch at most."),
     max_model_len: Optional[int] = typer.Option(None, help="Context length cap."),
@@ -40,7 +41,7 @@ def replica(
     template = open(chat_template_file).read() if chat_template_file else None
     config = ReplicaConfig(replica_id=replica_id, model=model, blob_url=blob_url, cache_dir=cache_dir, task=task,
                            merged_adapter=merged_adapter, enable_lora=enable_lora, max_loras=max_loras, dtype=dtype,
-                           device=device, kv_cache_bytes=kv_cache_mb << 20, max_num_seqs=max_num_seqs,
+                           device=device, quantization=quantization, kv_cache_bytes=kv_cache_mb << 20, max_num_seqs=max_num_seqs,
                            max_model_len=max_model_len, num_threads=threads, chat_template=template)
     uvicorn.run(create_replica_app(config, secret), host=host, port=port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=5)

@@ -20,6 +20,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict
+from dataclasses import replace
 from datetime import timedelta
 
 from sqlalchemy import delete, select
@@ -31,16 +32,17 @@ from fireplace.control.deployments import tables as dt
 from fireplace.control.deployments.tables import DeploymentRow
 from fireplace.control.models.tables import KIND_ADDON, ModelRow
 from fireplace.db.base import utcnow
+from fireplace.errors import InvalidArgument
 from fireplace.orchestration import tables as rt
 from fireplace.orchestration.context import ControllerContext
 from fireplace.orchestration.executor import EMBEDDER, EXITED, REPLICA, CapacityError, ProcessSpec
 from fireplace.orchestration.replica_client import ReplicaClient
 from fireplace.orchestration.tables import ReplicaRow
+from fireplace.serving.precision import replica_precision
 
 log = logging.getLogger("fireplace.controller")
 EMBEDDING_KIND = "EMBEDDING_MODEL"
 LOAD_RETRY_S = 30.0
-PRECISION_DTYPES = {"BF16": "bfloat16", "FP16": "float16", "FP32": "float32"}
 
 
 def deployment_name(row: DeploymentRow) -> str:
@@ -289,15 +291,13 @@ class DeploymentReconciler:
             argv += ["--enable-lora", "--max-loras", str(serving.replica_max_loras)]
         if serving.replica_threads:
             argv += ["--threads", str(serving.replica_threads)]
-        dtype = PRECISION_DTYPES.get((dep.spec or {}).get("precision", ""))
-        if dtype and dtype != "float32":
-            import torch
-            if torch.cuda.is_available():
-                argv += ["--dtype", dtype, "--device", "cuda"]
-            elif dtype == "bfloat16":
-                argv += ["--dtype", dtype]
-        elif _cuda_available():
-            argv += ["--device", "cuda", "--dtype", "bfloat16"]
+        try:  # dtype, device and weight quantization for the deployment's precision (serving/precision.py)
+            precision = replica_precision((dep.spec or {}).get("precision"), _cuda_available())
+        except InvalidArgument as exc:  # validated at create; only a changed server gets here
+            raise CapacityError(str(exc)) from None
+        if kind == EMBEDDER:
+            precision = replace(precision, quantization=None)  # the embedder has no quantized path
+        argv += precision.argv()
         template = ((model.spec or {}).get("conversation_config") or {}).get("template")
         if template:  # the model's conversationConfig.template overrides its tokenizer's chat template
             argv += ["--chat-template-file", str(self._template_file(template))]

@@ -80,6 +80,7 @@ class ReplicaRuntime:
             merged = str(model_files.materialize(self.blobs, model_files.model_prefix(c.merged_adapter),
                                                  self.cache_dir))
         engine = LLMEngine(EngineConfig(model=str(base_dir), dtype=c.dtype, device=c.device,
+                                        quantization=c.quantization,
                                         kv_cache_bytes=c.kv_cache_bytes, max_num_seqs=c.max_num_seqs,
                                         max_model_len=c.max_model_len, enable_lora=c.enable_lora,
                                         max_loras=c.max_loras, max_lora_rank=c.max_lora_rank,

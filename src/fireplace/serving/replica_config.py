@@ -17,6 +17,7 @@ class ReplicaConfig:
     max_lora_rank: int = 64
     dtype: str = "float32"
     device: str = "cpu"
+    quantization: str | None = None  # int8 | int4: weight-only, CPU (EngineConfig.quantization)
     kv_cache_bytes: int = 256 << 20
     max_num_seqs: int = 64
     max_model_len: int | None = None

@@ -20,7 +20,8 @@ AcceleratorType = Literal[
     "AMD_MI325X_256GB", "AMD_MI350X_288GB"]
 Precision = Literal[
     "PRECISION_UNSPECIFIED", "FP16", "FP8", "FP8_MM", "FP8_AR", "FP8_MM_KV_ATTN", "FP8_KV", "FP8_MM_V2",
-    "FP8_V2", "FP8_MM_KV_ATTN_V2", "NF4", "FP4", "BF16", "FP4_BLOCKSCALED_MM", "FP4_MX_MOE"]
+    "FP8_V2", "FP8_MM_KV_ATTN_V2", "NF4", "FP4", "BF16", "FP4_BLOCKSCALED_MM", "FP4_MX_MOE",
+    "FP32", "INT8", "INT4"]  # the last three: Fireplace extensions (see fireplace.serving.precision)
 State = Literal["STATE_UNSPECIFIED", "CREATING", "READY", "DELETING", "FAILED", "UPDATING", "DELETED"]
 
 ReplicaCount = Field(default=None, ge=0, le=MAX_REPLICAS)

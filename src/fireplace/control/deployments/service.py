@@ -149,6 +149,9 @@ def _apply(row: DeploymentRow, body: DeploymentFields, fields: set[str]) -> None
         elif field == "autoscaling_policy":
             spec["autoscalingPolicy"] = _policy_spec(value) if value is not None else {}
         elif field in SPEC_FIELDS:
+            if field == "precision" and value is not None:  # 400 naming a value this server cannot serve
+                from fireplace.serving.precision import replica_precision, server_has_cuda
+                replica_precision(value, server_has_cuda())
             if value is None:
                 spec.pop(SPEC_FIELDS[field], None)
             else:
