@@ -13,7 +13,7 @@ assistant turn only, gradient checkpointing off and fp32 for all three:
 Each runs in its own process (peak RSS is per process). Reported: training tokens/s counting
 non-padding tokens only, over the training loop's wall time (model loading excluded); peak
 RSS and its growth over the RSS after loading; final loss = mean token loss on the assistant
-turns of a fixed 16-example subset after training, computed by the same plain forward for all.
+turns of a fixed 8-example subset after training, computed by the same plain forward for all.
 
     nice -n 10 .venv/bin/python bench/finetune.py --examples 48 --out bench/results/finetune-cpu.json
 """
@@ -37,7 +37,7 @@ WORDS = ("time year people way day man thing woman life child world school state
          "president team minute idea kid body information back parent face others level office door health person "
          "art war history party result change morning reason research girl guy moment air teacher force education "
          "quickly slowly carefully always never often bright dark simple clear open close build make take give").split()
-LR, RANK, ALPHA, DROPOUT, MAX_LEN, EVAL_N = 2e-4, 8, 16, 0.05, 1024, 16
+LR, RANK, ALPHA, DROPOUT, MAX_LEN, EVAL_N = 2e-4, 8, 16, 0.05, 1024, 8
 
 
 def synth_chats(tokenizer, n: int, seed: int) -> list[dict]:

@@ -37,7 +37,7 @@ from fireplace.orchestration.executor import EXITED, TRAINER, CapacityError, Pro
 
 log = logging.getLogger("fireplace.jobs")
 
-HEARTBEAT_TIMEOUT_S = 60.0   # a live worker beats every 2 s
+HEARTBEAT_TIMEOUT_S = 120.0  # a live worker beats every 2 s (generous: a loaded machine stalls it)
 LOST_GRACE_S = 15.0          # a worker the executor does not list (controller restarted) is dead after this
 MAX_RESTARTS = 3             # crashes retried per start (a user :resume starts the count again)
 STOP_GRACE_S = 3.0

@@ -32,7 +32,6 @@ from fireplace.db.engine import make_engine, make_session_factory
 from fireplace.storage import BlobStore
 from fireplace.training import checkpoint_store as store
 from fireplace.training.errors import TrainingError
-from fireplace.training.example_store import read_examples
 from fireplace.training.hyperparams import from_spec
 from fireplace.training.model_files import local_model_dir, split_model_name
 
@@ -124,6 +123,8 @@ class JobHooks:
         self.last_flush = time.monotonic()
 
     def on_step(self, metrics, trainer) -> bool:
+        log.info("step %d/%d done: loss %.4f, %d tokens, %.0f tokens/s", metrics.step, trainer.total_steps,
+                 metrics.train_loss, metrics.tokens, metrics.tokens_per_second)
         self.pending[metrics.step] = metrics
         self.last_metrics = metrics
         self.w.heartbeat.progress = self.progress()
@@ -232,6 +233,7 @@ class JobWorker:
 
     def train(self) -> bool:
         """Train to the end (True) or until asked to stop (False)."""
+        from fireplace.training.example_store import read_examples  # torch: imported after the first heartbeat
         from fireplace.training.trainer import Trainer
 
         row = self.row
