@@ -64,6 +64,11 @@ def deployment(server, adapters):
                                      {"kind": "HF_PEFT_ADDON", "peftDetails": {"baseModel": SMOL}})
     client.deployments.create(base_model=SMOL, deployment_id="smol-addons", enable_addons=True)
     dep = f"accounts/{server.account_id}/deployments/smol-addons"
+    early = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=60,
+                       headers={"Authorization": f"Bearer {server.api_key}"},
+                       json={"model": f"{SMOL}#{dep}", "messages": PROMPTS[0], "max_tokens": 2})
+    assert early.status_code == 503 and early.headers["retry-after"], early.text  # no replica ready yet
+    assert early.json()["error"]["type"] == "server_error"
     wait_deployment_ready(server, "smol-addons")
     for name in names.values():
         loaded = client.lora.load(model=name, deployment=dep)
