@@ -40,6 +40,9 @@ class EngineConfig:
     quantization: str | None = None
     quantization_group_size: int = 32
     quantize_lm_head: bool = True
+    # A GGUF of the same model whose Q4_1 / Q8_0 projections are served as stored
+    # (fireplace.engine.gguf_weights); `model` still gives config, tokenizer and fp32 norms.
+    gguf_file: str | None = None
     # Admission control (see scheduler): requests allowed to wait before add_request raises
     # EngineOverloadedError (None: unbounded); the default deadline of a waiting request
     # (arrival + queue_timeout_s; None: none); the share of KV blocks admission keeps free.
@@ -74,6 +77,10 @@ class EngineConfig:
             group = self.quantization_group_size
             if isinstance(group, bool) or not isinstance(group, int) or group < INT4_BLOCK or group % INT4_BLOCK:
                 raise ValueError(f"quantization_group_size must be a multiple of {INT4_BLOCK}, got {group!r}")
+        if self.gguf_file is not None and (self.quantization or self.merged_adapter or self.device != "cpu"
+                                           or DTYPES[self.dtype] != torch.float32):
+            raise ValueError("gguf_file serves the GGUF's own quantized weights: on the CPU in float32, without "
+                             "quantization or merged_adapter")
         if self.dtype in ("float16", "fp16") and not self.device.startswith("cuda"):
             raise ValueError("float16 is for CUDA; use float32 or bfloat16 on CPU")
         if self.device.startswith("cuda") and not torch.cuda.is_available():

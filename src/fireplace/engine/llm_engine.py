@@ -93,6 +93,9 @@ class LLMEngine:
             from fireplace.engine.quantize_model import quantize_model
             self.quantization = quantize_model(self.model, config.quantization, config.quantization_group_size,
                                                lm_head=config.quantize_lm_head)
+        elif config.gguf_file:  # the GGUF's Q4_1 / Q8_0 blocks as stored
+            from fireplace.engine.gguf_weights import apply_gguf_weights
+            self.quantization = apply_gguf_weights(self.model, config.gguf_file)
         if config.enable_lora:
             from fireplace.engine.lora.manager import AdapterManager
             self.adapters = AdapterManager(self.model, self.model_config, max_loras=config.max_loras,
