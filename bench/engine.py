@@ -314,6 +314,8 @@ def main() -> None:
         if peer is not None:
             line += f", vLLM fp32 {vllm_runs[-1]['seconds']:.1f}s"
         print(line + f", load {load()}", flush=True)
+        results["fp32_rounds"] = {"fireplace": our_runs, "vllm": vllm_runs}  # raw, saved as they come
+        save()
     ours_prefill = run_ours(ours, prompts, 1)
     rows["fireplace_fp32"] = finish_row({"system": "fireplace engine", "dtype": "float32"}, our_runs, ours_prefill,
                                         flops, matmul["float32"], n)
