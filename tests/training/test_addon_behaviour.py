@@ -49,7 +49,7 @@ def test_addon_learns_an_opening_phrase_and_serves_it(server):
     client = sdk(server)
     ds = dataset(server, training_lines())
     job = client.supervised_fine_tuning_jobs.create(
-        dataset=ds, base_model=SMOL, epochs=3, learning_rate=2e-3, lora_rank=8, batch_size=512,
+        dataset=ds, base_model=SMOL, epochs=2, learning_rate=2e-3, lora_rank=8, batch_size=512,
         max_context_length=256, display_name="opening phrase", extra_body={"seed": 1})
     job = wait_for(client, job_id_of(job), {"JOB_STATE_COMPLETED"}, 1500, server=server)
     assert client.models.get(job.output_model.rsplit("/", 1)[1]).state == "READY"

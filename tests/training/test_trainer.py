@@ -135,3 +135,36 @@ def test_output_loads_with_peft(model_dir, examples, tmp_path):
         ours = trainer.model.get_base_model()(input_ids=ids).logits
         theirs = peft_model(input_ids=ids).logits
     assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_eval_each_epoch_early_stop_and_accumulation(model_dir, examples):
+    class Evals(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.evals = []
+
+        def on_epoch_end(self, epoch, eval_loss, trainer):
+            self.evals.append((epoch, eval_loss))
+
+    # lr 0: the eval loss cannot improve after the first epoch -> early stop after the second of 3
+    flat = TrainConfig(**{**CFG.as_dict(), "epochs": 3, "learning_rate": 0.0, "early_stop": True})
+    trainer, rec = Trainer(flat, model_dir, examples, examples), Evals()
+    result = trainer.run(rec)
+    assert result.early_stopped and [e for e, _ in rec.evals] == [0, 1]
+    assert rec.evals[0][1] == pytest.approx(rec.evals[1][1]) and rec.evals[0][1] > 0
+    one = Trainer(TrainConfig(**{**CFG.as_dict(), "epochs": 1}), model_dir, examples)
+    two = Trainer(TrainConfig(**{**CFG.as_dict(), "epochs": 1, "grad_accum": 2}), model_dir, examples)
+    assert two.total_steps == -(-len(one.plans[0]) // 2) and one.total_steps == len(one.plans[0])
+
+
+def test_warm_start_continues_from_the_addon(model_dir, examples, tmp_path):
+    first = Trainer(TrainConfig(**{**CFG.as_dict(), "epochs": 1}), model_dir, examples)
+    first.run()
+    for name, data in first.adapter_files().items():
+        (tmp_path / name).write_bytes(data)
+    warm = Trainer(TrainConfig(**{**CFG.as_dict(), "epochs": 1, "lora_rank": 16}), model_dir, examples,
+                   warm_start_dir=tmp_path)
+    assert sorted(warm.target_modules) == sorted(first.target_modules)
+    assert int(warm.model.peft_config["default"].r) == 4          # the addon's rank, not loraRank
+    got, want = warm.adapter_state(), first.adapter_state()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
