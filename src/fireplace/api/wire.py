@@ -168,10 +168,17 @@ def status(code: str = "OK", message: str = "") -> dict[str, str]:
 
 
 Str = Annotated[str, Field(max_length=MAX_STRING)]
-# json_schema_extra of a dict keyed by a pattern: keys outside the pattern are not allowed.
-CLOSED = {"additionalProperties": False}
-# A flat file name (storage.blobs.safe_filename); as a dict key it documents `patternProperties`.
-FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")]
+FILENAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"
+
+
+def documented(pattern: str) -> dict:
+    """json_schema_extra stating a pattern the service itself checks (with its own message)."""
+    return {"pattern": pattern}
+
+
+# json_schema_extra of a {file name: size} map: the keys are flat file names (checked by
+# storage.blobs.safe_filename, which names the bad one).
+FILE_MAP = {"propertyNames": {"pattern": FILENAME_PATTERN}}
 
 
 def to_snake(name: str) -> str:

@@ -60,7 +60,7 @@ Account.model_rebuild()
 class AccountCreate(Wire):
     """Body of `POST /v1/accounts` (our extension). The ID comes from the email, or, for an
     ENTERPRISE account, from `?accountId=`."""
-    email: str = Field(max_length=MAX_EMAIL, pattern=_EMAIL_RE.pattern)
+    email: str = Field(max_length=MAX_EMAIL, json_schema_extra={"pattern": _EMAIL_RE.pattern})
     display_name: str = Field("", max_length=MAX_DISPLAY_NAME)
     # ACCOUNT_TYPE_UNSPECIFIED (the SDK's zero value) means DEVELOPER.
     account_type: Literal["DEVELOPER", "ENTERPRISE", "ACCOUNT_TYPE_UNSPECIFIED"] = "DEVELOPER"

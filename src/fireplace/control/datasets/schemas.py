@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from fireplace.api.wire import CLOSED, BoundedJson, FileName, Int64, Status, Wire
+from fireplace.api.wire import FILE_MAP, BoundedJson, documented, Int64, Status, Wire
 from fireplace.ids import ref_pattern
 
 Format = Literal["FORMAT_UNSPECIFIED", "CHAT", "COMPLETION", "RL"]
@@ -44,7 +44,7 @@ class DatasetUpdate(DatasetFields):
 
 
 class DatasetCreate(Wire):
-    dataset_id: str = Field(max_length=300, pattern=ref_pattern("datasets"))
+    dataset_id: str = Field(max_length=300, json_schema_extra=documented(ref_pattern("datasets")))
     dataset: DatasetFields = Field(default_factory=DatasetFields)
     source_dataset_id: str | None = Field(default=None, max_length=300)
 
@@ -68,7 +68,7 @@ class ListDatasetsResponse(Wire):
 
 
 class UploadEndpointRequest(Wire):
-    filename_to_size: dict[FileName, Int64] = Field(min_length=1, max_length=1, json_schema_extra=CLOSED)   # the dataset's one JSONL
+    filename_to_size: dict[str, Int64] = Field(min_length=1, max_length=1, json_schema_extra=FILE_MAP)   # the dataset's one JSONL
     read_mask: str | None = None
 
 

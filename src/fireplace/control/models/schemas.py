@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from fireplace.api.wire import CLOSED, FileName, Int64, Status, Wire
+from fireplace.api.wire import FILE_MAP, documented, Int64, Status, Wire
 from fireplace.ids import ref_pattern
 
 
@@ -64,7 +64,7 @@ class ModelIn(ModelFields):
 
 
 class ModelCreate(Wire):
-    model_id: str = Field(max_length=300, pattern=ref_pattern("models"))
+    model_id: str = Field(max_length=300, json_schema_extra=documented(ref_pattern("models")))
     model: ModelIn = Field(default_factory=ModelIn)
     cluster: str | None = None
 
@@ -103,7 +103,7 @@ class ModelList(Wire):
 
 
 class UploadEndpointRequest(Wire):
-    filename_to_size: dict[FileName, Int64] = Field(max_length=512, json_schema_extra=CLOSED)
+    filename_to_size: dict[str, Int64] = Field(max_length=512, json_schema_extra=FILE_MAP)
     enable_resumable_upload: bool | None = None
     read_mask: str | None = None
 
