@@ -227,3 +227,36 @@ def test_rows_of_a_sequence_read_its_tokens_without_copies():
     logits[0, 4] = 1.0
     logits[0, 9] = 0.6  # 4 is seen: 1.0 / 2 < 0.6
     assert Sampler()(logits, [row]).token_ids.tolist() == [9]
+
+
+def test_sampling_reads_no_device_value_back_on_the_way():
+    """Every decision comes from the rows' parameters (host): no scalar read of a tensor (a host
+    sync on CUDA) while sampling, whatever the mix, except top-p's candidate widening (CPU only)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten  # the ops that hand a tensor's value to Python (under inference mode too)
+    SCALAR_READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.item.default, aten.equal.default}
+
+    class ScalarReads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in SCALAR_READS:
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    logits = torch.randn(6, 300, generator=torch.Generator().manual_seed(11)) * 3
+    rows = [SamplingRow(SamplingParams(temperature=0.0, repetition_penalty=1.2, logprobs=3), [1, 2], [2]),
+            SamplingRow(SamplingParams(temperature=0.8, top_k=20, top_p=0.9, seed=5, frequency_penalty=0.3), [4], [5, 5]),
+            SamplingRow(SamplingParams(temperature=1.0, min_p=0.1, presence_penalty=0.5), [7], [8]),
+            SamplingRow(SamplingParams(temperature=1.3, top_k=50), banned_token_ids=[0, 1]),
+            SamplingRow(SamplingParams(temperature=0.0)),
+            SamplingRow(SamplingParams(temperature=0.5, logprobs=1))]
+    with ScalarReads() as reads:
+        Sampler()(logits, rows)
+    assert reads.count == 0
+    with ScalarReads() as reads:  # the counter does see a read: top-p without top-k may widen (CPU)
+        Sampler()(logits[:1], [SamplingRow(SamplingParams(top_p=0.5))])
+    assert reads.count == 1

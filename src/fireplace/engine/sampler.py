@@ -341,18 +341,17 @@ def _edits_logits(row: SamplingRow) -> bool:
             or bool(row.banned_token_ids))
 
 
-def _pairs(rows: SequenceOf[SamplingRow], picked: SequenceOf[int], token_lists, vocab: int,
-           device: torch.device) -> torch.Tensor:
-    """Flat keys row * V + token [N] (int64, on device) of the tokens token_lists(row) of each picked row."""
+def _pairs(rows: SequenceOf[SamplingRow], picked: SequenceOf[int], token_lists, vocab: int) -> torch.Tensor:
+    """Flat keys row * V + token [N] (int64, CPU) of the tokens token_lists(row) of each picked row.
+    Built and deduplicated on the host: torch.unique on a device would need a sync for its size."""
     tokens: list[int] = []
-    counts: list[int] = []
+    row_ids: list[int] = []
     for i in picked:
         before = len(tokens)
         for part in token_lists(rows[i]):
             _extend(tokens, part)
-        counts.append(len(tokens) - before)
-    row_ids = torch.repeat_interleave(torch.tensor(list(picked)), torch.tensor(counts))
-    return (row_ids * vocab + torch.tensor(tokens, dtype=torch.int64)).to(device, non_blocking=True)
+        row_ids += [i] * (len(tokens) - before)
+    return torch.tensor(row_ids, dtype=torch.int64) * vocab + torch.tensor(tokens, dtype=torch.int64)
 
 
 def _apply_penalties(logits: torch.Tensor, rows: SequenceOf[SamplingRow]) -> None:
@@ -361,23 +360,22 @@ def _apply_penalties(logits: torch.Tensor, rows: SequenceOf[SamplingRow]) -> Non
     repeat = [i for i, r in enumerate(rows) if r.params.repetition_penalty != 1.0]
     if repeat:
         # HF: a token seen in prompt or output has its logit divided (if > 0) or multiplied
-        keys = _pairs(rows, repeat, lambda r: (r.prompt_token_ids, r.output_token_ids), vocab, device).unique()
+        keys = _pairs(rows, repeat, lambda r: (r.prompt_token_ids, r.output_token_ids), vocab).unique()
         if keys.numel():
-            row, token = keys // vocab, keys % vocab
-            penalty = torch.tensor([r.params.repetition_penalty for r in rows], dtype=dtype)
-            penalty = penalty.to(device, non_blocking=True)[row]
+            penalty = torch.tensor([r.params.repetition_penalty for r in rows], dtype=dtype)[keys // vocab]
+            row, token, penalty = (t.to(device, non_blocking=True) for t in (keys // vocab, keys % vocab, penalty))
             values = logits[row, token]
             logits.index_put_((row, token), torch.where(values > 0, values / penalty, values * penalty))
     counted = [i for i, r in enumerate(rows)
                if (r.params.frequency_penalty != 0.0 or r.params.presence_penalty != 0.0) and len(r.output_token_ids)]
     if counted:
         # OpenAI: logit -= frequency * count + presence * (count > 0), over output tokens
-        keys, counts = _pairs(rows, counted, lambda r: (r.output_token_ids,), vocab, device).unique(
-            return_counts=True)
-        row, token = keys // vocab, keys % vocab
+        keys, counts = _pairs(rows, counted, lambda r: (r.output_token_ids,), vocab).unique(return_counts=True)
         per_row = torch.tensor([[r.params.frequency_penalty, r.params.presence_penalty] for r in rows], dtype=dtype)
-        per_row = per_row.to(device, non_blocking=True)[row]  # [N, 2]
-        logits.index_put_((row, token), logits[row, token] - (per_row[:, 0] * counts.to(dtype) + per_row[:, 1]))
+        per_row = per_row[keys // vocab]  # [N, 2]
+        delta = per_row[:, 0] * counts.to(dtype) + per_row[:, 1]
+        row, token, delta = (t.to(device, non_blocking=True) for t in (keys // vocab, keys % vocab, delta))
+        logits.index_put_((row, token), logits[row, token] - delta)
 
 
 def _apply_banned(logits: torch.Tensor, rows: SequenceOf[SamplingRow]) -> None:
