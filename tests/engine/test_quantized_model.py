@@ -157,3 +157,41 @@ def test_engine_config_refuses_what_it_cannot_serve(overrides, match):
 
     with pytest.raises(ValueError, match=match):
         EngineConfig(model="unused", **overrides).validate()
+
+
+def test_engine_serves_a_quantized_base_with_lora_in_one_batch(checkpoint, tmp_path):
+    """EngineConfig.quantization through LLMEngine: the base is quantized after load, LoRA
+    addons run on it in the same batch, and greedy outputs are what the model-level path gives."""
+    from transformers import AutoTokenizer
+
+    from fireplace.catalog.smollm2 import ensure_smollm2
+    from fireplace.engine.engine_config import EngineConfig
+    from fireplace.engine.llm_engine import LLMEngine
+    from fireplace.engine.sampling_params import SamplingParams
+
+    hf, path = checkpoint
+    make_peft_adapter(hf, tmp_path / "addon", seed=21, r=8, lora_alpha=16, target_modules="all-linear")
+    tokenizer = AutoTokenizer.from_pretrained(str(ensure_smollm2()))
+    greedy = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    prompts = [[3, 9, 27, 81, 5], [7, 1, 4]]
+    outs = {}
+    for quantization in (None, "int4"):
+        engine = LLMEngine(EngineConfig(model=str(path), num_kv_blocks=32, block_size=4, enable_lora=True,
+                                        max_loras=2, quantization=quantization), tokenizer=tokenizer)
+        engine.load_adapter("addon", tmp_path / "addon")
+        assert (engine.quantization is None) == (quantization is None)
+        outs[quantization] = [o.outputs[0].token_ids for o in
+                              engine.generate(prompts, greedy, adapter_ids=[None, "addon"])]
+        if quantization:
+            assert engine.quantization.scheme == "int4" and engine.quantization.num_matrices == 9
+            assert engine.model.model.layers[1].mlp.down_proj.quantized is not None
+    from peft import PeftModel
+
+    ref_base = dequantized_reference(hf, "int4", 32)
+    refs = [ref_base, PeftModel.from_pretrained(copy.deepcopy(ref_base), str(tmp_path / "addon")).eval()]
+    for prompt, ref, got in zip(prompts, refs, outs["int4"]):
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            want = ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, min_new_tokens=6,
+                                do_sample=False)[0, len(prompt):].tolist()
+        assert got == want

@@ -1,0 +1,178 @@
+"""Single-stream decode per weight precision: one request, 32-token prompt, 128 new tokens.
+
+For fp32, int8, int4 (EngineConfig.quantization) and the bundled GGUF's own Q4_1 blocks
+(EngineConfig.gguf_file), on SmolLM2-135M-Instruct, CPU, in one run:
+  - the machine's read bandwidth, measured here (torch sum over a 512 MB fp32 tensor, best of
+    5, at the engine's thread count) and the time to read the weights once in each format;
+  - per-token decode time (the engine's step loop, prefill excluded) against that read time;
+  - perplexity on tests/data/perplexity.txt (the engine's prompt logprobs) and greedy-token
+    agreement with fp32 over 20 prompts (16 new tokens each, batched);
+  - os.getloadavg() before and after each phase: the machine is shared, so read the figures
+    with the load next to them.
+No llama.cpp peer in this script (see bench/results/single_stream.json "peer").
+
+    nice -n 10 .venv/bin/python bench/single_stream.py [--precisions fp32,int8,int4,gguf] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from fireplace.catalog.smollm2 import ensure_smollm2, find_smollm2_gguf
+from fireplace.engine.engine_config import EngineConfig
+from fireplace.engine.llm_engine import LLMEngine
+from fireplace.engine.sampling_params import SamplingParams
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = ROOT / "tests" / "data" / "perplexity.txt"
+PROMPTS = [
+    "The capital of France is", "Once upon a time", "def fibonacci(n):", "The three primary colors are",
+    "Water boils at", "In 1969, humans", "A haiku about the sea:", "The quick brown fox",
+    "To make a cup of tea, first", "Python is a programming language that", "The largest planet in",
+    "My favourite food is", "Photosynthesis is the process", "1, 2, 3, 4,", "The opposite of hot is",
+    "Dear Sir or Madam,", "import numpy as np\n", "The moon orbits", "Machine learning models learn",
+    "Q: What is 2 + 2?\nA:",
+]
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def read_bandwidth_gbs(threads: int) -> float:
+    """Best of 5 sums over 512 MB of fp32 (a read-only stream, like a decode step's weights)."""
+    torch.set_num_threads(threads)
+    x = torch.ones(128 << 20)
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best / 1e9
+
+
+def engine_for(precision: str, model_dir: str, threads: int) -> LLMEngine:
+    extra = {"fp32": {}, "int8": {"quantization": "int8"}, "int4": {"quantization": "int4"},
+             "gguf": {"gguf_file": str(find_smollm2_gguf())}}[precision]
+    return LLMEngine(EngineConfig(model=model_dir, num_threads=threads, max_num_seqs=len(PROMPTS),
+                                  kv_cache_bytes=128 << 20, **extra))
+
+
+def weight_bytes(engine: LLMEngine) -> int:
+    """Bytes of the projections + lm_head a decode step reads (quantized: as stored)."""
+    if engine.quantization is not None:
+        return engine.quantization.quantized_bytes
+    from fireplace.engine.layers.linear import Linear
+    seen, total = set(), 0
+    for module in engine.model.modules():
+        if isinstance(module, Linear) and module.weight.data_ptr() not in seen:
+            seen.add(module.weight.data_ptr())
+            total += module.weight.numel() * module.weight.element_size()
+    return total
+
+
+def single_stream(engine: LLMEngine, prompt_ids: list[int], new_tokens: int, repeats: int) -> dict:
+    runs = []
+    for i in range(repeats):
+        engine.add_request(f"single-{i}", prompt_ids, SamplingParams(temperature=0, max_tokens=new_tokens,
+                                                                      ignore_eos=True))
+        steps = []
+        while engine.has_unfinished_requests():
+            start = time.perf_counter()
+            engine.step()
+            steps.append(time.perf_counter() - start)
+        decode = steps[1:]  # steps[0]: the prefill (and the first token)
+        runs.append({"prefill_ms": steps[0] * 1e3, "decode_ms_mean": statistics.mean(decode) * 1e3,
+                     "decode_ms_median": statistics.median(decode) * 1e3, "decode_steps": len(decode)})
+    best = min(runs, key=lambda r: r["decode_ms_mean"])
+    return {**best, "tok_s": 1e3 / best["decode_ms_mean"], "runs": runs}
+
+
+def perplexity(engine: LLMEngine, text_ids: list[int]) -> float:
+    out = engine.generate([text_ids], SamplingParams(max_tokens=1, prompt_logprobs=0))[0]
+    logprobs = [lp.logprob for lp in out.prompt_logprobs[1:]]
+    return math.exp(-sum(logprobs) / len(logprobs))
+
+
+def greedy(engine: LLMEngine, tokens: int) -> list[list[int]]:
+    outs = engine.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True))
+    return [o.outputs[0].token_ids for o in outs]
+
+
+def agreement(ref: list[list[int]], got: list[list[int]]) -> dict:
+    same_positions = sum(a == b for r, g in zip(ref, got) for a, b in zip(r, g))
+    prefix = []
+    for r, g in zip(ref, got):
+        n = next((i for i, (a, b) in enumerate(zip(r, g)) if a != b), len(r))
+        prefix.append(n / len(r))
+    return {"token_agreement": same_positions / sum(len(r) for r in ref),
+            "mean_matching_prefix": statistics.mean(prefix),
+            "identical_sequences": sum(r == g for r, g in zip(ref, got))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--precisions", default="fp32,int8,int4,gguf")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--agreement-tokens", type=int, default=16)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "single_stream.json"))
+    args = parser.parse_args()
+
+    model_dir = str(ensure_smollm2())
+    result = {"model": "SmolLM2-135M-Instruct", "machine": platform.processor() or platform.machine(),
+              "cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
+              "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+              "perplexity_text": str(TEXT.relative_to(ROOT)), "loadavg_start": load(),
+              "peer": "llama.cpp not run: no build of it on this machine (llama-cpp-python is not installed and "
+                      "a source build did not fit this session)", "rows": {}}
+    result["read_bandwidth_gbs"] = read_bandwidth_gbs(args.threads)
+    result["loadavg_after_bandwidth"] = load()
+    print(f"read bandwidth {result['read_bandwidth_gbs']:.1f} GB/s, load {result['loadavg_after_bandwidth']}", flush=True)
+    reference = None
+    for precision in args.precisions.split(","):
+        engine = engine_for(precision, model_dir, args.threads)
+        tok = engine.tokenizer
+        text_ids = tok(TEXT.read_text()).input_ids
+        row = {"backend": engine.backend.describe(), "weight_bytes": weight_bytes(engine), "loadavg": [load()]}
+        row["weight_read_ms"] = row["weight_bytes"] / (result["read_bandwidth_gbs"] * 1e9) * 1e3
+        engine.generate(["Hello"], SamplingParams(temperature=0, max_tokens=4))  # warm-up
+        row["single_stream"] = single_stream(engine, text_ids[:args.prompt_tokens], args.new_tokens, args.repeats)
+        row["per_token_vs_weight_read"] = row["single_stream"]["decode_ms_mean"] / row["weight_read_ms"]
+        row["loadavg"].append(load())
+        row["perplexity"] = perplexity(engine, text_ids)
+        tokens = greedy(engine, args.agreement_tokens)
+        if reference is None:
+            reference = tokens
+        row["greedy_vs_first_row"] = agreement(reference, tokens)
+        row["loadavg"].append(load())
+        result["rows"][precision] = row
+        s = row["single_stream"]
+        print(f"{precision}: {s['tok_s']:.1f} tok/s ({s['decode_ms_mean']:.1f} ms/token, weights "
+              f"{row['weight_bytes'] / 1e6:.0f} MB = {row['weight_read_ms']:.1f} ms to read, "
+              f"x{row['per_token_vs_weight_read']:.2f}), ppl {row['perplexity']:.3f}, "
+              f"agreement {row['greedy_vs_first_row']['token_agreement']:.3f}, load {row['loadavg']}", flush=True)
+        del engine
+    fp32 = result["rows"].get("fp32")
+    if fp32:
+        for row in result["rows"].values():
+            row["perplexity_vs_fp32"] = row["perplexity"] / fp32["perplexity"] - 1
+            row["speedup_vs_fp32"] = row["single_stream"]["tok_s"] / fp32["single_stream"]["tok_s"]
+    result["loadavg_end"] = load()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
