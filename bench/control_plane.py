@@ -155,7 +155,9 @@ def main() -> None:
             print(f"{backend:<10}{op:<8}{r['req_per_s']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
                   f"{ratio:>10.2f}x{r['errors']:>8}")
     out = {"benchmark": "control_plane", "clients": args.clients, "seconds_per_row": args.seconds,
-           "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+           "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
+                       # shared machine: other work's load skews every row alike (the floor too)
+                       "load_average_1m_at_end": round(os.getloadavg()[0], 1)},
            "aim": "p99 of get within 3x the floor", "results": rows,
            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = ROOT / "bench" / "results" / "control_plane.json"
