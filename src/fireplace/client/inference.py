@@ -10,11 +10,16 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 from fireplace import errors
 
 if TYPE_CHECKING:
     from fireplace.client.api import Fireplace
 
+# A reply may take long to start (a cold replica, a long queue) and long between tokens under
+# load: inference waits up to this for each read, where control-plane calls wait DEFAULT_TIMEOUT.
+INFERENCE_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 MODELS_PATH = "/v1/models"
@@ -50,20 +55,24 @@ class Inference:
         return self.fp.get(MODELS_PATH).get("data", [])
 
     def chat(self, model: str, messages: list[dict], **params: Any) -> dict:
-        return self.fp.post(CHAT_PATH, _body(model=model, messages=messages, **params))
+        return self._post(CHAT_PATH, _body(model=model, messages=messages, **params))
 
     def chat_stream(self, model: str, messages: list[dict], **params: Any) -> Iterator[dict]:
         return self._stream(CHAT_PATH, _body(model=model, messages=messages, **params))
 
     def complete(self, model: str, prompt: str, **params: Any) -> dict:
-        return self.fp.post(COMPLETIONS_PATH, _body(model=model, prompt=prompt, **params))
+        return self._post(COMPLETIONS_PATH, _body(model=model, prompt=prompt, **params))
 
     def complete_stream(self, model: str, prompt: str, **params: Any) -> Iterator[dict]:
         return self._stream(COMPLETIONS_PATH, _body(model=model, prompt=prompt, **params))
 
+    def _post(self, path: str, body: dict) -> dict:
+        return self.fp.transport.json("POST", path, json=body, timeout=INFERENCE_TIMEOUT)
+
     def _stream(self, path: str, body: dict) -> Iterator[dict]:
         body = {**body, "stream": True}
-        with self.fp.transport.stream("POST", path, json=body, headers={"accept": "text/event-stream"}) as response:
+        with self.fp.transport.stream("POST", path, json=body, headers={"accept": "text/event-stream"},
+                                      timeout=INFERENCE_TIMEOUT) as response:
             yield from iter_sse(response.iter_lines())
 
 
