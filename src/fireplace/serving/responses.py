@@ -25,6 +25,13 @@ class ChoiceState:
     finish_reason: str | None = None
 
 
+MIN_LOGPROB = -9999.0  # forbidden tokens (-inf) as OpenAI reports them: JSON has no infinity
+
+
+def _lp(value: float) -> float:
+    return value if value > MIN_LOGPROB else MIN_LOGPROB
+
+
 def token_text(tokenizer, token_id: int) -> str:
     return tokenizer.decode([token_id])
 
@@ -33,9 +40,9 @@ def chat_logprobs(tokenizer, items: list[TokenLogprob], num_top: int) -> dict:
     content = []
     for lp in items:
         text = token_text(tokenizer, lp.token_id)
-        tops = [{"token": token_text(tokenizer, t), "logprob": v, "bytes": list(token_text(tokenizer, t).encode())}
+        tops = [{"token": token_text(tokenizer, t), "logprob": _lp(v), "bytes": list(token_text(tokenizer, t).encode())}
                 for t, v in lp.top[:num_top]]
-        content.append({"token": text, "logprob": lp.logprob, "bytes": list(text.encode()), "top_logprobs": tops})
+        content.append({"token": text, "logprob": _lp(lp.logprob), "bytes": list(text.encode()), "top_logprobs": tops})
     return {"content": content}
 
 
@@ -44,8 +51,8 @@ def completion_logprobs(tokenizer, items: list[TokenLogprob], num_top: int, offs
     for lp in items:
         text = token_text(tokenizer, lp.token_id)
         tokens.append(text)
-        token_logprobs.append(lp.logprob)
-        top_logprobs.append({token_text(tokenizer, t): v for t, v in lp.top[:num_top]} if num_top else None)
+        token_logprobs.append(_lp(lp.logprob))
+        top_logprobs.append({token_text(tokenizer, t): _lp(v) for t, v in lp.top[:num_top]} if num_top else None)
         offsets.append(offset)
         offset += len(text)
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
