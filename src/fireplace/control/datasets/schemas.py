@@ -46,7 +46,8 @@ class DatasetUpdate(DatasetFields):
 class DatasetCreate(Wire):
     dataset_id: str = Field(max_length=300, json_schema_extra=documented(ref_pattern("datasets")))
     dataset: DatasetFields = Field(default_factory=DatasetFields)
-    source_dataset_id: str | None = Field(default=None, max_length=300)
+    source_dataset_id: str | None = Field(default=None, max_length=300,
+                                          json_schema_extra=documented(ref_pattern("datasets")))
 
 
 class Dataset(DatasetFields):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, WithJsonSchema
 
 from fireplace.api.wire import Int64, Status, Wire, rfc3339
 from fireplace.control.quotas.definitions import QuotaDefinition
@@ -32,9 +32,16 @@ class Quota(Wire):
                    usage=usage, update_time=rfc3339(update_time))
 
 
+def _non_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
 class QuotaUpdate(Wire):
     """PATCH body: only maxValue is writable (platform admin)."""
-    max_value: Annotated[Int64, Field(ge=0, le=MAX_INT64)] | None = None
+    max_value: Annotated[Int64, AfterValidator(_non_negative),
+                         WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_INT64})] | None = None
 
 
 class ListQuotasResponse(Wire):
