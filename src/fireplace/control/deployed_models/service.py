@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fireplace.api.auth import Action, Principal, authorize
+from fireplace.api.auth import PUBLIC_ACCOUNT_ID, Action, Principal, authorize
 from fireplace.api.filtering import FieldMap, name_field, as_bool, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
 from fireplace.control.common import check_etag, fetch, resource_name, touch, update_mask_fields
@@ -51,7 +51,9 @@ FIELDS: FieldMap = {
 def _deployment(session: Session, account_id: str, value: str) -> DeploymentRow:
     dep_account, dep_id = parse_name(value, "deployments", account_id=account_id, what="deployment")
     name = resource_name(dep_account, "deployments", dep_id)
-    row = session.get(DeploymentRow, (dep_account, dep_id)) if dep_account == account_id else None
+    # the account's own deployments, or a public serverless one (serverless addons, see load)
+    row = (session.get(DeploymentRow, (dep_account, dep_id)) if dep_account in (account_id, PUBLIC_ACCOUNT_ID)
+           else None)
     if row is None:
         raise InvalidArgument(f"deployment: deployment {name!r} not found")
     if row.state in SOFT_DELETED:
@@ -99,10 +101,14 @@ def load(session: Session, caller: Principal, account_id: str, body: DeployedMod
     if body.serverless:
         raise InvalidArgument("serverless is not applicable when loading a model into a deployment; omit it")
     deployment = _deployment(session, account_id, body.deployment)
-    dep_name = resource_name(account_id, "deployments", deployment.deployment_id)
+    dep_name = resource_name(deployment.account_id, "deployments", deployment.deployment_id)
     model = resolve_model(session, account_id, body.model, "model")
     mname = model_name(model)
     is_addon = mname != deployment.base_model
+    if deployment.account_id != account_id and (not is_addon or model.account_id != account_id):
+        # serverless addons: an account loads its OWN addon into the public deployment of its base
+        raise InvalidArgument(f"deployment: {dep_name!r} is a public serverless deployment; only this "
+                              "account's own LoRA addons of its base model can be loaded there")
     if is_addon:
         if model.kind != ADDON_KIND:
             raise InvalidArgument(f"model: {mname!r} is a {model.kind}; deployment {dep_name!r} serves "
