@@ -18,6 +18,9 @@ MAX_ID_LEN = 63
 _ID = r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?"
 
 
+ID_PATTERN = rf"^{_ID}$"  # the JSON-schema pattern of a bare ID (a new resource's ID in a create body)
+
+
 def ref_pattern(collection: str) -> str:
     """The JSON-schema pattern of a field taking an ID or the full name in `collection`."""
     return rf"^(accounts/{_ID}/{collection}/)?{_ID}$"

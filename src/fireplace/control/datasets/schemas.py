@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import Field
 
 from fireplace.api.wire import FILE_MAP, BoundedJson, documented, Int64, Status, Wire
-from fireplace.ids import ref_pattern
+from fireplace.ids import ID_PATTERN, ref_pattern
 
 Format = Literal["FORMAT_UNSPECIFIED", "CHAT", "COMPLETION", "RL"]
 State = Literal["STATE_UNSPECIFIED", "UPLOADING", "READY"]
@@ -44,7 +44,7 @@ class DatasetUpdate(DatasetFields):
 
 
 class DatasetCreate(Wire):
-    dataset_id: str = Field(max_length=300, json_schema_extra=documented(ref_pattern("datasets")))
+    dataset_id: str = Field(max_length=300, json_schema_extra=documented(ID_PATTERN))
     dataset: DatasetFields = Field(default_factory=DatasetFields)
     source_dataset_id: str | None = Field(default=None, max_length=300,
                                           json_schema_extra=documented(ref_pattern("datasets")))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from fireplace.api.wire import FILE_MAP, documented, Int64, Status, Wire
-from fireplace.ids import ref_pattern
+from fireplace.ids import ID_PATTERN
 
 
 class ConversationConfig(Wire):
@@ -64,7 +64,7 @@ class ModelIn(ModelFields):
 
 
 class ModelCreate(Wire):
-    model_id: str = Field(max_length=300, json_schema_extra=documented(ref_pattern("models")))
+    model_id: str = Field(max_length=300, json_schema_extra=documented(ID_PATTERN))
     model: ModelIn = Field(default_factory=ModelIn)
     cluster: str | None = None
 

@@ -9,6 +9,9 @@ from fireplace.api.wire import Int64, Status, Wire, rfc3339
 from fireplace.control.quotas.definitions import QuotaDefinition
 
 MAX_INT64 = (1 << 63) - 1
+# the largest integer below 2^63 that a double holds exactly: clients (and schemathesis) compare
+# JSON numbers as doubles, so the spec states this bound; the server itself accepts up to MAX_INT64
+JSON_SAFE_INT64_MAX = (1 << 63) - 1024
 
 
 class Quota(Wire):
@@ -41,7 +44,7 @@ def _non_negative(value: int) -> int:
 class QuotaUpdate(Wire):
     """PATCH body: only maxValue is writable (platform admin)."""
     max_value: Annotated[Int64, AfterValidator(_non_negative),
-                         WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_INT64})] | None = None
+                         WithJsonSchema({"type": "integer", "minimum": 0, "maximum": JSON_SAFE_INT64_MAX})] | None = None
 
 
 class ListQuotasResponse(Wire):
