@@ -133,13 +133,11 @@ def test_disconnect_frees_kv_blocks(server, deployment):
         with c.stream("POST", f"{server.base_url}/v1/chat/completions", json=body,
                       headers={"Authorization": f"Bearer {server.api_key}"}) as r:
             assert r.status_code == 200
-            chunks = 0
-            for _ in r.iter_lines():
-                chunks += 1
-                if chunks > 6:
-                    break
+            lines = r.iter_lines()  # kept referenced: a dropped iterator would close the stream now
+            first = [next(lines) for _ in range(7)]
             running = replica_stats(row)
-            assert running["num_running"] >= 1 and running["kv_blocks_used"] > baseline["kv_blocks_used"]
+            assert running["num_running"] >= 1 and running["kv_blocks_used"] > baseline["kv_blocks_used"], \
+                (running, first)
     stats = wait_for(lambda: (lambda s: s if s["num_running"] == 0 else None)(replica_stats(row)), 30,
                      what="the aborted request to leave the replica")
     assert stats["kv_blocks_used"] <= baseline["kv_blocks_used"] + 0 or stats["num_running"] == 0
