@@ -20,13 +20,19 @@ from tests.servers import Server
 from tests.training.helpers import chat_lines, dataset, job_id_of, job_list, tiny_base, wait_for
 
 REGISTER_ONCE_JOB = "register-once"
+KILL_JOB, CANCEL_JOB = "kill-mid-run", "cancel-mid-run"
 PAUSE_S = 8
+# The tiny model trains a whole job in about a second: the workers of the kill and cancel tests
+# pause after their first checkpoint so the kill or cancel lands mid-run, not after the end.
+FAULTS = ",".join([f"before-register:{REGISTER_ONCE_JOB}:{PAUSE_S}",
+                   f"after-first-checkpoint:{KILL_JOB}:{PAUSE_S}",
+                   f"after-first-checkpoint:{CANCEL_JOB}:5"])
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = Server(home=tmp_path_factory.mktemp("fp-train"), backend="sqlite", api_key=ADMIN_KEY,
-                 extra_env={"FIREPLACE_TRAINING_FAULT": f"before-register:{REGISTER_ONCE_JOB}:{PAUSE_S}"}).start()
+                 extra_env={"FIREPLACE_TRAINING_FAULT": FAULTS}).start()
     yield srv
     srv.stop()
 
@@ -187,8 +193,8 @@ def _wait_checkpoint(server: Server, job_id: str, min_step: int, timeout: float 
 def test_kill9_worker_mid_run_resumes_to_the_same_adapter(server, client, base, data):
     interval = 4
     job = client.supervised_fine_tuning_jobs.create(
-        dataset=data, base_model=base, epochs=2, batch_size=64, learning_rate=3e-3, lora_rank=4,
-        extra_body={"checkpointIntervalSteps": interval, "seed": 5})
+        supervised_fine_tuning_job_id=KILL_JOB, dataset=data, base_model=base, epochs=2, batch_size=64,
+        learning_rate=3e-3, lora_rank=4, extra_body={"checkpointIntervalSteps": interval, "seed": 5})
     job_id = job_id_of(job)
     last_ckpt = _wait_checkpoint(server, job_id, interval)
     step_at_kill = client.supervised_fine_tuning_jobs.get(job_id).job_progress.model_extra.get("step", 0)
@@ -209,8 +215,8 @@ def test_kill9_worker_mid_run_resumes_to_the_same_adapter(server, client, base, 
 
 def test_cancel_then_resume_continues_from_the_checkpoint(server, client, base, data):
     job = client.supervised_fine_tuning_jobs.create(
-        dataset=data, base_model=base, epochs=2, batch_size=64, learning_rate=3e-3, lora_rank=4,
-        extra_body={"checkpointIntervalSteps": 3, "seed": 9})
+        supervised_fine_tuning_job_id=CANCEL_JOB, dataset=data, base_model=base, epochs=2, batch_size=64,
+        learning_rate=3e-3, lora_rank=4, extra_body={"checkpointIntervalSteps": 3, "seed": 9})
     job_id = job_id_of(job)
     ckpt = _wait_checkpoint(server, job_id, 3)
     cancelled_at = time.monotonic()

@@ -137,6 +137,8 @@ class JobHooks:
     def on_checkpoint(self, checkpoint, trainer) -> None:
         self.flush()
         self.w.save_checkpoint(checkpoint)
+        if self.w.job.attempt == 1 and checkpoint.step == trainer.interval:
+            _fault_pause("after-first-checkpoint", self.w.job.job_id)
 
     def on_epoch_end(self, epoch, eval_loss, trainer) -> None:
         if eval_loss is None:
@@ -339,13 +341,14 @@ class JobWorker:
 
 
 def _fault_pause(point: str, job_id: str) -> None:
-    """Fault-injection for crash tests: FIREPLACE_TRAINING_FAULT="<point>:<job id>:<seconds>"
-    makes the worker of that one job sleep at that point (so a test can kill it there)."""
-    spec = os.environ.get("FIREPLACE_TRAINING_FAULT", "")
-    parts = spec.split(":")
-    if len(parts) == 3 and parts[0] == point and parts[1] == job_id:
-        log.warning("fault injection: pausing %s s at %s", parts[2], point)
-        time.sleep(float(parts[2]))
+    """Fault-injection for crash tests: FIREPLACE_TRAINING_FAULT="<point>:<job id>:<seconds>[,...]"
+    makes the worker of that one job sleep at that point (so a test can kill or cancel it
+    there). Points: before-register, after-first-checkpoint (first attempt only)."""
+    for spec in os.environ.get("FIREPLACE_TRAINING_FAULT", "").split(","):
+        parts = spec.split(":")
+        if len(parts) == 3 and parts[0] == point and parts[1] == job_id:
+            log.warning("fault injection: pausing %s s at %s", parts[2], point)
+            time.sleep(float(parts[2]))
 
 
 def run_worker(job_name: str, attempt: int, settings: Settings | None = None) -> int:
