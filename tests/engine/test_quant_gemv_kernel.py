@@ -152,6 +152,28 @@ def test_threads_do_not_change_results(kernel, scheme):
     assert_matches(results[0], reference(x, qw, None))
 
 
+@pytest.mark.parametrize("scheme,group", [("int8", None), ("int8", 32), ("int4", 32), ("int4", 64)])
+def test_tiling_does_not_change_a_result(kernel, scheme, group):
+    """The kernel tiles tokens in pairs and weight rows in blocks of 4 (plus single leftovers);
+    each output stays one accumulation in a fixed order, so a token's outputs are the same bits
+    alone or in any batch, and a row's the same whether it falls in a block or the leftovers."""
+    g = torch.Generator().manual_seed(9)
+    n, k = 23, 192
+    if scheme == "int8" and group is not None:  # GGUF Q8_0 style groups
+        qw = Q.QuantizedWeight("int8", n, k, group, torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g),
+                               torch.rand(n, k // group, generator=g) + 0.01)
+    else:
+        qw = make(scheme, n, k, group or 32)
+    x, bias = torch.randn(7, k, generator=g), torch.randn(n, generator=g)
+    full = qg.linear(x, qw, bias)
+    for m in range(7):
+        assert torch.equal(qg.linear(x[m:m + 1], qw, bias), full[m:m + 1])
+    assert torch.equal(qg.linear(x[1:4], qw, bias), full[1:4])
+    for start, stop in ((1, 23), (3, 10), (22, 23)):
+        assert torch.equal(qg.linear(x, qw.rows(start, stop), bias[start:stop]), full[:, start:stop])
+    assert_matches(full, reference(x, qw, bias))
+
+
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
 def test_strided_views_and_out(kernel, scheme):
     g = torch.Generator().manual_seed(5)
