@@ -209,5 +209,9 @@ class Quotas(_Collection):
     def update(self, ref: str, max_value: int) -> Resource:  # type: ignore[override]
         return self.fp.patch(self._path(ref), {"maxValue": str(max_value)})
 
-    def usage(self, account: str | None = None) -> Resource:
-        return self.fp.get(f"/v1/accounts/{(account or self.fp.account_id).removeprefix('accounts/')}/usage")
+    def usage(self, account: str | None = None, *, start_date: str | None = None,
+              end_date: str | None = None) -> Resource:
+        """Quota usage and metered inference per model and UTC day ({..., "modelUsage": [{model,
+        day, requests, promptTokens, completionTokens}]}); dates YYYY-MM-DD, both inclusive."""
+        return self.fp.get(f"/v1/accounts/{(account or self.fp.account_id).removeprefix('accounts/')}/usage",
+                           params={"startDate": start_date, "endDate": end_date})

@@ -8,6 +8,7 @@ from fireplace.control.deployments import tables as _deployments  # noqa: F401
 from fireplace.control.fine_tuning import tables as _fine_tuning  # noqa: F401
 from fireplace.control.models import tables as _models  # noqa: F401
 from fireplace.control.quotas import tables as _quotas  # noqa: F401
+from fireplace.control.usage import tables as _usage  # noqa: F401
 from fireplace.control.users import tables as _users  # noqa: F401
 from fireplace.orchestration import tables as _orchestration  # noqa: F401
 from fireplace.db.base import Base

@@ -4,11 +4,14 @@
     (the same under /inference/v1/...)
 
 Every role's API key may call them; the caller's account decides which private models it
-reaches (gateway.routing). Errors use the OpenAI shape (api/errors.py renders them so for
+reaches (gateway.routing). Completed requests are metered per (caller's account, model,
+UTC day) by gateway.metering. Errors use the OpenAI shape (api/errors.py renders them so for
 these paths): 401 bad key, 404 unreachable model, 400 bad parameters, 503 + Retry-After while
 no replica is ready.
 """
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter, FastAPI, Request
 from sqlalchemy.orm import Session
@@ -16,10 +19,12 @@ from sqlalchemy.orm import Session
 from fireplace.api.auth import CallerDep
 from fireplace.api.deps import SessionDep
 from fireplace.errors import InvalidArgument, Unavailable
+from fireplace.gateway.metering import Meter
 from fireplace.gateway.models_list import list_models
 from fireplace.gateway.proxy import Proxy
 from fireplace.gateway.replica_pool import ReplicaPool
 from fireplace.gateway.routing import Route, resolve
+from fireplace.gateway.usage_capture import ask_for_usage
 from fireplace.serving.protocol import parse_json_object
 
 INFERENCE_PREFIXES = ("/v1", "/inference/v1")
@@ -36,9 +41,11 @@ class Gateway:
     def __init__(self, session_factory):
         self.pool = ReplicaPool(session_factory)
         self.proxy = Proxy(self.pool)
+        self.meter = Meter(session_factory)
 
     async def close(self) -> None:
         await self.proxy.close()
+        await asyncio.to_thread(self.meter.close)
 
 
 def _body(raw: bytes) -> dict:
@@ -72,8 +79,15 @@ async def _forward(request: Request, session: Session, caller, path: str, *, emb
         what = f"addon {route.adapter!r} is still loading on" if route.adapter and gateway.pool.ready(
             route.deployment) else "no replica is ready yet for"
         raise Unavailable(f"{what} deployment {route.deployment!r}; retry shortly", headers={"Retry-After": "2"})
-    return await gateway.proxy.forward(request, replica, path, raw, route.adapter,
-                                       stream=bool(body.get("stream")) and not embeddings)
+    stream, strip_usage = bool(body.get("stream")) and not embeddings, False
+    if stream:
+        raw, strip_usage = ask_for_usage(raw, body)
+    account_id, model = caller.account_id, route.model
+
+    def on_usage(usage: dict) -> None:
+        gateway.meter.record(account_id, model, usage)
+    return await gateway.proxy.forward(request, replica, path, raw, route.adapter, stream=stream,
+                                       on_usage=on_usage, strip_usage=strip_usage)
 
 
 def _router(prefix: str) -> APIRouter:

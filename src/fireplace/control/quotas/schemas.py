@@ -53,7 +53,21 @@ class ListQuotasResponse(Wire):
     total_size: int = 0
 
 
+class ModelUsage(Wire):
+    """Metered inference of one model on one UTC day: completed requests and the tokens their
+    answers reported (failed requests are not counted)."""
+    model: str
+    day: str = Field(description="UTC day, YYYY-MM-DD")
+    requests: Int64
+    prompt_tokens: Int64
+    completion_tokens: Int64
+
+
 class Usage(Wire):
-    """`GET /v1/accounts/{a}/usage`: current usage per quota ID."""
+    """`GET /v1/accounts/{a}/usage`: current usage per quota ID, and metered inference per model
+    and UTC day over [startDate, endDate]."""
     name: str
     usage: dict[str, Int64]
+    start_date: str
+    end_date: str
+    model_usage: list[ModelUsage] = Field(default_factory=list)
