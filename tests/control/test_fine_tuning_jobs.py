@@ -146,16 +146,12 @@ def test_explicit_id_settings_and_warm_start(server, admin, base, dataset, uniqu
     job = admin.supervised_fine_tuning_jobs.create(
         supervised_fine_tuning_job_id=job_id, dataset=_id(dataset), base_model=base, output_model=out, epochs=3,
         learning_rate=3e-4, lora_rank=16, max_context_length=512, batch_size=4096, gradient_accumulation_steps=2,
-        learning_rate_warmup_steps=5, evaluation_dataset=dataset, jinja_template="{{ messages }}" * 500,
-        wandb_config={"enabled": True, "apiKey": "secret-wandb-key", "project": "p"})
+        learning_rate_warmup_steps=5, evaluation_dataset=dataset, jinja_template="{{ messages }}" * 500, nodes=1)
     assert job.name.endswith(f"/{job_id}") and job.output_model == f"accounts/{server.account_id}/models/{out}"
     assert (job.epochs, job.learning_rate, job.lora_rank, job.max_context_length, job.batch_size) == \
         (3, 3e-4, 16, 512, 4096)
     assert job.evaluation_dataset == dataset and len(job.jinja_template) == 7000
-    assert job.wandb_config.project == "p" and job.wandb_config.api_key is None  # a secret is never returned
-    with http(server) as c:
-        raw = c.get(f"/v1/accounts/{server.account_id}/supervisedFineTuningJobs/{job_id}").text
-    assert "secret-wandb-key" not in raw
+    assert job.nodes == 1 and job.wandb_config is None
     # The same output model cannot be claimed twice while this job is unfinished.
     err = expect_error(409, 6, admin.supervised_fine_tuning_jobs.create, dataset=dataset, base_model=base,
                        output_model=out)
@@ -243,4 +239,50 @@ def test_dataset_in_use_by_an_unfinished_job_cannot_be_deleted(server, admin, ba
     # Resuming a job whose dataset is gone cannot succeed.
     err = expect_error(400, 9, admin.supervised_fine_tuning_jobs.resume, _id(job.name), body={})
     assert dataset in err.body["message"]
+    admin.supervised_fine_tuning_jobs.delete(_id(job.name))
+
+
+def test_a_stale_etag_on_cancel_resume_or_delete_is_409_aborted(server, admin, base, dataset):
+    """AIP-154 on jobs: every state change gives a new etag; :cancel, :resume (body or If-Match)
+    and delete (?etag= or If-Match) based on an older one are 409 ABORTED and change nothing."""
+    job_id = _id(admin.supervised_fine_tuning_jobs.create(dataset=dataset, base_model=base).name)
+    url = f"/v1/accounts/{server.account_id}/supervisedFineTuningJobs/{job_id}"
+    with http(server) as c:
+        first = c.get(url).json()["etag"]
+        assert first and first in [j.get("etag") for j in c.get(
+            f"/v1/accounts/{server.account_id}/supervisedFineTuningJobs").json()["supervisedFineTuningJobs"]]
+        cancelled = c.post(url + ":cancel", json={"etag": first})
+        assert cancelled.status_code == 200 and cancelled.json()["etag"] != first, cancelled.text
+        second = cancelled.json()["etag"]
+        stale = c.post(url + ":resume", json={"etag": first})
+        assert stale.status_code == 409 and stale.json()["code"] == 10, stale.text
+        assert c.post(url + ":resume", json={}, headers={"If-Match": first}).status_code == 409
+        assert c.get(url).json()["state"] == "JOB_STATE_CANCELLED"
+        resumed = c.post(url + ":resume", json={}, headers={"If-Match": f'"{second}"'})
+        assert resumed.status_code == 200 and resumed.json()["state"] == "JOB_STATE_VALIDATING", resumed.text
+        third = resumed.json()["etag"]
+        assert c.post(url + ":cancel", json={"etag": second}).status_code == 409
+        assert c.delete(url, params={"etag": second}).status_code == 409
+        assert c.delete(url, headers={"If-Match": first}).status_code == 409
+        assert c.get(url).json()["etag"] == third
+        assert c.delete(url, params={"etag": third}).status_code == 200
+        assert c.get(url).status_code == 404
+
+
+@pytest.mark.parametrize("field,value", [("wandbConfig", {"enabled": True, "project": "p"}), ("region", "US_IOWA_1"),
+                                         ("awsS3Config", {"iamRoleArn": "arn:x"}), ("mtpEnabled", True),
+                                         ("isTurbo", True)])
+def test_unhonoured_job_fields_are_refused_by_name(server, admin, base, dataset, field, value):
+    with http(server) as c:
+        r = c.post(f"/v1/accounts/{server.account_id}/supervisedFineTuningJobs",
+                   json={"dataset": dataset, "baseModel": base, field: value})
+        assert r.status_code == 400 and r.json()["code"] == 3 and field in r.json()["message"], r.text
+
+
+def test_honoured_job_fields_are_returned(server, admin, base, dataset):
+    err = expect_error(400, 3, admin.supervised_fine_tuning_jobs.create, dataset=dataset, base_model=base, nodes=2)
+    assert "nodes" in err.body["message"]
+    job = admin.supervised_fine_tuning_jobs.create(dataset=dataset, base_model=base, nodes=1, early_stop=True,
+                                                   eval_auto_carveout=True, optimizer_weight_decay=0.01)
+    assert (job.nodes, job.early_stop, job.eval_auto_carveout, job.optimizer_weight_decay) == (1, True, True, 0.01)
     admin.supervised_fine_tuning_jobs.delete(_id(job.name))

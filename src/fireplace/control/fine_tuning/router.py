@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Query, Request
 
 import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
 from fireplace.api.auth import CallerDep
+from fireplace.api.etags import EtagDep, body_or_header
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep
 from fireplace.api.listing import ListQuery
@@ -15,8 +16,8 @@ from fireplace.api.wire import Empty
 from fireplace.control.fine_tuning import service
 from fireplace.control.fine_tuning import history
 from fireplace.control.fine_tuning.schemas import (ListJobCheckpointsResponse, ListJobEventsResponse,
-                                                   ListJobMetricsResponse, ListSftJobsResponse, SftJobCreate,
-                                                   SupervisedFineTuningJob, job_out)
+                                                   ListJobMetricsResponse, ListSftJobsResponse, JobVerbRequest,
+                                                   SftJobCreate, SupervisedFineTuningJob, job_out)
 
 router = APIRouter(tags=["supervised fine-tuning jobs"])
 COLLECTION = "/v1/accounts/{account_id}/supervisedFineTuningJobs"
@@ -25,15 +26,17 @@ OUT = {"response_model": SupervisedFineTuningJob, "response_model_exclude_none":
 
 
 @router.post(ITEM + ":cancel", summary="Cancel a job (PENDING -> CANCELLED, RUNNING -> CANCELLING)", **OUT)
-def cancel_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep,
-               body: Annotated[dict | None, Body()] = None):
-    return job_out(service.cancel_job(session, caller, account_id, job_id))
+def cancel_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep, etag: EtagDep,
+               body: Annotated[JobVerbRequest | None, Body()] = None):
+    return job_out(service.cancel_job(session, caller, account_id, job_id,
+                                      etag=body_or_header(body.etag if body else None, etag)))
 
 
 @router.post(ITEM + ":resume", summary="Resume a FAILED, CANCELLED or PAUSED job (back to PENDING)", **OUT)
-def resume_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep,
-               body: Annotated[dict | None, Body()] = None):
-    return job_out(service.resume_job(session, caller, account_id, job_id))
+def resume_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep, etag: EtagDep,
+               body: Annotated[JobVerbRequest | None, Body()] = None):
+    return job_out(service.resume_job(session, caller, account_id, job_id,
+                                      etag=body_or_header(body.etag if body else None, etag)))
 
 
 @router.post(COLLECTION, summary="Create a supervised fine-tuning job (queued in JOB_STATE_PENDING)", **OUT)
@@ -84,6 +87,7 @@ def get_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep
 @router.delete(ITEM, response_model=Empty,
                summary="Delete a job no worker runs for (not RUNNING, WRITING_RESULTS or CANCELLING: cancel it "
                        "first), with its checkpoints, metrics and events; its output model stays")
-def delete_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep, request: Request):
-    service.delete_job(session, caller, account_id, job_id, blobs=request.app.state.blobs)
+def delete_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep, request: Request,
+               etag: EtagDep):
+    service.delete_job(session, caller, account_id, job_id, blobs=request.app.state.blobs, etag=etag)
     return {}

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from fireplace.api.wire import Status, Str, Wire
+from fireplace.api.wire import Status, Str, Wire, refuse_unhonoured
 
 MAX_TEMPLATE_CHARS = 65536
 DEFAULTS = {"epochs": 1, "learningRate": 1e-4, "loraRank": 8, "maxContextLength": 8192,
@@ -22,9 +22,28 @@ State = Literal[
     "JOB_STATE_PAUSED"]
 
 
+# Fields of Fireworks' create body that Fireplace does not honour: refused by name.
+UNHONOURED = {
+    "awsS3Config": "no external storage: training data comes from Fireplace datasets",
+    "azureBlobStorageConfig": "no external storage: training data comes from Fireplace datasets",
+    "samplerCheckpointSaveIntervalSteps": "no sampler checkpoints; checkpointIntervalSteps (a Fireplace "
+                                          "extension) sets the checkpoint cadence",
+    "isTurbo": "no turbo mode",
+    "metricsFileSignedUrl": "metrics are served at supervisedFineTuningJobs/{id}/metrics",
+    "mtpEnabled": "no multi-token prediction", "mtpFreezeBaseModel": "no multi-token prediction",
+    "mtpNumDraftTokens": "no multi-token prediction",
+    "region": "one region",
+    "rendererHuggingFaceRepoId": "prompts are rendered with the base model's chat template or jinjaTemplate",
+    "usePurpose": "no job purposes",
+    "reservationTarget": "no capacity reservations", "useReservation": "no capacity reservations",
+    "wandbConfig": "no Weights & Biases logging; metrics are served at supervisedFineTuningJobs/{id}/metrics",
+}
+
+
 class WandbConfig(Wire):
+    """Output only: jobs created before wandbConfig was refused may still carry one."""
     enabled: bool | None = None
-    api_key: str | None = Field(default=None, max_length=256)   # stored for the worker, never returned
+    api_key: str | None = Field(default=None, max_length=256)   # never returned
     project: str | None = Field(default=None, max_length=256)
     entity: str | None = Field(default=None, max_length=256)
     run_id: str | None = Field(default=None, max_length=256)
@@ -45,20 +64,30 @@ class Hyperparameters(Wire):
     eval_auto_carveout: bool | None = None
     early_stop: bool | None = None
     jinja_template: str | None = Field(default=None, max_length=MAX_TEMPLATE_CHARS)
-    wandb_config: WandbConfig | None = None
     # Fireplace extensions: the RNG seed (same seed + data -> same adapter on CPU) and the
     # checkpoint cadence (default: about 10 checkpoints per job).
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     checkpoint_interval_steps: int | None = Field(default=None, ge=1, le=1_000_000)
+    nodes: int | None = Field(default=None, ge=1, le=1)   # a job trains on one node
 
 
 class SftJobCreate(Hyperparameters):
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unhonoured(cls, data):
+        return refuse_unhonoured(data, UNHONOURED, "supervised fine-tuning job")
+
     dataset: str = Field(max_length=300)
     base_model: str | None = Field(default=None, max_length=300)
     warm_start_from: str | None = Field(default=None, max_length=300)
     output_model: str | None = Field(default=None, max_length=300)
     evaluation_dataset: str | None = Field(default=None, max_length=300)
     display_name: Str | None = Field(default=None, max_length=256)
+
+
+class JobVerbRequest(Wire):
+    """Body of :cancel and :resume (the SDK sends `{}`): optionally the etag the verb is based on."""
+    etag: str | None = Field(default=None, max_length=64)
 
 
 class JobProgress(Wire):
@@ -97,6 +126,10 @@ class SupervisedFineTuningJob(Hyperparameters):
     created_by: str | None = None
     job_progress: JobProgress
     checkpoints: list[CheckpointRef] = Field(default_factory=list)   # Fireplace extension
+    wandb_config: WandbConfig | None = None
+    # AIP-154: changes with every state change (the controller's too) and every user verb;
+    # a stale one on :cancel, :resume or delete is 409 ABORTED.
+    etag: str | None = None
 
 
 class ListSftJobsResponse(Wire):
@@ -122,7 +155,7 @@ def job_out(row) -> SupervisedFineTuningJob:
         create_time=rfc3339(row.create_time), update_time=rfc3339(row.update_time),
         completed_time=rfc3339(row.completed_time), created_by=row.created_by or None,
         job_progress=JobProgress(**(row.job_progress or {})),
-        checkpoints=[checkpoint_out(c) for c in row.checkpoints])
+        checkpoints=[checkpoint_out(c) for c in row.checkpoints], etag=str(row.etag))
 
 
 def checkpoint_out(c) -> CheckpointRef:

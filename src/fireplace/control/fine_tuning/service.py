@@ -9,7 +9,8 @@ the controller (orchestration/jobs.py) takes it through VALIDATING and PENDING t
   - outputModel (default: the job ID) in the job's account, not an existing model and not the
     output of another unfinished job (409);
   - the concurrent-fine-tuning-jobs quota.
-State changes follow fine_tuning/states.py. Delete removes the row (the output model, if any,
+State changes follow fine_tuning/states.py (each bumps the etag; a stale etag on :cancel,
+:resume or delete is 409 ABORTED). Delete removes the row (the output model, if any,
 stays), with its events, metrics, checkpoints and encoded examples; only jobs with nothing
 running may be deleted: CREATING, VALIDATING, PENDING, PAUSED or finished.
 """
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 from fireplace.api.auth import Action, Principal, authorize
 from fireplace.api.filtering import FieldMap, name_field, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
-from fireplace.control.common import fetch, resource_name, touch
+from fireplace.control.common import check_etag, fetch, resource_name
 from fireplace.control.deployments.service import (ADDON_KIND, BASE_KIND, model_name, path_id,
                                                    require_account, resolve_addon_base,
                                                    resolve_model)
@@ -144,18 +145,21 @@ def list_jobs(session: Session, caller: Principal, account_id: str, params: List
     return paginate(session, stmt, params, FIELDS, [SftJobRow.job_id], scope=f"sftJobs:{account_id}")
 
 
-def cancel_job(session: Session, caller: Principal, account_id: str, job_id: str) -> SftJobRow:
+def cancel_job(session: Session, caller: Principal, account_id: str, job_id: str, *,
+               etag: str | None = None) -> SftJobRow:
     row = get_job(session, caller, account_id, job_id, Action.WRITE)
+    check_etag(row, etag)
     target = states.verb_target(states.CANCEL, "cancel", row.state)
     states.transition(row, target, message="cancelled by " + caller.user_name)
     runtime.add_event(session, account_id, row.job_id, runtime.STATE, target, data={"by": caller.user_name})
-    touch(row)
     session.commit()
     return row
 
 
-def resume_job(session: Session, caller: Principal, account_id: str, job_id: str) -> SftJobRow:
+def resume_job(session: Session, caller: Principal, account_id: str, job_id: str, *,
+               etag: str | None = None) -> SftJobRow:
     row = get_job(session, caller, account_id, job_id, Action.WRITE)
+    check_etag(row, etag)
     target = states.verb_target(states.RESUME, "resume", row.state)
     try:
         resolve_dataset(session, account_id, row.dataset, "dataset")
@@ -175,13 +179,14 @@ def resume_job(session: Session, caller: Principal, account_id: str, job_id: str
                       f"resumed by {caller.user_name}; training continues from "
                       + (f"the checkpoint at step {ckpt.step}" if ckpt else "the start"),
                       data={"checkpointStep": ckpt.step if ckpt else None})
-    touch(row)
     session.commit()
     return row
 
 
-def delete_job(session: Session, caller: Principal, account_id: str, job_id: str, blobs=None) -> None:
+def delete_job(session: Session, caller: Principal, account_id: str, job_id: str, blobs=None, *,
+               etag: str | None = None) -> None:
     row = get_job(session, caller, account_id, job_id, Action.WRITE)
+    check_etag(row, etag)
     states.check_deletable(row.state)
     runtime.forget_runtime(session, account_id, row.job_id)
     session.delete(row)

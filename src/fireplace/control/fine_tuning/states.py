@@ -73,7 +73,8 @@ def check_deletable(current: str) -> None:
 
 
 def transition(row, new: str, *, message: str = "", code: str | None = None) -> None:
-    """Move a job row (anything with state/status_code/status_message/completed_time) to `new`."""
+    """Move a job row (anything with state/status_code/status_message/completed_time) to `new`;
+    a row with an etag gets a new one (AIP-154: a verb based on the old state is then refused)."""
     from fireplace.db.base import utcnow
 
     check_transition(row.state, new)
@@ -81,3 +82,5 @@ def transition(row, new: str, *, message: str = "", code: str | None = None) -> 
     row.completed_time = utcnow() if new in FINAL else None
     row.status_code = code or {FAILED: "UNKNOWN", CANCELLED: "CANCELLED"}.get(new, "OK")
     row.status_message = message
+    if hasattr(row, "etag"):
+        row.etag = (row.etag or 0) + 1
