@@ -209,7 +209,9 @@ def test_patch_merges_present_fields_only(admin, unique):
 def test_patch_cannot_change_state_kind_or_owner(admin, server, unique):
     model_id = unique("base")
     admin.models.create(model_id=model_id, model={"kind": "HF_BASE_MODEL"})
-    m = admin.models.update(model_id, kind="HF_PEFT_ADDON", description="x",
+    changed = expect_error(fireworks.BadRequestError, 400, 3, admin.models.update, model_id, kind="HF_PEFT_ADDON")
+    assert "kind" in changed["message"]
+    m = admin.models.update(model_id, kind="HF_BASE_MODEL", description="x",   # sent unchanged: accepted
                             extra_body={"state": "READY", "name": "accounts/other/models/z",
                                         "createTime": "2001-01-01T00:00:00Z"})
     assert (m.kind, m.state, m.description) == ("HF_BASE_MODEL", "UPLOADING", "x")

@@ -23,5 +23,12 @@ def read_mask_param(read_mask: Annotated[str | None, READ_MASK] = None) -> None:
     refuse_read_mask(read_mask)
 
 
+def body_read_mask():
+    """A `readMask` field of a request body (e.g. :getUploadEndpoint): only '*' is accepted."""
+    from pydantic import Field
+    return Field(default=None, max_length=1024, pattern=r"^\*?$",
+                 description="Only '*' (whole resources) is supported; a field mask is refused")
+
+
 # A route parameter: `_: ReadMask = None` declares readMask and refuses a real mask.
 ReadMask = Annotated[None, Depends(read_mask_param)]

@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from fireplace.api.read_mask import body_read_mask
 from fireplace.api.wire import FILE_MAP, BoundedJson, documented, Int64, Status, Wire
 from fireplace.ids import ID_PATTERN, ref_pattern
 
@@ -70,7 +71,7 @@ class ListDatasetsResponse(Wire):
 
 class UploadEndpointRequest(Wire):
     filename_to_size: dict[str, Int64] = Field(min_length=1, max_length=1, json_schema_extra=FILE_MAP)   # the dataset's one JSONL
-    read_mask: str | None = None
+    read_mask: str | None = body_read_mask()
 
 
 class SignedUrls(Wire):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
 from fireplace.api.auth import CallerDep
@@ -11,10 +11,11 @@ from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep
 from fireplace.api.etags import EtagDep, body_or_header
 from fireplace.api.listing import ListQuery
-from fireplace.api.wire import Empty
+from fireplace.api.wire import Empty, refuse_unhonoured
 from fireplace.control.deployed_models import service
-from fireplace.control.deployed_models.schemas import (DeployedModel, DeployedModelLoad, DeployedModelUpdate,
-                                                       ListDeployedModelsResponse, deployed_model_out)
+from fireplace.control.deployed_models.schemas import (UNHONOURED, DeployedModel, DeployedModelLoad,
+                                                       DeployedModelUpdate, ListDeployedModelsResponse,
+                                                       deployed_model_out)
 
 router = APIRouter(tags=["deployed models"])
 COLLECTION = "/v1/accounts/{account_id}/deployedModels"
@@ -24,10 +25,11 @@ OUT = {"response_model": DeployedModel, "response_model_exclude_none": True}
 
 @router.post(COLLECTION, summary="Load a model (LoRA addon) into a deployment; stays DEPLOYING until a replica "
                                  "has it", **OUT)
-def load_deployed_model(
-    account_id: str, body: DeployedModelLoad, caller: CallerDep, session: SessionDep,
-    replace_merged_addon: Annotated[bool, Query(alias="replaceMergedAddon")] = False,
-):
+def load_deployed_model(account_id: str, body: DeployedModelLoad, caller: CallerDep, session: SessionDep,
+                        request: Request):
+    # The SDK sends replaceMergedAddon in the query: refused by name like the body fields.
+    refuse_unhonoured({k: v.lower() not in ("", "false", "0") for k, v in request.query_params.items()},
+                      UNHONOURED, "deployed model")
     return deployed_model_out(service.load(session, caller, account_id, body))
 
 

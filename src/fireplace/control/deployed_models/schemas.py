@@ -3,14 +3,26 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from fireplace.api.wire import Status, Str, Wire
+from fireplace.api.wire import Status, Str, Wire, refuse_unhonoured
 
 State = Literal["STATE_UNSPECIFIED", "UNDEPLOYING", "DEPLOYING", "DEPLOYED", "UPDATING"]
 
 
-class DeployedModelLoad(Wire):
+# Fields of Fireworks' load/update bodies that Fireplace does not honour: refused by name.
+UNHONOURED = {"replaceMergedAddon": "addons are never merged into the base model: each is served as a LoRA "
+                                    "slot beside the others"}
+
+
+class DeployedModelFields(Wire):
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unhonoured(cls, data):
+        return refuse_unhonoured(data, UNHONOURED, "deployed model")
+
+
+class DeployedModelLoad(DeployedModelFields):
     model: str = Field(max_length=300)
     deployment: str = Field(max_length=300)
     default: bool | None = None
@@ -20,7 +32,7 @@ class DeployedModelLoad(Wire):
     serverless: bool | None = None   # not applicable to addons; must be false when given
 
 
-class DeployedModelUpdate(Wire):
+class DeployedModelUpdate(DeployedModelFields):
     # model and deployment are immutable: given, they must name the current ones.
     model: str | None = Field(default=None, max_length=300)
     deployment: str | None = Field(default=None, max_length=300)

@@ -1,10 +1,20 @@
 """Wire shapes of the Model resource (fireworks.types.Model and the request bodies)."""
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from fireplace.api.wire import FILE_MAP, documented, Int64, Status, Wire
+from fireplace.api.read_mask import body_read_mask
+from fireplace.api.wire import FILE_MAP, documented, Int64, Status, Wire, refuse_unhonoured
 from fireplace.ids import ID_PATTERN
+
+# Fields of Fireworks' model create/update bodies that Fireplace does not honour: refused by name.
+UNHONOURED = {
+    "defaultDraftModel": "no speculative decoding", "defaultDraftTokenCount": "no speculative decoding",
+    "deprecationDate": "models are not deprecated on a schedule; delete them",
+    "snapshotType": "no model snapshots",
+    "teftDetails": "no TEFT addons (LoRA addons are HF_PEFT_ADDON with peftDetails)",
+}
+UNHONOURED_CREATE = {"cluster": "one cluster"}
 
 
 class ConversationConfig(Wire):
@@ -58,20 +68,29 @@ class ModelFields(Wire):
 
 
 class ModelIn(ModelFields):
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unhonoured(cls, data):
+        return refuse_unhonoured(data, UNHONOURED, "model")
+
     kind: str | None = None
     peft_details: PeftDetails | None = None
     base_model_details: BaseModelDetails | None = None
 
 
 class ModelCreate(Wire):
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unhonoured(cls, data):
+        return refuse_unhonoured(data, UNHONOURED_CREATE, "model")
+
     model_id: str = Field(max_length=300, json_schema_extra=documented(ID_PATTERN))
     model: ModelIn = Field(default_factory=ModelIn)
-    cluster: str | None = None
 
 
 class ModelUpdate(ModelIn):
-    """PATCH body: mutable fields are merged; kind, peftDetails and baseModelDetails are
-    accepted but ignored (they describe the uploaded files), output-only fields too.
+    """PATCH body: mutable fields are merged; kind, peftDetails and baseModelDetails describe
+    the uploaded files and may only be sent unchanged; output-only fields are ignored.
     `etag`: the version the change is based on (a stale one is 409 ABORTED)."""
     etag: str | None = Field(default=None, max_length=64)
 
@@ -104,8 +123,17 @@ class ModelList(Wire):
 
 class UploadEndpointRequest(Wire):
     filename_to_size: dict[str, Int64] = Field(max_length=512, json_schema_extra=FILE_MAP)
-    enable_resumable_upload: bool | None = None
-    read_mask: str | None = None
+    enable_resumable_upload: bool | None = None   # only false: each file is one PUT (a failed one may be retried)
+    read_mask: str | None = body_read_mask()
+
+    @field_validator("enable_resumable_upload")
+    @classmethod
+    def _single_put(cls, value):
+        if value:
+            from fireplace.errors import InvalidArgument
+            raise InvalidArgument("enableResumableUpload is not supported by Fireplace: each file is uploaded "
+                                  "with one PUT to its signed URL (a failed PUT may be retried); omit it")
+        return value
 
 
 class SignedUrls(Wire):
@@ -118,4 +146,4 @@ class ValidateUploadResponse(Wire):
 
 class PrepareRequest(Wire):
     precision: str | None = None
-    read_mask: str | None = None
+    read_mask: str | None = body_read_mask()

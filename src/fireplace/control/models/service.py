@@ -233,6 +233,7 @@ def update_model(session: Session, caller: Principal, account_id: str, model_id:
                  body: ModelUpdate, update_mask: str | None = None, *, etag: str | None = None) -> Model:
     row = load_model(session, caller, account_id, model_id, action=Action.WRITE, serialize=True)
     check_etag(row, etag)
+    _require_file_details_unchanged(row, body)
     mask = update_mask_fields(update_mask)
     if mask is None:
         fields = body.model_fields_set & MUTABLE_FIELDS
@@ -261,6 +262,27 @@ def update_model(session: Session, caller: Principal, account_id: str, model_id:
     touch(row)
     session.commit()
     return to_wire(row, deployed_model_refs(session, caller, row.name))
+
+
+def _require_file_details_unchanged(row: ModelRow, body: ModelUpdate) -> None:
+    """kind, peftDetails and baseModelDetails describe the uploaded files: a PATCH may carry
+    them (a client sending the model back) only as they are; a change is a 400 naming it."""
+    from fireplace.api.wire import to_camel
+
+    if body.kind not in (None, "", "KIND_UNSPECIFIED", row.kind):
+        raise InvalidArgument(f"kind cannot be changed (the model is a {row.kind}); create a new model")
+    current = to_wire(row)
+    for field, given in (("peft_details", body.peft_details), ("base_model_details", body.base_model_details)):
+        if given is None:
+            continue
+        now = getattr(current, field)
+        now = now.model_dump() if now is not None else {}
+        for key, value in given.model_dump(exclude_unset=True).items():
+            if key == "base_model" and value and "/" not in value:
+                value = model_name(row.account_id, value)   # an ID names the model's own account
+            if value != now.get(key):
+                raise InvalidArgument(f"{to_camel(field)}.{to_camel(key)} cannot be changed: it describes the "
+                                      "uploaded files; create a new model instead")
 
 
 # ---- delete ---------------------------------------------------------------------------------
