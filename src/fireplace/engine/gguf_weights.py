@@ -118,6 +118,8 @@ def apply_gguf_weights(model: nn.Module, path: str | Path) -> QuantizationSummar
             if source == name:
                 module.weight.data = _placeholder(module.weight)
             count, fp32_bytes, quantized_bytes = count + 1, fp32_bytes + qw.out_features * qw.in_features * 4, quantized_bytes + qw.nbytes()
+    if hasattr(model, "reset_fast_decode"):  # its decode fast path resolved the old weights
+        model.reset_fast_decode()
     return QuantizationSummary("gguf", _BLOCK, count, fp32_bytes, quantized_bytes)
 
 

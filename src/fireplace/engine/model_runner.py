@@ -97,6 +97,7 @@ class ModelRunner:
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         for layer in self.model.model.layers:
             layer.mlp = torch.compile(layer.mlp, dynamic=True, mode=mode)
+        self.model.model.reset_fast_decode()  # the fast path keeps to eager MLPs
 
     @torch.inference_mode()
     def execute(self, ctx: ForwardContext) -> tuple[torch.Tensor, list[PromptLogprobs]]:

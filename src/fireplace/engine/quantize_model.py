@@ -77,6 +77,8 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int = DEFAULT_INT4
             tied = module is head and getattr(getattr(model, "config", None), "tie_word_embeddings", False)
             if not tied:
                 module.weight.data = _placeholder(module.weight)
+    if hasattr(model, "reset_fast_decode"):  # its decode fast path resolved the old weights
+        model.reset_fast_decode()
     return QuantizationSummary(scheme, group_size, count, fp32_bytes, quantized_bytes)
 
 

@@ -112,6 +112,25 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, dtype, device, backend) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device, backend=backend)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling, device=device)
+        self.backend = backend
+        # The decode-only fast path (models/fast_decode.py): built at the first step it may
+        # serve (None: not yet, False: this model cannot use it); off when use_fast_decode is False.
+        self.use_fast_decode = True
+        self._fast_decode = None
+
+    def reset_fast_decode(self) -> None:
+        """Forget the fast path's resolved weights: call after replacing any projection's weight."""
+        self._fast_decode = None
+
+    def _fast_decode_for(self, ctx: ForwardContext, kv_caches: KVCaches):
+        if not (self.use_fast_decode and ctx.is_decode_only) or self._fast_decode is False:
+            return None
+        if self._fast_decode is None:
+            from fireplace.engine.models.fast_decode import FastDecode
+            self._fast_decode = FastDecode.build(self, self.backend) or False
+            if self._fast_decode is False:
+                return None
+        return self._fast_decode if self._fast_decode.applies(ctx, kv_caches) else None
 
     def forward(self, ctx: ForwardContext, kv_caches: KVCaches) -> torch.Tensor:
         if ctx.attention is None:
@@ -120,6 +139,9 @@ class LlamaModel(nn.Module):
                              "(ModelRunner.prepare does)")
         x = self.embed_tokens(ctx.input_ids)  # [T, hidden]
         cos, sin = self.rotary_emb.cos_sin(ctx.positions, x.dtype)  # [T, 1, D/2], shared by all layers
+        fast = self._fast_decode_for(ctx, kv_caches)
+        if fast is not None:  # the same kernels on the same inputs, without the per-module overhead
+            return fast.forward(x, cos, sin, ctx, kv_caches)
         residual = None  # the residual stream; the layers update it in place on the kernel path
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             x, residual = layer(x, residual, cos, sin, kv_cache, ctx)
@@ -138,6 +160,10 @@ class LlamaForCausalLM(nn.Module):
                               backend=self.backend)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def reset_fast_decode(self) -> None:
+        """See LlamaModel.reset_fast_decode (quantize_model and apply_gguf_weights call it)."""
+        self.model.reset_fast_decode()
 
     @property
     def dtype(self) -> torch.dtype:
