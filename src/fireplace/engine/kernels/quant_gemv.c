@@ -22,21 +22,24 @@
  *
  * Scheme (AVX2 + FMA): each thread takes a contiguous range of output rows n, in blocks of
  * NR_MAX = 4 rows (then single rows), and for each block the tokens in tiles of MT = 2 (then
- * one). For 8 weights of a row at a time: load (int8: vpmovsxbd; int4: the block's 16 bytes
- * broadcast to both lanes, one vpshufb spreading 8 bytes to dword lanes, then a mask for the
- * low nibbles or a shift for the high ones), convert to fp32, multiply by the group's scale
- * (int4: one FMA with scale and min), then one FMA per token of the tile into that (row,
- * token)'s accumulator. A 4-row block at one token is 4 independent FMA chains: with one row
- * at a time the FMA latency bound the kernel at batch 1 (int8 ~5 GB/s on a Zen 3, a third of
- * its read bandwidth). The first token tile prefetches the next block's rows, one cache line
- * per row per 64 bytes consumed: the hardware prefetchers alone left int8 at ~3.5 GB/s on
- * matrices streamed from DRAM. The block's quantized bytes (<= 6 KB at K = 1536) stay in L1
- * for the next tile of tokens, so each weight byte comes from memory once per call. Every
- * output is one accumulation in the same order whatever the tile it falls in (the tile only
- * interleaves independent chains), so a token's outputs are the same bits at any M and in any
- * row range. The dequantized value is exactly what quantization.dequantize computes (q * s, or
- * q * s + min rounded once by the FMA instead of twice); only the order of the sum over k
- * differs from a torch matmul.
+ * one). A 4-row block at one token is 4+ independent FMA chains: with one row at a time the
+ * FMA latency bound the kernel at batch 1 (int8 ~5 GB/s on a Zen 3, a third of its read
+ * bandwidth). Per 8 weights of a row:
+ *   int8  load 8 bytes (vpmovsxbd), convert to fp32, one FMA with x per token into one of two
+ *         alternating accumulators of the group; at the end of each group of G weights the two
+ *         are summed and multiplied by the group's scale into the output's accumulator (one FMA
+ *         per 8 weights, the scale applied once per group rather than per weight);
+ *   int4  the block's 16 bytes broadcast to both lanes, one vpshufb spreading 8 bytes to dword
+ *         lanes, a mask for the low nibbles or a shift for the high ones, convert, one FMA with
+ *         scale and min (the dequantized weight exactly as quantization.dequantize computes it,
+ *         rounded once instead of twice), then one FMA per token.
+ * The first token tile prefetches the next block's rows, one cache line per row per 64 bytes
+ * consumed: the hardware prefetchers alone left int8 at ~3.5 GB/s on matrices streamed from
+ * DRAM. A block's quantized bytes (<= 6 KB at K = 1536) stay in L1 for the next tile of
+ * tokens, so each weight byte comes from memory once per call. Every output is one fixed
+ * sequence of operations whatever the tile it falls in (tiles only interleave independent
+ * outputs), so a token's outputs are the same bits at any M and in any row range; the order
+ * of the sum over k differs from a torch matmul's (tests bound it against an fp64 reference).
  *
  * Threads: OpenMP on torch's pool (see paged_decode.c for why that libgomp), static split of
  * the rows; calls with less than WORK_PER_THREAD weights per thread use fewer threads.
@@ -93,15 +96,18 @@ static inline float hsum(__m256 v) {
         if (NT > 1) acc[r][1] = _mm256_fmadd_ps((w), _mm256_loadu_ps(x1 + (k0)), acc[r][1]);      \
     } while (0)
 
-/* y[m0 .. m0 + NT, n .. n + NR) for int8 weights: NR rows of one FMA chain per (row, token) each,
-   interleaved so that NR * NT independent chains hide the FMA latency. */
+/* y[m0 .. m0 + NT, n .. n + NR) for int8 weights. Per output and group of G weights: two
+   accumulators of q * x (8 weights at a time, alternating: 8 independent chains at one token),
+   summed, times the group's scale, added into the output's accumulator; what G % 8 leaves
+   goes to a scalar sum the same way. The scale is applied once per group, not per weight: one
+   FMA per 8 weights instead of a multiply and an FMA. pf: prefetch the rows NR_MAX further. */
 static inline __attribute__((always_inline)) void tile_int8(const job_t *j, int64_t n, int64_t m0, const int NR,
-                                                            const int NT, const int64_t n_end) {
+                                                            const int NT, const int pf) {
     const int64_t K = j->K, G = j->G, ngroups = K / G;
     const float *x0 = j->x + m0 * j->ldx, *x1 = j->x + (m0 + (NT > 1)) * j->ldx;
     const int8_t *q = (const int8_t *)j->q + n * K;
     const float *sc = j->scale + n * ngroups;
-    __m256 acc[NR_MAX][MT];
+    __m256 acc[NR_MAX][MT], ga[NR_MAX][MT], gb[NR_MAX][MT];
     float tail[NR_MAX][MT];
     for (int r = 0; r < NR; r++)
         for (int t = 0; t < NT; t++) {
@@ -111,28 +117,77 @@ static inline __attribute__((always_inline)) void tile_int8(const job_t *j, int6
     for (int64_t g = 0; g < ngroups; g++) {
         const int64_t kg = g * G;
         int64_t k = kg;
-        for (; k + 8 <= kg + G; k += 8) {
-            if (m0 == 0 && (k & 63) == 0 && n + NR + NR <= n_end) /* the next rows, one line per 64 k */
+        for (int r = 0; r < NR; r++)
+            for (int t = 0; t < NT; t++)
+                ga[r][t] = gb[r][t] = _mm256_setzero_ps();
+        for (; k + 16 <= kg + G; k += 16) {
+            if (pf && (k & 63) == 0) /* the next rows, one line per 64 k */
                 for (int r = 0; r < NR; r++)
-                    _mm_prefetch((const char *)(q + (NR + r) * K + k), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(q + (NR_MAX + r) * K + k), _MM_HINT_T0);
+            const __m256 xa0 = _mm256_loadu_ps(x0 + k), xb0 = _mm256_loadu_ps(x0 + k + 8);
+            const __m256 xa1 = NT > 1 ? _mm256_loadu_ps(x1 + k) : xa0, xb1 = NT > 1 ? _mm256_loadu_ps(x1 + k + 8) : xb0;
             for (int r = 0; r < NR; r++) {
-                const __m128i b8 = _mm_loadl_epi64((const __m128i *)(q + r * K + k));
-                const __m256 w = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b8)),
-                                               _mm256_broadcast_ss(sc + r * ngroups + g));
-                FMA_TILE(r, w, k);
+                const __m128i b16 = _mm_loadu_si128((const __m128i *)(q + r * K + k));
+                const __m256 wa = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b16));
+                const __m256 wb = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b16, 8)));
+                ga[r][0] = _mm256_fmadd_ps(wa, xa0, ga[r][0]);
+                gb[r][0] = _mm256_fmadd_ps(wb, xb0, gb[r][0]);
+                if (NT > 1) {
+                    ga[r][1] = _mm256_fmadd_ps(wa, xa1, ga[r][1]);
+                    gb[r][1] = _mm256_fmadd_ps(wb, xb1, gb[r][1]);
+                }
             }
         }
-        for (; k < kg + G; k++)
+        if (k + 8 <= kg + G) {
             for (int r = 0; r < NR; r++) {
-                const float w = (float)q[r * K + k] * sc[r * ngroups + g];
-                tail[r][0] += w * x0[k];
-                if (NT > 1) tail[r][1] += w * x1[k];
+                const __m128i b8 = _mm_loadl_epi64((const __m128i *)(q + r * K + k));
+                const __m256 wa = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b8));
+                ga[r][0] = _mm256_fmadd_ps(wa, _mm256_loadu_ps(x0 + k), ga[r][0]);
+                if (NT > 1) ga[r][1] = _mm256_fmadd_ps(wa, _mm256_loadu_ps(x1 + k), ga[r][1]);
+            }
+            k += 8;
+        }
+        for (int r = 0; r < NR; r++) {
+            const __m256 vs = _mm256_broadcast_ss(sc + r * ngroups + g);
+            for (int t = 0; t < NT; t++)
+                acc[r][t] = _mm256_fmadd_ps(_mm256_add_ps(ga[r][t], gb[r][t]), vs, acc[r][t]);
+        }
+        if (k < kg + G)
+            for (int r = 0; r < NR; r++) {
+                float s0 = 0.0f, s1 = 0.0f;
+                for (int64_t kk = k; kk < kg + G; kk++) {
+                    const float w = (float)q[r * K + kk];
+                    s0 += w * x0[kk];
+                    if (NT > 1) s1 += w * x1[kk];
+                }
+                tail[r][0] += s0 * sc[r * ngroups + g];
+                if (NT > 1) tail[r][1] += s1 * sc[r * ngroups + g];
             }
     }
     const float *bias = j->bias;
     for (int r = 0; r < NR; r++)
         for (int t = 0; t < NT; t++)
             j->y[(m0 + t) * j->ldy + n + r] = hsum(acc[r][t]) + tail[r][t] + (bias ? bias[n + r] : 0.0f);
+}
+
+/* int8: blocks of NR_MAX rows; token pairs in two half-blocks (the registers hold 2 rows x 2
+   tokens x 3 accumulators), a last single token over the whole block. */
+static void rows_int8(const job_t *j, int64_t n0, int64_t n1) {
+    int64_t n = n0;
+    for (; n + NR_MAX <= n1; n += NR_MAX) {
+        const int pf = n + 2 * NR_MAX <= n1;
+        int64_t m = 0;
+        for (; m + MT <= j->M; m += MT) {
+            tile_int8(j, n, m, NR_MAX / 2, MT, pf && m == 0);
+            tile_int8(j, n + NR_MAX / 2, m, NR_MAX / 2, MT, pf && m == 0);
+        }
+        if (m < j->M) tile_int8(j, n, m, NR_MAX, 1, pf && m == 0);
+    }
+    for (; n < n1; n++) {
+        int64_t m = 0;
+        for (; m + MT <= j->M; m += MT) tile_int8(j, n, m, 1, MT, 0);
+        if (m < j->M) tile_int8(j, n, m, 1, 1, 0);
+    }
 }
 
 /* The same for int4 weights (nibble layout above). */
@@ -196,7 +251,6 @@ static inline __attribute__((always_inline)) void tile_int4(const job_t *j, int6
         }                                                                                        \
     } while (0)
 
-static void rows_int8(const job_t *j, int64_t n0, int64_t n1) { ROWS_BY_TILES(tile_int8); }
 static void rows_int4(const job_t *j, int64_t n0, int64_t n1) { ROWS_BY_TILES(tile_int4); }
 
 #else /* portable: the same sums, one output at a time */
