@@ -44,7 +44,6 @@ class ServingSettings(BaseSettings):
     max_replica_failures: int = 3             # failed starts in a row before the deployment is FAILED
     reconcile_interval_s: float = 1.0         # controller tick
     lease_ttl_s: float = 15.0                 # another server takes over after this long without renewal
-    serverless_replicas: int = 1              # replicas of each bundled public (serverless) deployment
 
     def replica_slots(self) -> int:
         if self.local_replica_slots is not None:

@@ -43,12 +43,12 @@ def serve(
     port: Optional[int] = typer.Option(None, help="Port (FIREPLACE_PORT, default 8000)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data directory (FIREPLACE_HOME, default ~/.fireplace)."),
     allow_signup: Optional[bool] = typer.Option(None, "--allow-signup/--no-allow-signup", help="Let anyone create an account."),
-    workers: int = typer.Option(1, help="uvicorn worker processes."),
     local_replica_slots: Optional[int] = typer.Option(
         None, help="Model replicas this server runs at once (FIREPLACE_SERVING_LOCAL_REPLICA_SLOTS; "
                    "default one per GPU, else 2)."),
 ) -> None:
-    """Run the API server (and the controller) until interrupted."""
+    """Run the API server (and the controller) until interrupted: one process. For more, start
+    several servers on one database and blob store (README, "Scaling out")."""
     import uvicorn
 
     from fireplace.api.app import create_app
