@@ -34,6 +34,16 @@ def test_flags_env_and_their_order(cli):
     cli.run("list", "models", "--base-url", cli.server.base_url, env={"FIREPLACE_BASE_URL": "http://127.0.0.1:9"})
 
 
+def test_a_key_from_elsewhere_defaults_to_its_own_account(cli):
+    """The credentials file's account goes with the file's key: FIREPLACE_API_KEY or --api-key of
+    another account act in that account, not in the file's."""
+    from tests.conftest import new_account
+    account_id, key = new_account(cli.server)
+    assert cli.json("get", "account", env={"FIREPLACE_API_KEY": key})["name"] == f"accounts/{account_id}"
+    assert cli.json("whoami", "--api-key", key)["account"] == f"accounts/{account_id}"
+    assert cli.json("get", "account")["name"] == f"accounts/{cli.server.account_id}"   # the file's own key
+
+
 def test_login_writes_a_private_file_that_wins_then_logout(cli, tmp_path):
     key = user_key(cli.server, "contributor")
     login = tmp_path / "login" / "credentials"

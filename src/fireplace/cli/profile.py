@@ -79,10 +79,13 @@ def profile_file() -> tuple[Path | None, dict[str, str]]:
 def resolve(base_url: str | None = None, api_key: str | None = None, account: str | None = None) -> Profile:
     path, stored = profile_file()
     env = os.environ
+    key = api_key or env.get("FIREPLACE_API_KEY") or stored.get("FIREPLACE_API_KEY") or None
+    # the stored account belongs to the stored key: another key defaults to its own account
+    stored_account = stored.get("FIREPLACE_ACCOUNT_ID") if key == stored.get("FIREPLACE_API_KEY") else None
     return Profile(
         base_url=(base_url or env.get("FIREPLACE_BASE_URL") or stored.get("FIREPLACE_BASE_URL")
                   or DEFAULT_BASE_URL).rstrip("/"),
-        api_key=api_key or env.get("FIREPLACE_API_KEY") or stored.get("FIREPLACE_API_KEY") or None,
+        api_key=key,
         account_id=(account or env.get("FIREPLACE_ACCOUNT") or env.get("FIREPLACE_ACCOUNT_ID")
-                    or stored.get("FIREPLACE_ACCOUNT_ID") or None),
+                    or stored_account or None),
         source=str(path) if path else "")

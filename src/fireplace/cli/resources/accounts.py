@@ -7,7 +7,7 @@ import typer
 
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Column, Kind, ident, state, when
-from fireplace.cli.resources.common import AllPages, Filter, OrderBy, PageSize, PageToken, show_list
+from fireplace.cli.resources.crud import get_command, list_command, ref
 from fireplace.cli.session import current
 
 ACCOUNT = Kind("Account", (ident(), Column("EMAIL", "email"), Column("TYPE", "accountType"), state(), when()))
@@ -26,16 +26,9 @@ def create_account(
                                            account_id=account_id), ACCOUNT)
 
 
-@verb("get", "account", "fireplace get account\nfireplace get account my-account -o json")
-def get_account(account_id: Annotated[Optional[str], typer.Argument(help="Default: the current account.")] = None) -> None:
-    """Show an account (default: your own)."""
-    s = current()
-    s.printer.one(s.client.accounts.get(account_id), ACCOUNT)
-
-
-@verb("list", "account", "fireplace list accounts")
-def list_accounts(filter: Filter = None, order_by: OrderBy = None, page_size: PageSize = None,
-                  page_token: PageToken = None, all_pages: AllPages = False) -> None:
-    """List accounts: your own (a platform admin sees every account)."""
-    show_list("/v1/accounts", "accounts", ACCOUNT, filter=filter, order_by=order_by, page_size=page_size,
-              page_token=page_token, all_pages=all_pages)
+get_command("account", ref("account_id", Annotated[Optional[str], typer.Argument(help="Default: the current account.")],
+                           None),
+            lambda c: c.accounts, ACCOUNT, "Show an account (default: your own).",
+            "fireplace get account\nfireplace get account my-account -o json")
+list_command("account", lambda _s, _options: "/v1/accounts", "accounts", ACCOUNT,
+             "List accounts: your own (a platform admin sees every account).", "fireplace list accounts")

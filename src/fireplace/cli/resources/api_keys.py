@@ -8,7 +8,7 @@ import typer
 
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Column, Kind, note, when
-from fireplace.cli.resources.common import AllPages, Filter, OrderBy, PageSize, PageToken, show_list
+from fireplace.cli.resources.crud import list_command, option
 from fireplace.cli.session import Session, current
 from fireplace.client.identity import who_am_i
 from fireplace.errors import InvalidArgument
@@ -41,13 +41,9 @@ def create_api_key(
         note("The key above is shown only once: store it now.")
 
 
-@verb("list", "api-key", "fireplace list api-keys\nfireplace list api-keys --user alice")
-def list_api_keys(user: UserOpt = None, filter: Filter = None, order_by: OrderBy = None, page_size: PageSize = None,
-                  page_token: PageToken = None, all_pages: AllPages = False) -> None:
-    """List a user's active API keys (never their secrets)."""
-    s = current()
-    show_list(s.client.path("users", _user(s, user), "/apiKeys"), "apiKeys", API_KEY, filter=filter,
-              order_by=order_by, page_size=page_size, page_token=page_token, all_pages=all_pages)
+list_command("api-key", lambda s, options: s.client.path("users", _user(s, options["user"]), "/apiKeys"), "apiKeys",
+             API_KEY, "List a user's active API keys (never their secrets).",
+             "fireplace list api-keys\nfireplace list api-keys --user alice", leading=[option("user", UserOpt)])
 
 
 @verb("delete", "api-key", "fireplace delete api-key k0123456789abcdef")

@@ -15,7 +15,8 @@ from fireplace import errors
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Column, Kind, ident, note, state, when
 from fireplace.cli.progress import transfer_progress
-from fireplace.cli.resources.common import AllPages, Filter, OrderBy, PageSize, PageToken, completer, show_list
+from fireplace.cli.resources.common import completer
+from fireplace.cli.resources.crud import delete_command, get_command, in_account, list_command, ref
 from fireplace.cli.session import Session, current
 from fireplace.client import transfers
 
@@ -58,20 +59,10 @@ def upload_dataset(dataset: DatasetRef, path: File) -> None:
     s.printer.one(_upload(s, dataset, path), DATASET)
 
 
-@verb("get", "dataset", "fireplace get dataset support-chats")
-def get_dataset(dataset: DatasetRef) -> None:
-    """Show a dataset."""
-    s = current()
-    s.printer.one(s.client.datasets.get(dataset), DATASET)
-
-
-@verb("list", "dataset", "fireplace list datasets\nfireplace list datasets --filter 'state=\"READY\"' --order-by 'create_time desc'")
-def list_datasets(filter: Filter = None, order_by: OrderBy = None, page_size: PageSize = None,
-                  page_token: PageToken = None, all_pages: AllPages = False) -> None:
-    """List the account's datasets."""
-    s = current()
-    show_list(s.client.collection_path("datasets"), "datasets", DATASET, filter=filter, order_by=order_by,
-              page_size=page_size, page_token=page_token, all_pages=all_pages)
+get_command("dataset", ref("dataset", DatasetRef), lambda c: c.datasets, DATASET, "Show a dataset.",
+            "fireplace get dataset support-chats")
+list_command("dataset", in_account("datasets"), "datasets", DATASET, "List the account's datasets.",
+             "fireplace list datasets\nfireplace list datasets --filter 'state=\"READY\"' --order-by 'create_time desc'")
 
 
 @verb("update", "dataset", "fireplace update dataset support-chats --display-name 'Support chats (Nov)'")
@@ -84,12 +75,8 @@ def update_dataset(dataset: DatasetRef,
     s.printer.one(s.client.datasets.update(dataset, {"displayName": display_name}), DATASET)
 
 
-@verb("delete", "dataset", "fireplace delete dataset support-chats")
-def delete_dataset(dataset: DatasetRef) -> None:
-    """Delete a dataset and its file (refused while a job uses it)."""
-    s = current()
-    s.client.datasets.delete(dataset)
-    note(f"deleted {s.client.datasets.name(dataset)}")
+delete_command("dataset", ref("dataset", DatasetRef), lambda c: c.datasets,
+               "Delete a dataset and its file (refused while a job uses it).", "fireplace delete dataset support-chats")
 
 
 @verb("download", "dataset", "fireplace download dataset support-chats ./data")

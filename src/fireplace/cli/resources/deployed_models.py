@@ -8,8 +8,8 @@ import typer
 
 from fireplace.cli.grammar import top, verb
 from fireplace.cli.output import Column, Kind, ident, note, short_id, state, when
-from fireplace.cli.resources.common import (AllPages, Filter, OrderBy, PageSize, PageToken, Wait, WaitTimeout,
-                                            seconds, show_list)
+from fireplace.cli.resources.common import Wait, WaitTimeout, seconds
+from fireplace.cli.resources.crud import delete_command, get_command, in_account, list_command, ref
 from fireplace.cli.session import current
 from fireplace.cli.waiting import wait_for
 from fireplace.errors import not_found
@@ -19,6 +19,7 @@ DEPLOYED_MODEL = Kind("Deployed model", (ident(), Column("MODEL", "model", short
                                          Column("DEFAULT", "default"), Column("PUBLIC", "public"), when()))
 Model = Annotated[str, typer.Argument(help="The model (usually a LoRA addon): ID or full name.")]
 Deployment = Annotated[str, typer.Option("--deployment", "-d", help="Deployment ID or full name.")]
+DeployedModelRef = Annotated[str, typer.Argument(help="Deployed model ID or full name.")]
 DONE, FAILED = {"DEPLOYED"}, {"UNDEPLOYING"}
 
 
@@ -64,26 +65,17 @@ def unload_lora(model: Model, deployment: Deployment) -> None:
     note(f"unloaded {model_name} from {deployment_name}")
 
 
-@verb("get", "deployed-model", "fireplace get deployed-model dm-0123abcd")
-def get_deployed_model(deployed_model: Annotated[str, typer.Argument(help="Deployed model ID or full name.")]) -> None:
-    """Show a deployed model."""
-    s = current()
-    s.printer.one(s.client.deployed_models.get(deployed_model), DEPLOYED_MODEL)
-
-
-@verb("list", "deployed-model", "fireplace list deployed-models\n"
-                                "fireplace list deployed-models --filter 'deployment=\"accounts/me/deployments/chat\"'")
-def list_deployed_models(filter: Filter = None, order_by: OrderBy = None, page_size: PageSize = None,
-                         page_token: PageToken = None, all_pages: AllPages = False) -> None:
-    """List the account's deployed models."""
-    s = current()
-    show_list(s.client.collection_path("deployedModels"), "deployedModels", DEPLOYED_MODEL, filter=filter,
-              order_by=order_by, page_size=page_size, page_token=page_token, all_pages=all_pages)
+get_command("deployed-model", ref("deployed_model", DeployedModelRef), lambda c: c.deployed_models, DEPLOYED_MODEL,
+            "Show a deployed model.", "fireplace get deployed-model dm-0123abcd")
+list_command("deployed-model", in_account("deployedModels"), "deployedModels", DEPLOYED_MODEL,
+             "List the account's deployed models.",
+             "fireplace list deployed-models\n"
+             "fireplace list deployed-models --filter 'deployment=\"accounts/me/deployments/chat\"'")
 
 
 @verb("update", "deployed-model", "fireplace update deployed-model dm-0123abcd --public --default")
 def update_deployed_model(
-    deployed_model: Annotated[str, typer.Argument(help="Deployed model ID or full name.")],
+    deployed_model: DeployedModelRef,
     public: Annotated[Optional[bool], typer.Option("--public/--private", show_default=False)] = None,
     default: Annotated[Optional[bool], typer.Option("--default/--no-default", show_default=False)] = None,
     display_name: Annotated[Optional[str], typer.Option("--display-name")] = None,
@@ -98,9 +90,6 @@ def update_deployed_model(
     s.printer.one(s.client.deployed_models.update(deployed_model, fields), DEPLOYED_MODEL)
 
 
-@verb("delete", "deployed-model", "fireplace delete deployed-model dm-0123abcd")
-def delete_deployed_model(deployed_model: Annotated[str, typer.Argument(help="Deployed model ID or full name.")]) -> None:
-    """Unload a deployed model by its ID (see unload-lora to name model and deployment)."""
-    s = current()
-    s.client.deployed_models.unload(deployed_model)
-    note(f"unloaded {s.client.deployed_models.name(deployed_model)}")
+delete_command("deployed-model", ref("deployed_model", DeployedModelRef), lambda c: c.deployed_models,
+               "Unload a deployed model by its ID (see unload-lora to name model and deployment).",
+               "fireplace delete deployed-model dm-0123abcd", call="unload", done="unloaded")

@@ -7,8 +7,8 @@ import typer
 
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Column, Kind, ident, note, short_id, state, when
-from fireplace.cli.resources.common import (AllPages, Filter, OrderBy, PageSize, PageToken, Wait, WaitTimeout,
-                                            completer, key_values, proto_duration, seconds, show_list)
+from fireplace.cli.resources.common import Wait, WaitTimeout, completer, key_values, proto_duration, seconds
+from fireplace.cli.resources.crud import get_command, in_account, list_command, option, ref
 from fireplace.cli.session import current
 from fireplace.cli.waiting import wait_for
 
@@ -77,22 +77,13 @@ def create_deployment(
     s.printer.one(deployment, DEPLOYMENT)
 
 
-@verb("get", "deployment", "fireplace get deployment chat")
-def get_deployment(deployment: DeploymentRef) -> None:
-    """Show a deployment."""
-    s = current()
-    s.printer.one(s.client.deployments.get(deployment), DEPLOYMENT)
-
-
-@verb("list", "deployment", "fireplace list deployments\nfireplace list deployments --show-deleted")
-def list_deployments(filter: Filter = None, order_by: OrderBy = None, page_size: PageSize = None,
-                     page_token: PageToken = None, all_pages: AllPages = False,
-                     show_deleted: Annotated[bool, typer.Option("--show-deleted", help="Include DELETED ones.")] = False,
-                     ) -> None:
-    """List the account's deployments."""
-    s = current()
-    show_list(s.client.collection_path("deployments"), "deployments", DEPLOYMENT, filter=filter, order_by=order_by,
-              page_size=page_size, page_token=page_token, all_pages=all_pages, showDeleted=show_deleted or None)
+get_command("deployment", ref("deployment", DeploymentRef), lambda c: c.deployments, DEPLOYMENT,
+            "Show a deployment.", "fireplace get deployment chat")
+list_command("deployment", in_account("deployments"), "deployments", DEPLOYMENT, "List the account's deployments.",
+             "fireplace list deployments\nfireplace list deployments --show-deleted",
+             options=[option("show_deleted", Annotated[bool, typer.Option("--show-deleted", help="Include DELETED ones.")],
+                             False)],
+             query=lambda o: {"showDeleted": o["show_deleted"] or None})
 
 
 @verb("update", "deployment", "fireplace update deployment chat --max-replica-count 4 --scale-down-window 5m")

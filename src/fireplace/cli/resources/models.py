@@ -13,7 +13,8 @@ import typer
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Column, Kind, ident, note, short_id, state, when
 from fireplace.cli.progress import transfer_progress
-from fireplace.cli.resources.common import AllPages, Filter, OrderBy, PageSize, PageToken, completer, show_list
+from fireplace.cli.resources.common import completer
+from fireplace.cli.resources.crud import delete_command, get_command, in_account, list_command, ref
 from fireplace.cli.session import Session, current
 from fireplace.client import transfers
 from fireplace.errors import InvalidArgument
@@ -75,21 +76,11 @@ def upload_model(model: ModelRef, directory: Dir) -> None:
     s.printer.one(_upload(s, model, directory), MODEL)
 
 
-@verb("get", "model", "fireplace get model my-lora\nfireplace get model accounts/fireplace/models/smollm2-135m-instruct -o json")
-def get_model(model: ModelRef) -> None:
-    """Show a model."""
-    s = current()
-    s.printer.one(s.client.models.get(model), MODEL)
-
-
-@verb("list", "model", "fireplace list models\nfireplace list models --filter 'kind=\"HF_PEFT_ADDON\"' --all -q\n"
-                       "fireplace list models --account fireplace")
-def list_models(filter: Filter = None, order_by: OrderBy = None, page_size: PageSize = None,
-                page_token: PageToken = None, all_pages: AllPages = False) -> None:
-    """List the account's models."""
-    s = current()
-    show_list(s.client.collection_path("models"), "models", MODEL, filter=filter, order_by=order_by,
-              page_size=page_size, page_token=page_token, all_pages=all_pages)
+get_command("model", ref("model", ModelRef), lambda c: c.models, MODEL, "Show a model.",
+            "fireplace get model my-lora\nfireplace get model accounts/fireplace/models/smollm2-135m-instruct -o json")
+list_command("model", in_account("models"), "models", MODEL, "List the account's models.",
+             "fireplace list models\nfireplace list models --filter 'kind=\"HF_PEFT_ADDON\"' --all -q\n"
+             "fireplace list models --account fireplace")
 
 
 @verb("update", "model", "fireplace update model my-lora --display-name 'Support bot v2' --public")
@@ -105,12 +96,9 @@ def update_model(model: ModelRef, display_name: DisplayName = None, description:
     s.printer.one(s.client.models.update(model, fields), MODEL)
 
 
-@verb("delete", "model", "fireplace delete model my-lora")
-def delete_model(model: ModelRef) -> None:
-    """Delete a model and its files (refused while it is deployed or being trained)."""
-    s = current()
-    s.client.models.delete(model)
-    note(f"deleted {s.client.models.name(model)}")
+delete_command("model", ref("model", ModelRef), lambda c: c.models,
+               "Delete a model and its files (refused while it is deployed or being trained).",
+               "fireplace delete model my-lora")
 
 
 @verb("download", "model", "fireplace download model my-lora ./my-lora")

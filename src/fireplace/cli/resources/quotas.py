@@ -1,12 +1,14 @@
-"""quota list|get|update, and `usage` (the account's current usage per quota)."""
+"""quota list|get|update, and `usage` (the account's current usage per quota, and its metered
+inference by model and UTC day)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from fireplace.cli.grammar import top, verb
 from fireplace.cli.output import Column, Kind
+from fireplace.cli.resources.crud import get_command, ref
 from fireplace.cli.session import current
 
 QUOTA = Kind("Quota", (Column("QUOTA", "quotaId"), Column("USAGE", "usage"), Column("MAX", "maxValue"),
@@ -20,11 +22,8 @@ def list_quotas() -> None:
     s.printer.many(s.client.quotas.list().get("quotas", []), QUOTA)
 
 
-@verb("get", "quota", "fireplace quota get deployments")
-def get_quota(quota: Annotated[str, typer.Argument(help="Quota ID (see quota list) or full name.")]) -> None:
-    """Show one quota."""
-    s = current()
-    s.printer.one(s.client.quotas.get(quota), QUOTA)
+get_command("quota", ref("quota", Annotated[str, typer.Argument(help="Quota ID (see quota list) or full name.")]),
+            lambda c: c.quotas, QUOTA, "Show one quota.", "fireplace quota get deployments")
 
 
 @verb("update", "quota", "fireplace quota update deployments --max-value 10 --account dev-team")
@@ -35,21 +34,24 @@ def update_quota(quota: Annotated[str, typer.Argument(help="Quota ID or full nam
     s.printer.one(s.client.quotas.update(quota, max_value), QUOTA)
 
 
-@top("usage", "fireplace usage\nfireplace usage -o json")
-def usage() -> None:
-    """Show the account's current usage, per quota."""
+MODEL_USAGE = Kind("Inference usage", (Column("DAY", "day"), Column("MODEL", "model"),
+                                       Column("REQUESTS", "requests"), Column("PROMPT TOKENS", "promptTokens"),
+                                       Column("COMPLETION TOKENS", "completionTokens")))
+
+
+@top("usage", "fireplace usage\nfireplace usage --start-date 2026-11-01 --end-date 2026-11-30\nfireplace usage -o json")
+def usage(start_date: Annotated[Optional[str], typer.Option("--start-date", help="First UTC day, YYYY-MM-DD "
+                                                            "(default: 30 days before the end).")] = None,
+          end_date: Annotated[Optional[str], typer.Option("--end-date", help="Last UTC day, YYYY-MM-DD "
+                                                          "(default: today).")] = None) -> None:
+    """Show the account's usage: each quota's current count, and inference (completed requests,
+    prompt and completion tokens) by model and UTC day."""
     s = current()
-    answer = s.client.quotas.usage()
+    answer = s.client.quotas.usage(start_date=start_date, end_date=end_date)
     if s.structured:
         s.printer.one(answer, QUOTA)
         return
     rows = [{"name": key, "quotaId": key, "usage": value} for key, value in sorted((answer.get("usage") or {}).items())]
     s.printer.many(rows, Kind("Usage", (Column("QUOTA", "quotaId"), Column("USAGE", "usage"))))
-    # Metered breakdowns the server may add (e.g. per model and day): any list of records.
-    for key, value in answer.items():
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            keys: list[str] = []
-            for row in value:
-                keys += [k for k in row if k not in keys]
-            typer.echo(f"\n{key}:")
-            s.printer.many(value, Kind(key, tuple(Column(k, k) for k in keys)))
+    typer.echo(f"\nInference by model and day, {answer.get('startDate')} to {answer.get('endDate')} (UTC):")
+    s.printer.many(answer.get("modelUsage") or [], MODEL_USAGE)

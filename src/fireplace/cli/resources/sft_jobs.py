@@ -11,8 +11,8 @@ import typer
 
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Column, Kind, ident, note, short_id, state, stdout, when
-from fireplace.cli.resources.common import (AllPages, Filter, OrderBy, PageSize, PageToken, Wait, WaitTimeout,
-                                            completer, seconds, show_list)
+from fireplace.cli.resources.common import Wait, WaitTimeout, completer, seconds
+from fireplace.cli.resources.crud import delete_command, in_account, list_command, ref
 from fireplace.cli.session import current
 from fireplace.cli.waiting import wait_for
 from fireplace.errors import InvalidArgument
@@ -176,21 +176,12 @@ def _metric_column(key: str) -> Column:
     return Column(header, key, show)
 
 
-@verb("list", "sftj", "fireplace list sftjs\nfireplace list sftjs --filter 'state=\"JOB_STATE_RUNNING\"'")
-def list_sftjs(filter: Filter = None, order_by: OrderBy = None, page_size: PageSize = None,
-               page_token: PageToken = None, all_pages: AllPages = False) -> None:
-    """List the account's supervised fine-tuning jobs."""
-    s = current()
-    show_list(s.client.collection_path("supervisedFineTuningJobs"), "supervisedFineTuningJobs", SFTJ, filter=filter,
-              order_by=order_by, page_size=page_size, page_token=page_token, all_pages=all_pages)
-
-
-@verb("delete", "sftj", "fireplace delete sftj my-job")
-def delete_sftj(job: JobRef) -> None:
-    """Delete a job that is pending, paused or finished (cancel a running one first)."""
-    s = current()
-    s.client.sft_jobs.delete(job)
-    note(f"deleted {s.client.sft_jobs.name(job)}")
+list_command("sftj", in_account("supervisedFineTuningJobs"), "supervisedFineTuningJobs", SFTJ,
+             "List the account's supervised fine-tuning jobs.",
+             "fireplace list sftjs\nfireplace list sftjs --filter 'state=\"JOB_STATE_RUNNING\"'")
+delete_command("sftj", ref("job", JobRef), lambda c: c.sft_jobs,
+               "Delete a job that is pending, paused or finished (cancel a running one first).",
+               "fireplace delete sftj my-job")
 
 
 @verb("cancel", "sftj", "fireplace cancel sftj my-job")

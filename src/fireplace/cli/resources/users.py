@@ -7,10 +7,11 @@ import typer
 
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Column, Kind, ident, state, when
-from fireplace.cli.resources.common import AllPages, Filter, OrderBy, PageSize, PageToken, show_list
+from fireplace.cli.resources.crud import get_command, in_account, list_command, ref
 from fireplace.cli.session import current
 
 USER = Kind("User", (ident(), Column("EMAIL", "email"), Column("ROLE", "role"), state(), when()))
+UserRef = Annotated[str, typer.Argument(help="User ID or full name.")]
 Role = Annotated[Optional[str], typer.Option("--role", help="admin | user | contributor | inference-user")]
 
 
@@ -30,24 +31,13 @@ def create_user(
                                         service_account=service_account or None), USER)
 
 
-@verb("get", "user", "fireplace get user alice")
-def get_user(user: Annotated[str, typer.Argument(help="User ID or full name.")]) -> None:
-    """Show a user."""
-    s = current()
-    s.printer.one(s.client.users.get(user), USER)
-
-
-@verb("list", "user", "fireplace list users\nfireplace list users --filter 'role=\"admin\"' -q")
-def list_users(filter: Filter = None, order_by: OrderBy = None, page_size: PageSize = None,
-               page_token: PageToken = None, all_pages: AllPages = False) -> None:
-    """List the account's users."""
-    s = current()
-    show_list(s.client.collection_path("users"), "users", USER, filter=filter, order_by=order_by,
-              page_size=page_size, page_token=page_token, all_pages=all_pages)
+get_command("user", ref("user", UserRef), lambda c: c.users, USER, "Show a user.", "fireplace get user alice")
+list_command("user", in_account("users"), "users", USER, "List the account's users.",
+             "fireplace list users\nfireplace list users --filter 'role=\"admin\"' -q")
 
 
 @verb("update", "user", "fireplace update user alice --role admin")
-def update_user(user: Annotated[str, typer.Argument(help="User ID or full name.")], role: Role = None,
+def update_user(user: UserRef, role: Role = None,
                 display_name: Annotated[Optional[str], typer.Option("--display-name")] = None) -> None:
     """Change a user's role (admin) or display name."""
     fields = {k: v for k, v in {"role": role, "displayName": display_name}.items() if v is not None}
