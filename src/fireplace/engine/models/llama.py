@@ -12,6 +12,8 @@ Mistral's sliding window is not applied; ModelConfig.max_model_len keeps sequenc
 All activations are flattened: x: [T, hidden], T = the step's new tokens of every sequence.
 Every layer is built with the model's Backend (fireplace.engine.backend), which decides where
 our C kernels replace torch ops; the model code itself holds no kernel switch or threshold.
+Decode-only steps without adapters on the cpu-kernels backend skip the modules: the decoder
+stack then runs as one C call making the same kernel calls (models/fast_decode.py, same bits).
 """
 from __future__ import annotations
 
