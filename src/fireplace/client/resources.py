@@ -113,8 +113,13 @@ class Models(_Collection):
 
     def upload_endpoints(self, ref: str, sizes: dict[str, int]) -> dict[str, str]:
         """filename -> signed PUT URL (declares each file's size in bytes)."""
+        return self.upload_plan(ref, sizes).get("filenameToSignedUrls", {})
+
+    def upload_plan(self, ref: str, sizes: dict[str, int]) -> Resource:
+        """:getUploadEndpoint's whole answer: {filenameToSignedUrls, filenameToSha256 (the files
+        the server already holds complete at these sizes, with their SHA-256)}."""
         body = {"filenameToSize": {k: str(v) for k, v in sizes.items()}}
-        return self.fp.post(self._path(ref, ":getUploadEndpoint"), body).get("filenameToSignedUrls", {})
+        return self.fp.post(self._path(ref, ":getUploadEndpoint"), body)
 
     def validate_upload(self, ref: str) -> Resource:
         """{"warnings": [...]}; the model is READY afterwards."""

@@ -1,13 +1,16 @@
 """File transfers through the API's signed URLs, streamed in chunks with a progress callback.
 
     dataset: :getUploadEndpoint -> PUT file -> :validateUpload (line-numbered 400 when bad)
-    model:   :getUploadEndpoint (every file's size) -> PUT each file -> :validateUpload
+    model:   :getUploadEndpoint (every file's size) -> PUT each file -> :validateUpload; a file
+             the server already holds with the same size and SHA-256 is not sent again, so
+             running an interrupted upload again resumes it (file by file: a PUT is whole)
     either:  :getDownloadEndpoint -> GET each file (written to NAME.part, renamed when complete)
 
 `progress(filename, done_bytes, total_bytes)` is called as bytes move (and once at 0).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,12 +66,27 @@ def model_files(directory: Path) -> list[Path]:
     return files
 
 
-def upload_model(fp: "Fireplace", ref: str, directory: Path, progress: Progress = _no_progress) -> dict:
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def upload_model(fp: "Fireplace", ref: str, directory: Path, progress: Progress = _no_progress,
+                 skipped: Callable[[str], None] = lambda _name: None) -> dict:
     """Upload a model directory to a model in UPLOADING and validate it; returns
-    :validateUpload's answer ({"warnings": [...]})."""
+    :validateUpload's answer ({"warnings": [...]}). Files the server already received intact
+    (same size and SHA-256) are skipped, each reported to `skipped(filename)`."""
     files = model_files(directory)
-    urls = fp.models.upload_endpoints(ref, {p.name: p.stat().st_size for p in files})
+    sizes = {p.name: p.stat().st_size for p in files}
+    plan = fp.models.upload_plan(ref, sizes)
+    urls, received = plan.get("filenameToSignedUrls", {}), plan.get("filenameToSha256") or {}
     for path in files:
+        if path.name in received and received[path.name] == sha256_of(path):
+            skipped(path.name)
+            continue
         put_file(fp, urls[path.name], path, progress)
     return fp.models.validate_upload(ref)
 

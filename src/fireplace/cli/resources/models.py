@@ -2,6 +2,10 @@
 
 A directory with adapter_config.json is a LoRA addon (HF_PEFT_ADDON; --base-model names its
 base); otherwise a base model (HF_BASE_MODEL: config.json + *.safetensors).
+
+Uploads resume: run an interrupted `create model ID DIR` (or `upload model`) again and the files
+the server already holds intact are skipped; `create` then continues with the model it made,
+as long as it is still UPLOADING and of the same kind (and base model).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from fireplace.cli.resources.common import completer
 from fireplace.cli.resources.crud import delete_command, get_command, in_account, list_command, ref
 from fireplace.cli.session import Session, current
 from fireplace.client import transfers
-from fireplace.errors import InvalidArgument
+from fireplace.errors import AlreadyExists, InvalidArgument
 
 MODEL = Kind("Model", (ident(), Column("KIND", "kind"), state(), Column("BASE MODEL", "peftDetails.baseModel", short_id),
                        when()))
@@ -33,7 +37,8 @@ Public = Annotated[Optional[bool], typer.Option("--public/--private", help="Read
 
 def _upload(s: Session, model: str, directory: Path) -> dict:
     with transfer_progress("uploading") as progress:
-        answer = transfers.upload_model(s.client, model, directory, progress)
+        answer = transfers.upload_model(s.client, model, directory, progress,
+                                        skipped=lambda name: note(f"{name}: already uploaded, skipped"))
     for warning in answer.get("warnings", []):
         note(f"warning: {warning}")
     return s.client.models.get(model)
@@ -63,15 +68,30 @@ def create_model(
     if base_model:
         body["peftDetails"] = {"baseModel": base_model}
     s = current()
-    model = s.client.models.create(model_id, body)
+    try:
+        model = s.client.models.create(model_id, body)
+    except AlreadyExists:
+        model = _resumable(s, model_id, kind, base_model) if directory is not None else None
+        if model is None:
+            raise
+        note(f"{model['name']} exists and is still UPLOADING: resuming its upload")
     if directory is not None:
         model = _upload(s, model["name"], directory)
     s.printer.one(model, MODEL)
 
 
+def _resumable(s: Session, model_id: str, kind: str, base_model: Optional[str]) -> Optional[dict]:
+    """The existing model an interrupted `create model ID DIR` made, if this run can go on with
+    it: still UPLOADING, same kind, same base model."""
+    model = s.client.models.get(model_id)
+    same_base = not base_model or (model.get("peftDetails") or {}).get("baseModel") == s.client.models.name(base_model)
+    return model if model.get("state") == "UPLOADING" and model.get("kind") == kind and same_base else None
+
+
 @verb("upload", "model", "fireplace upload model my-lora ./adapter")
 def upload_model(model: ModelRef, directory: Dir) -> None:
-    """Upload a directory to a model that is UPLOADING (running it again re-sends every file)."""
+    """Upload a directory to a model that is UPLOADING; run again after an interruption, it sends
+    only the files the server does not already hold intact."""
     s = current()
     s.printer.one(_upload(s, model, directory), MODEL)
 

@@ -22,7 +22,8 @@ from fireplace.api.listing import ListQuery
 from fireplace.api.wire import Empty
 from fireplace.control.models import service, uploads
 from fireplace.control.models.schemas import (Model, ModelCreate, ModelList, ModelUpdate, PrepareRequest,
-                                              SignedUrls, UploadEndpointRequest, ValidateUploadResponse)
+                                              SignedUrls, UploadEndpointRequest, UploadUrls,
+                                              ValidateUploadResponse)
 from fireplace.storage import BlobStore
 
 router = APIRouter(tags=["models"])
@@ -47,15 +48,16 @@ def list_models(account_id: str, params: ListQuery, caller: CallerDep, session: 
     return ModelList(models=models, next_page_token=token, total_size=total)
 
 
-@router.post(PREFIX + "/{model_ref:ref}:getUploadEndpoint", response_model=SignedUrls,
-             summary="Signed PUT URLs for the model's files", **OUT)
+@router.post(PREFIX + "/{model_ref:ref}:getUploadEndpoint", response_model=UploadUrls,
+             summary="Signed PUT URLs for the model's files, and which of them already arrived", **OUT)
 def get_upload_endpoint(account_id: str, model_ref: str, body: UploadEndpointRequest, request: Request,
                         caller: CallerDep, session: SessionDep, settings: SettingsDep):
     account_id, model_id = service.parse_model_ref(account_id, model_ref)
     urls = uploads.upload_endpoints(session, caller, account_id, model_id, body.filename_to_size,
                                     base_url=_base_url(request, settings),
                                     max_file_bytes=settings.limits.max_model_file_bytes)
-    return SignedUrls(filename_to_signed_urls=urls)
+    received = uploads.received_files(session, account_id, model_id, body.filename_to_size)
+    return UploadUrls(filename_to_signed_urls=urls, filename_to_sha256=received)
 
 
 @router.get(PREFIX + "/{model_ref:ref}:validateUpload", response_model=ValidateUploadResponse,

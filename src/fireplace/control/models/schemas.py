@@ -140,6 +140,13 @@ class SignedUrls(Wire):
     filename_to_signed_urls: dict[str, str] = Field(default_factory=dict)
 
 
+class UploadUrls(SignedUrls):
+    """:getUploadEndpoint's answer. `filenameToSha256` (Fireplace extension): the named files
+    whose bytes the server already holds complete at the declared size, with their SHA-256 (hex),
+    so an interrupted upload can skip what already arrived intact (the CLI's resumable upload)."""
+    filename_to_sha256: dict[str, str] = Field(default_factory=dict)
+
+
 class ValidateUploadResponse(Wire):
     warnings: list[str] = Field(default_factory=list)
 

@@ -1,6 +1,7 @@
 """Model files through our own signed URLs (what Fireworks' signed GCS URLs are to its SDK).
 
-    POST  .../models/m:getUploadEndpoint  {filenameToSize}  -> {filenameToSignedUrls: PUT URLs}
+    POST  .../models/m:getUploadEndpoint  {filenameToSize}  -> {filenameToSignedUrls: PUT URLs,
+                                                                 filenameToSha256: already received}
     PUT   /v1/uploads/models/{a}/{m}/{filename}?expires&sig  (body: the file's bytes)
     GET   .../models/m:validateUpload  -> checks the files, UPLOADING -> READY
     GET   .../models/m:getDownloadEndpoint  -> {filenameToSignedUrls: GET URLs}
@@ -98,6 +99,14 @@ def upload_endpoints(session: Session, caller: Principal, account_id: str, model
         query = sign(session, "PUT", path, binding=_put_binding(row, nonces[filename]))
         urls[filename] = f"{base_url}{path}?{query}&upload={nonces[filename]}"
     return urls
+
+
+def received_files(session: Session, account_id: str, model_id: str, sizes: dict[str, int]) -> dict[str, str]:
+    """filename -> SHA-256 of the named files a PUT already delivered complete at the declared
+    size (what :getUploadEndpoint keeps when the size is declared again; a new size discards it)."""
+    return {f.filename: f.sha256 for f in _file_rows(session, account_id, model_id)
+            if f.filename in sizes and f.size is not None and f.size == f.declared_size == sizes[f.filename]
+            and f.sha256}
 
 
 def _put_binding(row: ModelRow, nonce: str) -> str:
