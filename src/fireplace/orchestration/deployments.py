@@ -5,8 +5,8 @@ Each tick (while holding the lease):
      died with a previous server); an exited process becomes a FAILED row (a tombstone that
      counts one failed start of that deployment version) and is forgotten; a process without a
      row is stopped.
-  2. per deployment: health-check its replicas; a replica becomes READY once it answers ready
-     AND holds every addon deployed there; start or stop replicas toward the target count; set
+  2. poll every live replica's /internal/status at once; per deployment: a replica becomes
+     READY once it answers ready AND holds every addon deployed there; start or stop replicas toward the target count; set
      state (CREATING -> READY, DELETING -> DELETED, FAILED after repeated failed starts),
      replicaCount, desiredReplicaCount's effect and replicaStats.
   3. per deployed model: load it on ready replicas that lack it, unload addons nobody deployed;
@@ -20,10 +20,11 @@ import secrets
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fireplace.control.deployed_models import tables as dm
@@ -38,11 +39,12 @@ from fireplace.orchestration.context import ControllerContext
 from fireplace.orchestration.executor import EMBEDDER, EXITED, REPLICA, CapacityError, ProcessSpec
 from fireplace.orchestration.replica_client import ReplicaClient
 from fireplace.orchestration.tables import ReplicaRow
-from fireplace.serving.precision import replica_precision
+from fireplace.serving.precision import replica_precision, server_has_cuda
 
 log = logging.getLogger("fireplace.controller")
 EMBEDDING_KIND = "EMBEDDING_MODEL"
 LOAD_RETRY_S = 30.0
+POLL_THREADS = 8         # replicas polled at once per tick
 
 
 def deployment_name(row: DeploymentRow) -> str:
@@ -67,6 +69,8 @@ class DeploymentReconciler:
         self.client = ReplicaClient()
         self._load_failures: dict[tuple[str, str], tuple[float, str]] = {}  # (replica, addon) -> (when, why)
         self._stopping: set[str] = set()
+        self._status: dict[str, dict | None] = {}   # replica id -> its /internal/status this tick
+        self._pollers = ThreadPoolExecutor(max_workers=POLL_THREADS, thread_name_prefix="replica-poll")
 
     # -- the tick ---------------------------------------------------------------------------------
     def reconcile(self) -> None:
@@ -89,6 +93,7 @@ class DeploymentReconciler:
                     tombstones[row.deployment].append(row)
                 else:
                     live[row.deployment].append(row)
+            self._poll([r for rows_ in live.values() for r in rows_])
             known = {r.replica_id for r in rows}
             for pid, proc in procs.items():
                 if pid not in known and proc.state != EXITED:
@@ -116,6 +121,12 @@ class DeploymentReconciler:
                 for row in tombstones[name]:
                     session.delete(row)
             session.commit()
+
+    def _poll(self, rows: list[ReplicaRow]) -> None:
+        """Every live replica's status at once (one GET each, in parallel), so a tick costs one
+        round trip, not three per replica in turn."""
+        answers = self._pollers.map(lambda r: self.client.status(r.address, r.secret), rows)
+        self._status = {r.replica_id: a for r, a in zip(rows, answers)}
 
     # -- one deployment -------------------------------------------------------------------------------
     def _reconcile_one(self, session: Session, dep: DeploymentRow, replicas: list[ReplicaRow],
@@ -184,7 +195,7 @@ class DeploymentReconciler:
 
     def _check_replica(self, row: ReplicaRow, dep: DeploymentRow, wanted: list[str],
                        tombstones: list[ReplicaRow]) -> None:
-        health = self.client.health(row.address, row.secret)
+        health = self._status.get(row.replica_id)
         timeout = self.ctx.settings.serving.replica_start_timeout_s
         if health is None:
             if row.state != rt.READY and utcnow() - row.create_time > timedelta(seconds=timeout):
@@ -198,9 +209,7 @@ class DeploymentReconciler:
         if not health.get("ready"):
             _set(row, state=rt.LOADING, status_message=f"replica is {health.get('state')}")
             return
-        resident = self.client.adapters(row.address, row.secret)
-        if resident is None:
-            return
+        resident = list(health.get("adapters") or [])
         missing = [a for a in wanted if a not in resident]
         for addon in missing:
             if self._try_load(row, addon):
@@ -210,7 +219,7 @@ class DeploymentReconciler:
                 resident.remove(addon)
         if sorted(row.adapters or []) != sorted(resident):
             row.adapters = sorted(resident)
-        stats = self.client.stats(row.address, row.secret) or {}
+        stats = health.get("stats") or {}
         outstanding = int(stats.get("num_outstanding", 0) or 0)
         if row.num_outstanding != outstanding:
             row.num_outstanding = outstanding
@@ -292,7 +301,7 @@ class DeploymentReconciler:
         if serving.replica_threads:
             argv += ["--threads", str(serving.replica_threads)]
         try:  # dtype, device and weight quantization for the deployment's precision (serving/precision.py)
-            precision = replica_precision((dep.spec or {}).get("precision"), _cuda_available())
+            precision = replica_precision((dep.spec or {}).get("precision"), server_has_cuda())
         except InvalidArgument as exc:  # validated at create; only a changed server gets here
             raise CapacityError(str(exc)) from None
         if kind == EMBEDDER:
@@ -347,15 +356,8 @@ class DeploymentReconciler:
             dep.spec = {**(dep.spec or {}), "replicaStats": stats}
 
     def close(self) -> None:
+        self._pollers.shutdown(wait=False)
         self.client.close()
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except Exception:
-        return False
 
 
 def _set(row, **values) -> None:
@@ -369,6 +371,3 @@ def _last_line(text: str) -> str:
     lines = [line for line in (text or "").strip().splitlines() if line.strip()]
     return lines[-1][:500] if lines else "(no output)"
 
-
-def purge_replicas(session: Session) -> None:
-    session.execute(delete(ReplicaRow))

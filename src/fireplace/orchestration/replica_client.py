@@ -16,27 +16,15 @@ class ReplicaClient:
     def _headers(self, secret: str) -> dict:
         return {SECRET_HEADER: secret}
 
-    def health(self, address: str, secret: str) -> dict | None:
-        """{"ready", "state", "error"}, or None when it does not answer yet."""
+    def status(self, address: str, secret: str) -> dict | None:
+        """{"ready", "state", "error"} (+ "adapters": [names], "stats": {...} once ready), or None
+        when it does not answer yet. Thread-safe (httpx.Client is): the controller polls every
+        replica at once."""
         try:
-            r = self.http.get(f"{address}/internal/health", headers=self._headers(secret))
+            r = self.http.get(f"{address}/internal/status", headers=self._headers(secret))
         except httpx.HTTPError:
             return None
         return r.json() if r.status_code == 200 else None
-
-    def stats(self, address: str, secret: str) -> dict | None:
-        try:
-            r = self.http.get(f"{address}/internal/stats", headers=self._headers(secret))
-        except httpx.HTTPError:
-            return None
-        return r.json() if r.status_code == 200 else None
-
-    def adapters(self, address: str, secret: str) -> list[str] | None:
-        try:
-            r = self.http.get(f"{address}/internal/adapters", headers=self._headers(secret))
-        except httpx.HTTPError:
-            return None
-        return r.json()["adapters"] if r.status_code == 200 else None
 
     def load_adapter(self, address: str, secret: str, model: str) -> str | None:
         """None when loaded, else the replica's error message."""

@@ -1,6 +1,8 @@
 """The replica's HTTP API (internal: only the API server, holding the secret, calls it).
 
     GET  /internal/health             {"ready": bool, "state": "loading|warming|ready|failed", "error"}
+    GET  /internal/status             health, plus "adapters" and "stats" once ready: the controller's
+                                      one poll per replica per tick
     GET  /internal/stats              engine load: running/waiting/KV/adapters/outstanding
     GET  /internal/adapters           {"adapters": [names resident or loading]}
     POST /internal/adapters           {"model": "accounts/a/models/m"}  read from the blob store, load
@@ -173,6 +175,14 @@ def create_replica_app(config: ReplicaConfig, secret: str) -> FastAPI:
     @app.get("/internal/health")
     async def health():
         return {"ready": runtime.state == "ready", "state": runtime.state, "error": runtime.error}
+
+    @app.get("/internal/status")
+    async def status():
+        out = {"ready": runtime.state == "ready", "state": runtime.state, "error": runtime.error}
+        if out["ready"]:
+            out["adapters"] = sorted(runtime.adapters)
+            out["stats"] = await runtime.stats()
+        return out
 
     @app.get("/internal/stats")
     async def stats():
