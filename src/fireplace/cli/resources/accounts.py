@@ -26,9 +26,8 @@ def create_account(
                                            account_id=account_id), ACCOUNT)
 
 
-get_command("account", ref("account_id", Annotated[Optional[str], typer.Argument(help="Default: the current account.")],
-                           None),
-            lambda c: c.accounts, ACCOUNT, "Show an account (default: your own).",
-            "fireplace get account\nfireplace get account my-account -o json")
+AccountArg = Annotated[Optional[str], typer.Argument(help="Default: the current account.")]
+get_command("account", ref("account_id", AccountArg, None), lambda c: c.accounts, ACCOUNT,
+            "Show an account (default: your own).", "fireplace get account\nfireplace get account my-account -o json")
 list_command("account", lambda _s, _options: "/v1/accounts", "accounts", ACCOUNT,
              "List accounts: your own (a platform admin sees every account).", "fireplace list accounts")

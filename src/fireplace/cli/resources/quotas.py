@@ -41,7 +41,7 @@ MODEL_USAGE = Kind("Inference usage", (Column("DAY", "day"), Column("MODEL", "mo
 
 @top("usage", "fireplace usage\nfireplace usage --start-date 2026-11-01 --end-date 2026-11-30\nfireplace usage -o json")
 def usage(start_date: Annotated[Optional[str], typer.Option("--start-date", help="First UTC day, YYYY-MM-DD "
-                                                            "(default: 30 days before the end).")] = None,
+                                                            "(default: the 30 days ending at --end-date).")] = None,
           end_date: Annotated[Optional[str], typer.Option("--end-date", help="Last UTC day, YYYY-MM-DD "
                                                           "(default: today).")] = None) -> None:
     """Show the account's usage: each quota's current count, and inference (completed requests,
