@@ -153,7 +153,9 @@ def run_trl(model_dir: Path, chats: list[dict], batch: int, seed: int, padding_f
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(output_dir=out, per_device_train_batch_size=batch, num_train_epochs=1, learning_rate=LR,
                          lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-                         max_length=MAX_LEN, bf16=False, fp16=False, gradient_checkpointing=False, logging_steps=1,
+                         # padding-free without packing does not truncate: TRL asks for max_length=None
+                         # (every synthetic example is already within MAX_LEN tokens)
+                         max_length=None if padding_free else MAX_LEN, bf16=False, fp16=False, gradient_checkpointing=False, logging_steps=1,
                          save_strategy="no", report_to=[], seed=seed, padding_free=padding_free,
                          dataloader_num_workers=0, use_cpu=True, optim="adamw_torch", disable_tqdm=True)
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
