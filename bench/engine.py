@@ -225,6 +225,9 @@ def main() -> None:
                         help="max_loras on both engines for every LoRA row (0: the row's adapter count)")
     parser.add_argument("--bf16-requests", type=int, default=0,
                         help="prompts for the bf16 pair (the first N of the workload; 0 = all)")
+    parser.add_argument("--lora-requests", type=int, default=0,
+                        help="prompts for the multi-LoRA pairs (the first N of the workload; 0 = all): "
+                             "vLLM-CPU's LoRA path is ~15x slower than its base path here")
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM-CPU rows")
     parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--no-transformers", action="store_true")
@@ -251,6 +254,8 @@ def main() -> None:
     bf16_prompts = prompts[:args.bf16_requests] if args.bf16_requests else prompts
     flops = work_flops(model_cfg, [len(p) for p in prompts], out_tokens)
     flops_bf16 = work_flops(model_cfg, [len(p) for p in bf16_prompts], out_tokens)
+    lora_prompts = prompts[:args.lora_requests] if args.lora_requests else prompts
+    flops_lora = work_flops(model_cfg, [len(p) for p in lora_prompts], out_tokens)
     matmul = {"float32": matmul_flops(torch.float32), "bfloat16": matmul_flops(torch.bfloat16)}
 
     results: dict = {
@@ -341,30 +346,35 @@ def main() -> None:
     results["lora"] = {"rank": LORA_RANK, "targets": LORA_TARGETS, "assignment": "request i -> adapter i mod N",
                        "max_loras": f"{args.lora_slots} on both engines" if args.lora_slots
                        else "= N (the row's adapter count) on both engines", "dtype": "float32"}
+    n_lora = len(lora_prompts)
+    results["lora"]["requests"] = n_lora
     for count in lora_counts:
-        ids = [i % count for i in range(n)]
+        ids = [i % count for i in range(n_lora)]
         warm_ids = [i % count for i in range(len(warm_prompts))]
         ours = None
         gc.collect()
         slots = args.lora_slots or count
         ours = build_ours(model_dir, "float32", adapters[:count], max_loras=slots)
         warm_ours(ours, warm_prompts, warm_ids)
-        ours_lora = run_ours(ours, prompts, out_tokens, ids)
+        ours_lora = run_ours(ours, lora_prompts, out_tokens, ids)
         rows[f"fireplace_lora_{count}"] = finish_row({"system": "fireplace engine", "dtype": "float32",
-                                                      "adapters": count}, [ours_lora], None, flops,
-                                                     matmul["float32"], n)
-        show(f"fireplace engine, {count} adapters", rows[f"fireplace_lora_{count}"], rows["fireplace_fp32"])
-        results["ratios"][f"ours_lora_{count}_vs_ours_base"] = (rows[f"fireplace_lora_{count}"]["output_tok_per_s"]
-                                                                / rows["fireplace_fp32"]["output_tok_per_s"])
+                                                      "adapters": count}, [ours_lora], None, flops_lora,
+                                                     matmul["float32"], n_lora)
+        same_work = n_lora == n   # vs our base row only on the same prompts
+        show(f"fireplace engine, {count} adapters", rows[f"fireplace_lora_{count}"],
+             rows["fireplace_fp32"] if same_work else None)
+        if same_work:
+            results["ratios"][f"ours_lora_{count}_vs_ours_base"] = (
+                rows[f"fireplace_lora_{count}"]["output_tok_per_s"] / rows["fireplace_fp32"]["output_tok_per_s"])
         if not args.no_vllm and "vllm_fp32" in rows:
             try:
                 peer = VLLMPeer(model_dir, dtype="float32", lora_dirs=adapters[:count], max_loras=slots,
                                 max_lora_rank=LORA_RANK)
                 vllm_run(peer, warm_prompts, 16, warm_ids)
-                vllm_lora = vllm_run(peer, prompts, out_tokens, ids)
+                vllm_lora = vllm_run(peer, lora_prompts, out_tokens, ids)
                 rows[f"vllm_lora_{count}"] = finish_row({"system": "vLLM-CPU", "dtype": "float32", "adapters": count,
-                                                         "settings": peer.settings}, [vllm_lora], None, flops,
-                                                        matmul["float32"], n)
+                                                         "settings": peer.settings}, [vllm_lora], None, flops_lora,
+                                                        matmul["float32"], n_lora)
                 key = f"ours_vs_vllm_lora_{count}"
                 show(f"vLLM-CPU, {count} adapters", rows[f"vllm_lora_{count}"])
                 results["ratios"][key] = (rows[f"fireplace_lora_{count}"]["output_tok_per_s"]

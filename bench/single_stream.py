@@ -9,7 +9,9 @@ For fp32, int8, int4 (EngineConfig.quantization) and the bundled GGUF's own Q4_1
     agreement with fp32 over 20 prompts (16 new tokens each, batched);
   - os.getloadavg() before and after each phase: the machine is shared, so read the figures
     with the load next to them.
-No llama.cpp peer in this script (see bench/results/single_stream.json "peer").
+  - the peer: llama.cpp (bench/.venv-llamacpp, `make bench-peers`) on the same GGUF, same
+    prompt token ids, same thread count, in its own process (bench/peers/llamacpp_peer.py),
+    after our rows; ratio = our GGUF row's decode tok/s over llama.cpp's.
 
     nice -n 10 .venv/bin/python bench/single_stream.py [--precisions fp32,int8,int4,gguf] [--threads 2]
 """
@@ -21,6 +23,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -122,6 +125,22 @@ def agreement(ref: list[list[int]], got: list[list[int]]) -> dict:
             "identical_sequences": sum(r == g for r, g in zip(ref, got))}
 
 
+def llama_cpp_peer(prompt: list[int], args) -> dict:
+    python = ROOT / "bench" / ".venv-llamacpp" / "bin" / "python"
+    if not python.exists():
+        return {"error": "llama.cpp not run: bench/.venv-llamacpp is missing (make bench-peers)"}
+    before = load()
+    proc = subprocess.run([str(python), str(ROOT / "bench" / "peers" / "llamacpp_peer.py"), str(find_smollm2_gguf()),
+                           "--tokens", ",".join(map(str, prompt)), "--new-tokens", str(args.new_tokens),
+                           "--threads", str(args.threads), "--repeats", str(args.repeats)],
+                          capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        return {"error": f"llama.cpp peer exited with {proc.returncode}: {proc.stderr[-500:]}"}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["loadavg"] = [before, load()]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--precisions", default="fp32,int8,int4,gguf")
@@ -138,8 +157,7 @@ def main() -> None:
               "cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
               "perplexity_text": str(TEXT.relative_to(ROOT)), "loadavg_start": load(),
-              "peer": "llama.cpp not run: no build of it on this machine (llama-cpp-python is not installed and "
-                      "a source build did not fit this session)", "rows": {}}
+              "rows": {}}
     result["read_bandwidth_gbs"] = read_bandwidth_gbs(args.threads)
     result["loadavg_after_bandwidth"] = load()
     print(f"read bandwidth {result['read_bandwidth_gbs']:.1f} GB/s, load {result['loadavg_after_bandwidth']}", flush=True)
@@ -173,6 +191,12 @@ def main() -> None:
         for row in result["rows"].values():
             row["perplexity_vs_fp32"] = row["perplexity"] / fp32["perplexity"] - 1
             row["speedup_vs_fp32"] = row["single_stream"]["tok_s"] / fp32["single_stream"]["tok_s"]
+    result["peer"] = llama_cpp_peer(text_ids[:args.prompt_tokens], args)
+    ours = result["rows"].get("gguf")
+    if ours and "tok_s" in result["peer"]:
+        result["gguf_vs_llama_cpp_decode_tok_s"] = ours["single_stream"]["tok_s"] / result["peer"]["tok_s"]
+        print(f"llama.cpp: {result['peer']['tok_s']:.1f} tok/s; ours (GGUF) / llama.cpp: "
+              f"{result['gguf_vs_llama_cpp_decode_tok_s']:.2f}x", flush=True)
     result["loadavg_end"] = load()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

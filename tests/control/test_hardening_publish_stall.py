@@ -66,9 +66,8 @@ def _write_while(thread: threading.Thread, c: httpx.Client, account_id: str, uni
     return durations
 
 
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # the stall it guards against is SQLite's write lock
 def test_publishing_a_large_dataset_does_not_stall_other_writers(server, tmp_path, unique):
-    if server.backend != "sqlite":
-        pytest.skip("the stall this guards against is SQLite's single write lock")
     client = sdk(server)
     account_id = server.account_id
     size, lines = _write_big_jsonl(tmp_path / "big.jsonl")
