@@ -2,9 +2,13 @@
 
 Against a real `fireplace serve` (SQLite, its controller and local executor), on the tiny
 random-weight Llama (tests/training/tiny_model.py): one uninterrupted reference job, then N
-jobs with the same data, seed and hyperparameters, each worker killed once at a moment drawn
-uniformly over the reference job's running time (model loading, mid-step, checkpoint
-writes and WRITING_RESULTS are all reachable). Per trial: did it complete, how many steps
+jobs with the same data, seed and hyperparameters, each worker killed once. The kill moment
+alternates between two draws, because on this tiny model most of a worker's time is start-up
+(imports, model loading), so a moment uniform over time rarely lands mid-training:
+  - "time": uniform over the reference worker's start-up (RUNNING to its first step done:
+    imports, model loading, the first step);
+  - "step": right after the worker logs step k done, k uniform over 1..total steps (k = total
+    lands in the final checkpoint / WRITING_RESULTS), watched in the worker's own log. Per trial: did it complete, how many steps
 the killed worker had finished past the checkpoint it resumed from (steps redone, read from
 the killed worker's own log), and whether the final adapter equals the reference's
 (max |difference| over all tensors; bitwise equality counted too).
@@ -74,14 +78,36 @@ def max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def trial(server: Server, client, base: str, data: str, delay: float, db: Path) -> dict:
-    job = client.supervised_fine_tuning_jobs.create(dataset=data, base_model=base, **JOB, extra_body=EXTRA)
-    job_id = job_id_of(job)
-    wait_state(client, job_id, {"JOB_STATE_RUNNING", "JOB_STATE_WRITING_RESULTS", "JOB_STATE_COMPLETED"})
-    time.sleep(delay)
+def worker_process_id(db: Path, job_id: str) -> str | None:
     with sqlite3.connect(db) as conn:
         (process_id,) = conn.execute("select worker_process_id from supervised_fine_tuning_jobs where job_id=?",
                                      (job_id,)).fetchone()
+    return process_id
+
+
+def wait_logged_step(server: Server, db: Path, job_id: str, step: int, timeout: float = 600) -> None:
+    """Until the worker's log says step `step` is done (polled every 10 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        process_id = worker_process_id(db, job_id)
+        if process_id:
+            path = server.home / "logs" / f"{process_id}.log"
+            text = path.read_text(errors="replace") if path.exists() else ""
+            if max((int(m.group(1)) for m in STEP_RE.finditer(text)), default=0) >= step:
+                return
+        time.sleep(0.01)
+
+
+def trial(server: Server, client, base: str, data: str, moment: tuple[str, float], db: Path) -> dict:
+    job = client.supervised_fine_tuning_jobs.create(dataset=data, base_model=base, **JOB, extra_body=EXTRA)
+    job_id = job_id_of(job)
+    wait_state(client, job_id, {"JOB_STATE_RUNNING", "JOB_STATE_WRITING_RESULTS", "JOB_STATE_COMPLETED"})
+    kind, value = moment
+    if kind == "time":
+        time.sleep(value)
+    else:
+        wait_logged_step(server, db, job_id, int(value))
+    process_id = worker_process_id(db, job_id)
     state_at_kill = client.supervised_fine_tuning_jobs.get(job_id).state
     killed = 0
     for pid in worker_pids(job.name):
@@ -97,7 +123,8 @@ def trial(server: Server, client, base: str, data: str, delay: float, db: Path) 
                                 (job_id,)).fetchone()[0]
     resumed_from = max((r.get("step", 0) for r in resumes if "attempt" in r), default=0)  # 0: from the start
     last_step = max(steps, default=0)
-    return {"job": job_id, "kill_delay_s": round(delay, 3), "state_at_kill": state_at_kill, "killed_processes": killed,
+    return {"job": job_id, "kill_at": kind, "kill_delay_s" if kind == "time" else "kill_after_step":
+            round(value, 3), "state_at_kill": state_at_kill, "killed_processes": killed,
             "final_state": done.state, "completed": done.state == "JOB_STATE_COMPLETED",
             "killed_worker_last_step": last_step, "resumed_from_step": resumed_from,
             "steps_redone": max(0, last_step - resumed_from) if restarts else 0,
@@ -115,7 +142,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="fp-faults-"))
     server = Server(home=home, backend="sqlite", api_key=ADMIN_KEY,
                     extra_env={"FIREPLACE_SERVING_RECONCILE_INTERVAL_S": "0.5",
-                               "FIREPLACE_SERVING_LOCAL_TRAINER_SLOTS": str(args.parallel)}).start()
+                               "FIREPLACE_SERVING_LOCAL_TRAINER_SLOTS": str(args.parallel)}).start(timeout=300)
     try:
         client = sdk(server)
         base = tiny_base(server)
@@ -124,17 +151,20 @@ def main() -> None:
         ref_job = client.supervised_fine_tuning_jobs.create(dataset=data, base_model=base, **JOB, extra_body=EXTRA)
         wait_state(client, job_id_of(ref_job), {"JOB_STATE_RUNNING"})
         running_at = time.monotonic()
+        wait_logged_step(server, home / "fireplace.db", job_id_of(ref_job), 1)
+        startup_s = time.monotonic() - running_at
         ref_job = wait_state(client, job_id_of(ref_job), {"JOB_STATE_COMPLETED"})
         run_s = time.monotonic() - running_at
         assert ref_job.state == "JOB_STATE_COMPLETED", ref_job.status
         reference = adapter(server, ref_job)
         total_steps = ref_job.job_progress.model_extra["totalSteps"]
-        print(f"reference: {total_steps} steps, {run_s:.1f} s running ({time.monotonic() - started:.1f} s in all)",
-              flush=True)
-        delays = [rng.uniform(0.0, run_s) for _ in range(args.trials)]
+        print(f"reference: {total_steps} steps, {run_s:.1f} s running of which {startup_s:.1f} s to the first "
+              f"step ({time.monotonic() - started:.1f} s in all)", flush=True)
+        moments = [("time", rng.uniform(0.0, startup_s)) if i % 2 == 0 else ("step", rng.randint(1, total_steps))
+                   for i in range(args.trials)]
 
-        def one(delay: float) -> dict:
-            result = trial(server, client, base, data, delay, home / "fireplace.db")
+        def one(moment: tuple[str, float]) -> dict:
+            result = trial(server, client, base, data, moment, home / "fireplace.db")
             if result["completed"]:
                 got = adapter(server, client.supervised_fine_tuning_jobs.get(result["job"]))
                 result["max_abs_diff"] = max_diff(got, reference)
@@ -142,7 +172,7 @@ def main() -> None:
             print(json.dumps(result), flush=True)
             return result
         with ThreadPoolExecutor(args.parallel) as pool:
-            trials = list(pool.map(one, delays))
+            trials = list(pool.map(one, moments))
     finally:
         server.stop()
     completed = [t for t in trials if t["completed"]]
@@ -153,12 +183,13 @@ def main() -> None:
         "steps_redone": [t["steps_redone"] for t in trials],
         "max_steps_redone": max((t["steps_redone"] for t in trials), default=0),
         "checkpoint_interval_steps": EXTRA["checkpointIntervalSteps"],
+        "killed_mid_training": sum(1 for t in trials if 0 < t["killed_worker_last_step"] < total_steps),
         "killed_in_state": {s: sum(1 for t in trials if t["state_at_kill"] == s)
                             for s in sorted({t["state_at_kill"] for t in trials})},
     }
     report = {"benchmark": "finetune-faults", "model": "tiny random Llama (2 layers, hidden 64), CPU fp32",
               "job": {**JOB, **EXTRA, "examples": 24, "total_steps": total_steps},
-              "reference_running_s": run_s, "parallel_trials": args.parallel, "load_average_at_end": os.getloadavg(), "summary": summary,
+              "reference_running_s": run_s, "reference_startup_s": startup_s, "parallel_trials": args.parallel, "load_average_at_end": os.getloadavg(), "summary": summary,
               "trials": trials}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
