@@ -24,6 +24,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,15 +36,10 @@ from fireplace.engine.llm_engine import LLMEngine
 from fireplace.engine.sampling_params import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.engine.smollm2_prompts import PROMPTS  # noqa: E402
+
 TEXT = ROOT / "tests" / "data" / "perplexity.txt"
-PROMPTS = [
-    "The capital of France is", "Once upon a time", "def fibonacci(n):", "The three primary colors are",
-    "Water boils at", "In 1969, humans", "A haiku about the sea:", "The quick brown fox",
-    "To make a cup of tea, first", "Python is a programming language that", "The largest planet in",
-    "My favourite food is", "Photosynthesis is the process", "1, 2, 3, 4,", "The opposite of hot is",
-    "Dear Sir or Madam,", "import numpy as np\n", "The moon orbits", "Machine learning models learn",
-    "Q: What is 2 + 2?\nA:",
-]
 
 
 def load() -> list[float]:
