@@ -1,17 +1,14 @@
 """Model and adapter files for a replica, read from the blob store.
 
 A local blob store is read in place (safetensors are memory-mapped from it); another store
-(S3) is copied once into a local cache directory keyed by the blob prefix.
+(S3) is copied once into a local cache directory keyed by the prefix and the files' versions.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from fireplace.storage import BlobStore
+from fireplace.storage.local_copy import local_dir
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -25,29 +22,8 @@ def model_prefix(model_name: str) -> str:
 
 
 def materialize(blobs: BlobStore, prefix: str, cache_dir: Path) -> Path:
-    """A local directory holding the top-level files under `prefix`."""
-    local = blobs.local_path(prefix)
-    if local is not None and os.path.isdir(local):
-        return Path(local)
-    target = cache_dir / hashlib.sha256(f"{blobs.url}/{prefix}".encode()).hexdigest()[:24]
-    if (target / ".complete").exists():
-        return target
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".partial-"))
-    try:
-        for key in blobs.list(prefix):
-            name = key[len(prefix) + 1:]
-            if "/" in name:
-                continue
-            with blobs.open(key) as src, open(tmp / name, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        (tmp / ".complete").touch()
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    """A local directory holding the top-level files under `prefix` (storage.local_copy)."""
+    return local_dir(blobs, prefix, cache_dir)
 
 
 def adapter_files(blobs: BlobStore, model_name: str) -> dict[str, bytes]:

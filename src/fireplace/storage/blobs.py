@@ -1,8 +1,12 @@
 """Blob store over fsspec: a local directory by default, `s3://bucket/prefix` accepted.
 
-Writes are atomic and durable: bytes stream into a temporary object (fsynced), then a rename
-(local; the directory is fsynced after it) or the completion of the upload (S3: an object
-appears whole or not at all) publishes them.
+Writes are atomic and durable. Local: bytes stream into a temporary file (fsynced), then a
+rename publishes them (the directory is fsynced after it). S3: bytes stream into a multipart
+upload that only its completion publishes (an object appears whole or not at all; a failed
+write aborts the upload; one cut off by a crash stays invisible until the bucket's lifecycle
+rule drops it). S3 endpoint and credentials come from the standard AWS settings, read by
+botocore (AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+~/.aws/config). Listings are never cached: another server or worker may have written since.
 Every write is hashed (SHA-256) and size-limited while streaming. Keys are built only
 from validated IDs and file names (`blob_key`), so no path can escape the root.
 """
@@ -57,8 +61,9 @@ class BlobInfo:
 class BlobStore:
     def __init__(self, url: str):
         self.url = url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
-        self.is_local = self.fs.protocol in ("file", "local") or self.fs.protocol == ("file", "local")
+        self.is_local = fsspec.core.split_protocol(self.url)[0] in (None, "file", "local")
+        options = {} if self.is_local else {"use_listings_cache": False}  # see the module docstring
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
         if self.is_local:
             os.makedirs(self.root, exist_ok=True)
 
@@ -67,29 +72,38 @@ class BlobStore:
 
     def write_stream(self, key: str, chunks: Iterable[bytes], max_bytes: int) -> BlobInfo:
         """Stream chunks to `key` atomically; over max_bytes -> 413 and nothing published."""
-        final = self._path(key)
+        write = self._write_local if self.is_local else self._write_remote
+        size, sha256 = write(self._path(key), chunks, max_bytes)
+        return BlobInfo(key, size, sha256)
+
+    def _write_local(self, final: str, chunks: Iterable[bytes], max_bytes: int) -> tuple[int, str]:
         tmp = self._path(f".tmp/{uuid.uuid4().hex}")
         self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         self.fs.makedirs(tmp.rsplit("/", 1)[0], exist_ok=True)
-        digest, size = hashlib.sha256(), 0
         try:
             with self.fs.open(tmp, "wb") as out:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise PayloadTooLarge(f"file is larger than the limit of {max_bytes} bytes")
-                    digest.update(chunk)
-                    out.write(chunk)
-                if self.is_local:
-                    out.flush()
-                    os.fsync(out.fileno())
+                written = _copy_limited(chunks, out, max_bytes)
+                out.flush()
+                os.fsync(out.fileno())
             self.fs.mv(tmp, final)
             self._sync_dir(final)
         except BaseException:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp)
             raise
-        return BlobInfo(key, size, digest.hexdigest())
+        return written
+
+    def _write_remote(self, final: str, chunks: Iterable[bytes], max_bytes: int) -> tuple[int, str]:
+        # autocommit=False: closing uploads the parts, only commit() completes the upload (publishes)
+        out = self.fs.open(final, "wb", autocommit=False)
+        try:
+            with out:
+                written = _copy_limited(chunks, out, max_bytes)
+            out.commit()
+        except BaseException:
+            out.discard()  # S3: abort the multipart upload
+            raise
+        return written
 
     def _sync_dir(self, path: str) -> None:
         """fsync the directory of a renamed file (local stores), so the rename itself survives
@@ -111,7 +125,8 @@ class BlobStore:
     def move(self, src: str, dst: str) -> None:
         """Publish a staged blob under another key (local: atomic rename; S3: copy + delete)."""
         final = self._path(dst)
-        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        if self.is_local:
+            self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         self.fs.mv(self._path(src), final)
         self._sync_dir(final)
 
@@ -146,6 +161,15 @@ class BlobStore:
             return []
         return sorted(p[len(self.root) + 1:] for p in self.fs.find(base))
 
+    def versions(self, prefix: str) -> dict[str, str]:
+        """{key: a token that changes whenever that object is rewritten} under a prefix, from one
+        listing (S3: size + ETag; local: size + mtime): what local copies are keyed by."""
+        base = self._path(prefix).rstrip("/")
+        if not self.fs.exists(base):
+            return {}
+        return {path[len(self.root) + 1:]: f"{info.get('size')}:{info.get('ETag') or info.get('mtime')}"
+                for path, info in sorted(self.fs.find(base, detail=True).items())}
+
     def delete(self, key: str) -> None:
         if self.fs.exists(self._path(key)):
             self.fs.rm(self._path(key), recursive=True)
@@ -157,3 +181,14 @@ class BlobStore:
         """A filesystem path for local stores (engines load safetensors from it directly)."""
         return self._path(key) if self.is_local else None
 
+
+def _copy_limited(chunks: Iterable[bytes], out: BinaryIO, max_bytes: int) -> tuple[int, str]:
+    """Write chunks to out, hashing them; over max_bytes -> 413. Returns (size, sha256)."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"file is larger than the limit of {max_bytes} bytes")
+        digest.update(chunk)
+        out.write(chunk)
+    return size, digest.hexdigest()
