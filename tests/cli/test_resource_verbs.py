@@ -46,6 +46,9 @@ def test_create_account_as_platform_admin(cli):
     account = cli.json("create", "account", "--email", email, "--display-name", "Dev")
     assert account["email"] == email and account["accountType"] == "DEVELOPER"
     assert cli.json("get", "account", account["name"]) == account
+    renamed = cli.json("update", "account", account["name"], "--display-name", "Dev team")
+    assert renamed["displayName"] == "Dev team" and renamed == cli.api(f"/v1/{account['name']}")
+    cli.run("update", "account", account["name"], expect=2)   # --display-name is required
 
 
 def test_users_create_get_list_update(cli):
@@ -57,6 +60,10 @@ def test_users_create_get_list_update(cli):
     assert cli.json("update", "user", user_id, "--role", "user")["role"] == "user"
     assert cli.api(f"/v1/{created['name']}")["role"] == "user"
     cli.run("update", "user", user_id, expect=2)  # nothing to change: a usage error
+    key = cli.json("create", "api-key", "--user", user_id)["key"]
+    assert cli.json("delete", "user", user_id)["state"] == "DISABLED"
+    cli.run("list", "models", "--api-key", key, expect=5)   # its keys are revoked
+    assert cli.json("user", "undelete", user_id)["state"] == "READY"
 
 
 def test_api_key_create_list_delete_and_the_key_works_then_not(cli):
@@ -65,6 +72,12 @@ def test_api_key_create_list_delete_and_the_key_works_then_not(cli):
     key = cli.json("create", "api-key", "--user", user_id, "--display-name", "ci")
     assert key["key"].startswith("fw_") and key["displayName"] == "ci"
     assert key["keyId"] in [k["keyId"] for k in cli.json("list", "api-keys", "--user", user_id)]
+    got = cli.json("get", "api-key", key["keyId"], "--user", user_id)
+    assert got["name"] == key["name"] and "key" not in got and got["displayName"] == "ci"
+    cli.run("get", "api-key", "k" + "0" * 15, "--user", user_id, expect=4)
+    renamed = cli.json("update", "api-key", key["keyId"], "--user", user_id, "--display-name", "nightly")
+    assert renamed["displayName"] == "nightly" and "key" not in renamed
+    assert cli.json("api-key", "update", key["name"], "--display-name", "ci")["displayName"] == "ci"  # full name
     as_user = cli.run("whoami", "-o", "json", "--api-key", key["key"]).stdout
     assert f"users/{user_id}" in as_user and '"role": "user"' in as_user
     cli.run("delete", "api-key", key["keyId"], "--user", user_id)
@@ -227,6 +240,7 @@ def test_sftj_create_get_list_cancel_resume_delete(cli, base_model, dataset):
     got = cli.json("get", "sftj", job_id)
     assert got["name"] == job["name"] and got["dataset"] == dataset
     assert job["name"] in cli.names("list", "sftjs", "--all")
+    assert cli.json("update", "sftj", job_id, "--display-name", "nightly run")["displayName"] == "nightly run"
     assert cli.json("cancel", "sftj", job_id)["state"] in ("JOB_STATE_CANCELLED", "JOB_STATE_CANCELLING")
     cli.run("create", "sftj", "--dataset", dataset, expect=3)   # neither --base-model nor --warm-start-from
     assert cli.json("supervised-fine-tuning-job", "get", job_id)["name"] == job["name"]

@@ -136,3 +136,28 @@ def test_open_signup(fresh_server):
         # The walk-in's admin user exists; a platform admin can give it a key.
         users = c.get(f"/v1/accounts/{account_id}/users").json()["users"]
         assert [u["role"] for u in users] == ["admin"]
+
+
+def test_rename_an_account(server):
+    """PATCH /v1/accounts/{a} (our extension): the account's admins change its displayName;
+    email, type and state are refused by name; members below admin get 403, others 404."""
+    account_id, key = new_account(server)
+    url = f"/v1/accounts/{account_id}"
+    with http(server, key) as c:
+        before = c.get(url).json()
+        renamed = c.patch(url, json={"displayName": "Research", "etag": before["etag"]})
+        assert renamed.status_code == 200, renamed.text
+        after = renamed.json()
+        assert after["displayName"] == "Research" and after["etag"] != before["etag"]
+        assert {k: v for k, v in after.items() if k not in ("displayName", "etag", "updateTime")} == \
+            {k: v for k, v in before.items() if k not in ("displayName", "etag", "updateTime")}
+        assert c.patch(url, json={"displayName": "x", "etag": before["etag"]}).status_code == 409
+        refused = c.patch(url, json={"email": "new@example.com"})
+        assert refused.status_code == 400 and "email" in refused.json()["message"], refused.text
+        assert c.get(url).json()["displayName"] == "Research"
+    with http(server, new_account(server)[1]) as c:
+        assert c.patch(url, json={"displayName": "theirs"}).status_code == 404
+    _, member = new_account(server, role="user")
+    member_account = next(iter(http(server, member).get("/v1/accounts").json()["accounts"]))["name"]
+    with http(server, member) as c:
+        assert c.patch(f"/v1/{member_account}", json={"displayName": "mine"}).status_code == 403

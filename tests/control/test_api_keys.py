@@ -136,3 +136,31 @@ def test_secrets_are_never_stored(server, account):
     assert "canary" in dump and secret not in dump and secret[8:] not in dump
     assert server.api_key not in dump
     assert secret not in server.log_text()
+
+
+def test_rename_a_key(server, account):
+    """PATCH .../apiKeys/{keyId} (our extension): displayName only; its owner or an admin;
+    the secret keeps working; a revoked key or another user's key is 404."""
+    account_id, admin_id, client = account
+    me, peer = add_user(client, "inference-user"), add_user(client, "contributor")
+    created = client.api_keys.create(me, api_key={"display_name": "laptop"})
+    base = f"/v1/accounts/{account_id}/users/{me}/apiKeys"
+    with http(server, created.key) as c:
+        renamed = c.patch(f"{base}/{created.key_id}", json={"displayName": "desktop"})
+        assert renamed.status_code == 200, renamed.text
+        assert renamed.json()["displayName"] == "desktop" and "key" not in renamed.json()
+        refused = c.patch(f"{base}/{created.key_id}", json={"expireTime": "2030-01-01T00:00:00Z"})
+        assert refused.status_code == 400 and "expireTime" in refused.json()["message"], refused.text
+        stale = c.patch(f"{base}/{created.key_id}", json={"displayName": "x"}, headers={"If-Match": "1"})
+        assert stale.status_code == 409, stale.text
+        peer_key = client.api_keys.create(peer, api_key={})
+        assert c.patch(f"/v1/accounts/{account_id}/users/{peer}/apiKeys/{peer_key.key_id}",
+                       json={"displayName": "theirs"}).status_code == 403
+        assert c.patch(f"{base}/{peer_key.key_id}", json={"displayName": "theirs"}).status_code == 404
+    with http(server, client.api_key) as c:   # the admin renames anyone's key
+        assert c.patch(f"/v1/accounts/{account_id}/users/{peer}/apiKeys/{peer_key.key_id}",
+                       json={"displayName": "ci"}).json()["displayName"] == "ci"
+    assert {k.key_id: k.display_name for k in client.api_keys.list(me)}[created.key_id] == "desktop"
+    client.api_keys.delete(me, key_id=created.key_id)
+    with http(server, client.api_key) as c:
+        assert c.patch(f"{base}/{created.key_id}", json={"displayName": "gone"}).status_code == 404

@@ -286,3 +286,29 @@ def test_honoured_job_fields_are_returned(server, admin, base, dataset):
                                                    eval_auto_carveout=True, optimizer_weight_decay=0.01)
     assert (job.nodes, job.early_stop, job.eval_auto_carveout, job.optimizer_weight_decay) == (1, True, True, 0.01)
     admin.supervised_fine_tuning_jobs.delete(_id(job.name))
+
+
+def test_rename_is_the_only_update(server, admin, base, dataset):
+    """PATCH (our extension): displayName changes in any state and bumps the etag; the training
+    settings are refused by name; a stale etag is 409; a viewer-only role may not rename."""
+    job_id = _id(admin.supervised_fine_tuning_jobs.create(dataset=dataset, base_model=base,
+                                                          display_name="before").name)
+    url = f"/v1/accounts/{server.account_id}/supervisedFineTuningJobs/{job_id}"
+    with http(server) as c:
+        etag = c.get(url).json()["etag"]
+        renamed = c.patch(url, json={"displayName": "after", "etag": etag})
+        assert renamed.status_code == 200 and renamed.json()["displayName"] == "after", renamed.text
+        assert renamed.json()["etag"] != etag and renamed.json()["epochs"] == 1
+        assert c.patch(url, json={"displayName": "again", "etag": etag}).status_code == 409
+        refused = c.patch(url, json={"epochs": 3, "displayName": "x"})
+        assert refused.status_code == 400 and "epochs" in refused.json()["message"], refused.text
+        masked = c.patch(url, params={"updateMask": "learningRate"}, json={})
+        assert masked.status_code == 400 and "learningRate" in masked.json()["message"], masked.text
+        assert c.patch(url, params={"updateMask": "displayName"}, json={}).json()["displayName"] == ""
+        assert c.post(url + ":cancel", json={}).status_code == 200
+        assert c.patch(url, json={"displayName": "cancelled run"}).json()["state"] == "JOB_STATE_CANCELLED"
+    with http(server, user_key(server, "inference-user")) as c:
+        assert c.patch(url, json={"displayName": "mine"}).status_code == 403
+    with http(server, new_account(server)[1]) as c:   # another account: as if missing
+        assert c.patch(url, json={"displayName": "theirs"}).status_code == 404
+    assert admin.supervised_fine_tuning_jobs.get(job_id).display_name == "cancelled run"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 from pydantic.alias_generators import to_camel
 
 from fireplace.errors import InvalidArgument
@@ -190,3 +190,24 @@ def to_snake(name: str) -> str:
         else:
             out.append(ch)
     return "".join(out).lstrip("_")
+
+
+class DisplayNameUpdate(Wire):
+    """PATCH body of accounts, API keys and SFT jobs, whose only mutable field is displayName
+    (control.common.rename). Any other field set is a 400 naming it, since nothing else of
+    these resources can change after create (a job's training settings: create a new job)."""
+    model_config = ConfigDict(json_schema_extra={"additionalProperties": False})
+
+    display_name: str | None = Field(None, max_length=256)
+    etag: str | None = Field(None, max_length=64)   # AIP-154: a stale one is 409 ABORTED
+    name: str | None = Field(None, max_length=MAX_STRING)   # echoed back by some clients; ignored
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_display_name(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            other = sorted(k for k, v in data.items()
+                           if k not in ("displayName", "display_name", "etag", "name") and _is_set(v))
+            if other:
+                raise InvalidArgument(f"field(s) {', '.join(other)} cannot be changed; updatable: displayName")
+        return data

@@ -33,7 +33,7 @@ VERBS = {
     "upload": "Upload files to a resource that is UPLOADING.",
     "download": "Download a resource's files.",
     "scale": "Set a deployment's replica count.",
-    "undelete": "Bring a soft-deleted deployment back.",
+    "undelete": "Bring a soft-deleted deployment, or a disabled user, back.",
     "cancel": "Cancel a fine-tuning job.",
     "resume": "Resume a failed, cancelled or paused fine-tuning job.",
 }

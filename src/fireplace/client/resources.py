@@ -1,5 +1,6 @@
 """Typed calls, one class per resource of the control plane (paths and bodies as in the
-official fireworks-ai SDK; our extensions: accounts create, quotas, usage, job metrics).
+official fireworks-ai SDK; our extensions: accounts create, renaming accounts, API keys and SFT
+jobs, quotas, usage, job metrics).
 
 `ref` arguments take an ID (in the client's account) or a full name. Calls return the API's
 JSON as it came (a dict); list calls return one page, `iter` every item of every page.
@@ -72,6 +73,10 @@ class Accounts(_Collection):
         return self.fp.post("/v1/accounts", _set(email=email, displayName=display_name, accountType=account_type),
                             params={"accountId": account_id})
 
+    def update(self, ref: str | None, fields: dict, update_mask: str | None = None) -> Resource:  # type: ignore[override]
+        account = (ref or self.fp.account_id).removeprefix("accounts/")
+        return self.fp.patch(f"/v1/accounts/{account}", fields, params={"updateMask": update_mask})
+
 
 class Users(_Collection):
     collection, items_key = "users", "users"
@@ -80,6 +85,13 @@ class Users(_Collection):
                display_name: str | None = None, service_account: bool | None = None) -> Resource:
         body = _set(role=role, email=email, displayName=display_name, serviceAccount=service_account)
         return self.fp.post(self._collection(), body, params={"userId": user_id})
+
+    def disable(self, ref: str) -> Resource:
+        """Our extension: state DISABLED and every key of the user revoked."""
+        return self.fp.post(self._path(ref, ":disable"), {})
+
+    def enable(self, ref: str) -> Resource:
+        return self.fp.post(self._path(ref, ":enable"), {})
 
 
 class ApiKeys:
@@ -100,6 +112,19 @@ class ApiKeys:
 
     def iter(self, user: str, **query: Any) -> Iterator[Resource]:
         return self.fp.iter_list(self._collection(user), self.items_key, **query)
+
+    def get(self, user: str, key_id: str) -> Resource:
+        """One active key (the API has no GET of a key: the list, filtered by its ID)."""
+        from fireplace.errors import not_found
+        key_id = key_id.rsplit("/", 1)[-1]
+        found = self.list(user, filter=f'key_id="{key_id}"', page_size=1).get(self.items_key) or []
+        if not found:
+            raise not_found("API key", f"{self._collection(user).removeprefix('/v1/')}/{key_id}")
+        return found[0]
+
+    def update(self, user: str, key_id: str, fields: dict) -> Resource:
+        """Our extension: only displayName changes."""
+        return self.fp.patch(f"{self._collection(user)}/{key_id.rsplit('/', 1)[-1]}", fields)
 
     def delete(self, user: str, key_id: str) -> Resource:
         return self.fp.post(self._collection(user) + ":delete", {"keyId": key_id})

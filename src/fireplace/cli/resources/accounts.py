@@ -1,4 +1,4 @@
-"""account: create (platform admin, or anyone with open sign-up), get, list."""
+"""account: create (platform admin, or anyone with open sign-up), get, list, update (display name)."""
 from __future__ import annotations
 
 from typing import Annotated, Optional
@@ -7,7 +7,7 @@ import typer
 
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Column, Kind, ident, state, when
-from fireplace.cli.resources.crud import get_command, list_command, ref
+from fireplace.cli.resources.crud import get_command, list_command, ref, rename_command
 from fireplace.cli.session import current
 
 ACCOUNT = Kind("Account", (ident(), Column("EMAIL", "email"), Column("TYPE", "accountType"), state(), when()))
@@ -31,3 +31,7 @@ get_command("account", ref("account_id", AccountArg, None), lambda c: c.accounts
             "Show an account (default: your own).", "fireplace get account\nfireplace get account my-account -o json")
 list_command("account", lambda _s, _options: "/v1/accounts", "accounts", ACCOUNT,
              "List accounts: your own (a platform admin sees every account).", "fireplace list accounts")
+rename_command("account", [ref("account_id", AccountArg, None)],
+               lambda s, o: s.client.accounts.update(o["account_id"], {"displayName": o["display_name"]}), ACCOUNT,
+               "Rename an account (its admins); nothing else of an account changes.",
+               'fireplace update account --display-name "Research team"')

@@ -1,4 +1,4 @@
-"""api-key: create (the secret is printed once), list, delete (revoke). Keys belong to a user:
+"""api-key: create (the secret is printed once), get, list, update (display name), delete (revoke). Keys belong to a user:
 --user (default: the user of the key you are calling with)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import typer
 
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Column, Kind, note, when
-from fireplace.cli.resources.crud import list_command, option
+from fireplace.cli.resources.crud import list_command, option, ref, rename_command
 from fireplace.cli.session import Session, current
 from fireplace.client.identity import who_am_i
 from fireplace.errors import InvalidArgument
@@ -46,12 +46,33 @@ list_command("api-key", lambda s, options: s.client.path("users", _user(s, optio
              "fireplace list api-keys\nfireplace list api-keys --user alice", leading=[option("user", UserOpt)])
 
 
-@verb("delete", "api-key", "fireplace delete api-key k0123456789abcdef")
-def delete_api_key(key_id: Annotated[str, typer.Argument(help="Key ID (see list api-keys) or full name.")],
-                   user: UserOpt = None) -> None:
-    """Revoke an API key (immediately)."""
-    s = current()
+KeyRef = Annotated[str, typer.Argument(help="Key ID (see list api-keys) or full name.")]
+
+
+def _owner(s: Session, key_id: str, user: Optional[str]) -> str:
+    """The key's user: --user, else the one in a full key name, else the caller."""
     if key_id.startswith("accounts/") and "/apiKeys/" in key_id and not user:
         user = key_id.split("/apiKeys/")[0]
-    s.client.api_keys.delete(_user(s, user), key_id)
+    return _user(s, user)
+
+
+@verb("get", "api-key", "fireplace get api-key k0123456789abcdef\nfireplace get api-key k0123456789abcdef --user alice")
+def get_api_key(key_id: KeyRef, user: UserOpt = None) -> None:
+    """Show an active API key (never its secret)."""
+    s = current()
+    s.printer.one(s.client.api_keys.get(_owner(s, key_id, user), key_id), API_KEY)
+
+
+rename_command("api-key", [ref("key_id", KeyRef), option("user", UserOpt)],
+               lambda s, o: s.client.api_keys.update(_owner(s, o["key_id"], o["user"]), o["key_id"],
+                                                     {"displayName": o["display_name"]}), API_KEY,
+               "Rename an API key; its secret, owner and expiry never change.",
+               "fireplace update api-key k0123456789abcdef --display-name ci-nightly")
+
+
+@verb("delete", "api-key", "fireplace delete api-key k0123456789abcdef")
+def delete_api_key(key_id: KeyRef, user: UserOpt = None) -> None:
+    """Revoke an API key (immediately)."""
+    s = current()
+    s.client.api_keys.delete(_owner(s, key_id, user), key_id)
     note(f"revoked {key_id}")

@@ -1,4 +1,4 @@
-"""The `get`, `list` and `delete` commands that only call the client and print, made from a
+"""The `get`, `list`, `delete` and rename-only `update` commands that only call the client and print, made from a
 description instead of written out once per resource:
 
     get_command("model", ref("model", ModelRef), lambda c: c.models, MODEL, "Show a model.",
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Kind, note
@@ -86,3 +88,16 @@ def delete_command(noun: str, arg: P, resource: Accessor, doc: str, example: str
         getattr(collection, call)(kwargs[arg.name])
         note(f"{done} {collection.name(kwargs[arg.name])}")
     return _register(delete, "delete", noun, [arg], doc, example)
+
+
+DisplayName = Annotated[str, typer.Option("--display-name", help="The new display name.")]
+
+
+def rename_command(noun: str, params: Sequence[P], rename: Callable[[Session, dict], dict], kind: Kind,
+                   doc: str, example: str) -> Callable[..., None]:
+    """`update <noun> ... --display-name X` for resources whose only mutable field is displayName:
+    rename(session, {param: value, "display_name": X}) makes the call and returns the resource."""
+    def update(**kwargs: Any) -> None:
+        s = current()
+        s.printer.one(rename(s, kwargs), kind)
+    return _register(update, "update", noun, [*params, option("display_name", DisplayName, P.empty)], doc, example)

@@ -1,5 +1,5 @@
 """sftj (supervised fine-tuning job): create (--wait: live epoch/step/loss/ETA), get (--metrics:
-the per-step table or a terminal chart), list, delete, cancel, resume."""
+the per-step table or a terminal chart), list, update (display name), delete, cancel, resume."""
 from __future__ import annotations
 
 import re
@@ -12,7 +12,7 @@ import typer
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Column, Kind, ident, note, short_id, state, stdout, when
 from fireplace.cli.resources.common import Wait, WaitTimeout, completer, seconds
-from fireplace.cli.resources.crud import delete_command, in_account, list_command, ref
+from fireplace.cli.resources.crud import delete_command, in_account, list_command, ref, rename_command
 from fireplace.cli.session import current
 from fireplace.cli.waiting import wait_for
 from fireplace.errors import InvalidArgument
@@ -179,6 +179,10 @@ def _metric_column(key: str) -> Column:
 list_command("sftj", in_account("supervisedFineTuningJobs"), "supervisedFineTuningJobs", SFTJ,
              "List the account's supervised fine-tuning jobs.",
              "fireplace list sftjs\nfireplace list sftjs --filter 'state=\"JOB_STATE_RUNNING\"'")
+rename_command("sftj", [ref("job", JobRef)],
+               lambda s, o: s.client.sft_jobs.update(o["job"], {"displayName": o["display_name"]}), SFTJ,
+               "Rename a job; its training settings are fixed (create a new job to change them).",
+               'fireplace update sftj my-job --display-name "support bot v2"')
 delete_command("sftj", ref("job", JobRef), lambda c: c.sft_jobs,
                "Delete a job that is pending, paused or finished (cancel a running one first).",
                "fireplace delete sftj my-job")

@@ -1,4 +1,5 @@
-"""user: create, get, list, update (role, display name)."""
+"""user: create, get, list, update (role, display name), delete (= disable: users are kept, since
+resources name them as creators; every key revoked) and undelete (enable)."""
 from __future__ import annotations
 
 from typing import Annotated, Optional
@@ -6,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from fireplace.cli.grammar import verb
-from fireplace.cli.output import Column, Kind, ident, state, when
+from fireplace.cli.output import Column, Kind, ident, note, state, when
 from fireplace.cli.resources.crud import get_command, in_account, list_command, ref
 from fireplace.cli.session import current
 
@@ -45,3 +46,19 @@ def update_user(user: UserRef, role: Role = None,
         raise typer.BadParameter("nothing to change: give --role and/or --display-name")
     s = current()
     s.printer.one(s.client.users.update(user, fields), USER)
+
+
+@verb("delete", "user", "fireplace delete user alice")
+def delete_user(user: UserRef) -> None:
+    """Disable a user (admin): every key of theirs is revoked at once. Users are never removed
+    (resources name them as creators); `undelete user` enables them again, without their old keys."""
+    s = current()
+    s.printer.one(s.client.users.disable(user), USER)
+    note(f"disabled {s.client.users.name(user)} and revoked its API keys (undelete user to enable it again)")
+
+
+@verb("undelete", "user", "fireplace undelete user alice")
+def undelete_user(user: UserRef) -> None:
+    """Enable a disabled user (admin); revoked keys stay revoked: create a new one."""
+    s = current()
+    s.printer.one(s.client.users.enable(user), USER)

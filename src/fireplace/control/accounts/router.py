@@ -1,5 +1,6 @@
-"""/v1/accounts: list, get, and `POST /v1/accounts` (our extension: platform admin, or anyone
-when the server runs with --allow-signup)."""
+"""/v1/accounts: list, get, `POST /v1/accounts` (our extension: platform admin, or anyone
+when the server runs with --allow-signup) and `PATCH /v1/accounts/{a}` (our extension: its
+admins change the displayName)."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -7,9 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from fireplace.api.auth import CallerDep, Principal, authenticate
+from fireplace.api.etags import EtagDep
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep, SettingsDep
 from fireplace.api.listing import ListQuery
+from fireplace.api.wire import DisplayNameUpdate
 from fireplace.control.accounts import service
 from fireplace.control.accounts.schemas import Account, AccountCreate, ListAccountsResponse
 
@@ -52,3 +55,10 @@ def create_account(body: AccountCreate, request: Request, session: SessionDep, s
 def get_account(account_id: str, caller: CallerDep, session: SessionDep,
                 read_mask: ReadMask = None) -> Account:
     return Account.of(service.get_account(session, caller, account_id))
+
+
+@router.patch("/v1/accounts/{account_id}", response_model=Account, **OUT,
+              summary="Rename an account: displayName only (account admin; Fireplace extension)")
+def update_account(account_id: str, body: DisplayNameUpdate, caller: CallerDep, session: SessionDep, etag: EtagDep,
+                   update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None) -> Account:
+    return Account.of(service.rename_account(session, caller, account_id, body, update_mask, etag))

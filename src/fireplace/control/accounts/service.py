@@ -1,4 +1,4 @@
-"""Accounts: list (the caller's; a platform admin sees all), get, and create (our extension).
+"""Accounts: list (the caller's; a platform admin sees all), get, create and rename (our extensions).
 
 Creating an account also creates that email's admin user, in the same transaction.
 """
@@ -11,7 +11,9 @@ from sqlalchemy.orm import Session
 from fireplace.api.auth import Action, Principal, authorize
 from fireplace.api.filtering import FieldMap, name_field, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
+from fireplace.api.wire import DisplayNameUpdate
 from fireplace.config import Settings
+from fireplace.control.common import rename
 from fireplace.control.accounts.rate_limit import SIGNUPS
 from fireplace.control.accounts.schemas import AccountCreate, SignupKey, normalize_email
 from fireplace.control.api_keys.secrets import new_key, new_key_id
@@ -46,6 +48,20 @@ def get_account(session: Session, caller: Principal, account_id: str) -> Account
     row = session.get(AccountRow, account_id)
     if row is None:
         raise not_found("account", f"accounts/{account_id}")
+    return row
+
+
+def rename_account(session: Session, caller: Principal, account_id: str, body: DisplayNameUpdate,
+                   update_mask: str | None, etag: str | None) -> AccountRow:
+    """PATCH: the account's admins (and platform admins) may change its displayName; its ID,
+    email and type are fixed at create."""
+    account_id = account_id_of(account_id)
+    authorize(caller, account_id, Action.ADMIN, kind="account", name=f"accounts/{account_id}")
+    row = session.get(AccountRow, account_id, with_for_update=True)
+    if row is None:
+        raise not_found("account", f"accounts/{account_id}")
+    rename(row, body, update_mask, etag)
+    session.commit()
     return row
 
 

@@ -1,13 +1,17 @@
-"""/v1/accounts/{a}/users/{u}/apiKeys: create (secret once), list, and the `:delete` verb."""
+"""/v1/accounts/{a}/users/{u}/apiKeys: create (secret once), list, the `:delete` verb, and
+PATCH of one key's displayName (our extension)."""
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
 from fireplace.api.auth import CallerDep
 from fireplace.api.deps import SessionDep
+from fireplace.api.etags import EtagDep
 from fireplace.api.listing import ListQuery
-from fireplace.api.wire import Empty
+from fireplace.api.wire import DisplayNameUpdate, Empty
 from fireplace.control.api_keys import service
 from fireplace.control.api_keys.schemas import ApiKey, ApiKeyCreate, ApiKeyDelete, ListApiKeysResponse
 
@@ -38,6 +42,15 @@ def list_api_keys(account_id: str, user_id: str, caller: CallerDep, session: Ses
     rows, user, token, total = service.list_keys(session, caller, account_id, user_id, params)
     return ListApiKeysResponse(api_keys=[ApiKey.of(r, email=user.email) for r in rows],
                                next_page_token=token, total_size=total)
+
+
+@router.patch(BASE + "/{key_id}", response_model=ApiKey, **OUT,
+              summary="Rename an API key: displayName only (its owner or an admin; Fireplace extension)")
+def update_api_key(account_id: str, user_id: str, key_id: str, body: DisplayNameUpdate, caller: CallerDep,
+                   session: SessionDep, etag: EtagDep,
+                   update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None) -> ApiKey:
+    row, user = service.rename_key(session, caller, account_id, user_id, key_id, body, update_mask, etag)
+    return ApiKey.of(row, email=user.email)
 
 
 @router.get("/v1/accounts/{account_id}/apiKeys", response_model=ListApiKeysResponse, **OUT,

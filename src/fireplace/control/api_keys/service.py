@@ -1,4 +1,4 @@
-"""API keys: create (the secret is returned once; only its SHA-256 is stored), list, revoke.
+"""API keys: create (the secret is returned once; only its SHA-256 is stored), list, rename, revoke.
 
 Creating: a user creates keys only for themselves; an account admin also for the account's
 other users (there are no passwords: an admin hands out a new user's first key), but never
@@ -20,7 +20,8 @@ from fireplace.api.listing import ListParams, paginate
 from fireplace.control.api_keys.schemas import ApiKeySpec
 from fireplace.control.api_keys.secrets import NewKey, new_key, new_key_id
 from fireplace.control.api_keys.tables import ApiKeyRow
-from fireplace.control.common import touch
+from fireplace.api.wire import DisplayNameUpdate
+from fireplace.control.common import rename, touch
 from fireplace.control.users.service import fetch_user
 from fireplace.control.users.tables import UserRow
 from fireplace.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted, not_found
@@ -97,15 +98,30 @@ def list_account_keys(session: Session, caller: Principal, account_id: str,
     return [(r, emails.get(r.user_id, "")) for r in rows], token, total
 
 
-def delete_key(session: Session, caller: Principal, account_id: str, user_id: str, key_id: str) -> None:
-    """Revoke: the row stays (for audit) with `revoked`, so the hash can never authenticate again."""
+def _active_key(session: Session, caller: Principal, account_id: str, user_id: str,
+                key_id: str) -> tuple[ApiKeyRow, UserRow]:
+    """A key of the user that still authenticates (its ID or full name), locked for the write."""
     user = _key_owner(session, caller, account_id, user_id)
     prefix = f"accounts/{user.account_id}/users/{user.user_id}/apiKeys/"
     key_id = validate_id(key_id[len(prefix):] if key_id.startswith(prefix) else key_id, "keyId")
-    name = prefix + key_id
-    row = session.get(ApiKeyRow, (user.account_id, key_id))
+    row = session.get(ApiKeyRow, (user.account_id, key_id), with_for_update=True)
     if row is None or row.user_id != user.user_id or row.revoked:
-        raise not_found("API key", name)
+        raise not_found("API key", prefix + key_id)
+    return row, user
+
+
+def rename_key(session: Session, caller: Principal, account_id: str, user_id: str, key_id: str,
+               body: DisplayNameUpdate, update_mask: str | None, etag: str | None) -> tuple[ApiKeyRow, UserRow]:
+    """PATCH (our extension): only displayName; a key's secret, owner and expiry never change."""
+    row, user = _active_key(session, caller, account_id, user_id, key_id)
+    rename(row, body, update_mask, etag)
+    session.commit()
+    return row, user
+
+
+def delete_key(session: Session, caller: Principal, account_id: str, user_id: str, key_id: str) -> None:
+    """Revoke: the row stays (for audit) with `revoked`, so the hash can never authenticate again."""
+    row, _user = _active_key(session, caller, account_id, user_id, key_id)
     row.revoked = True
     touch(row)
     session.commit()

@@ -29,7 +29,7 @@ class DatasetFields(Wire):
     echoes back (name, state, createTime, estimatedTokenCount ...) are ignored."""
     display_name: str | None = None
     format: Format | None = None
-    example_count: Int64 | None = None
+    example_count: Int64 | None = Field(None, json_schema_extra={"minimum": 0})  # the service says why
     user_uploaded: BoundedJson | None = None
     external_url: str | None = None
     source_job_name: str | None = None

@@ -12,7 +12,7 @@ from fireplace.api.etags import EtagDep, body_or_header
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep
 from fireplace.api.listing import ListQuery
-from fireplace.api.wire import Empty
+from fireplace.api.wire import DisplayNameUpdate, Empty
 from fireplace.control.fine_tuning import service
 from fireplace.control.fine_tuning import history
 from fireplace.control.fine_tuning.schemas import (ListJobCheckpointsResponse, ListJobEventsResponse,
@@ -37,6 +37,13 @@ def resume_job(account_id: str, job_id: str, caller: CallerDep, session: Session
                body: Annotated[JobVerbRequest | None, Body()] = None):
     return job_out(service.resume_job(session, caller, account_id, job_id,
                                       etag=body_or_header(body.etag if body else None, etag)))
+
+
+@router.patch(ITEM, summary="Rename a job: displayName only (Fireplace extension; the training settings are "
+                            "fixed at create)", **OUT)
+def update_job(account_id: str, job_id: str, body: DisplayNameUpdate, caller: CallerDep, session: SessionDep,
+               etag: EtagDep, update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None):
+    return job_out(service.rename_job(session, caller, account_id, job_id, body, update_mask, etag))
 
 
 @router.post(COLLECTION, summary="Create a supervised fine-tuning job (queued in JOB_STATE_PENDING)", **OUT)

@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 from fireplace.api.auth import Action, Principal, authorize
 from fireplace.api.filtering import FieldMap, name_field, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
-from fireplace.control.common import check_etag, fetch, resource_name
+from fireplace.api.wire import DisplayNameUpdate
+from fireplace.control.common import check_etag, fetch, rename, resource_name
 from fireplace.control.deployments.service import (ADDON_KIND, BASE_KIND, model_name, path_id,
                                                    require_account, resolve_addon_base,
                                                    resolve_model)
@@ -143,6 +144,16 @@ def list_jobs(session: Session, caller: Principal, account_id: str, params: List
     authorize(caller, account_id, Action.READ, kind="account")
     stmt = select(SftJobRow).where(SftJobRow.account_id == account_id)
     return paginate(session, stmt, params, FIELDS, [SftJobRow.job_id], scope=f"sftJobs:{account_id}")
+
+
+def rename_job(session: Session, caller: Principal, account_id: str, job_id: str, body: DisplayNameUpdate,
+               update_mask: str | None, etag: str | None) -> SftJobRow:
+    """PATCH (our extension; Fireworks has none): displayName only, in any state. The training
+    settings are fixed at create: to change them, create a new job (warmStartFrom continues one)."""
+    row = get_job(session, caller, account_id, job_id, Action.WRITE)
+    rename(row, body, update_mask, etag)
+    session.commit()
+    return row
 
 
 def cancel_job(session: Session, caller: Principal, account_id: str, job_id: str, *,
