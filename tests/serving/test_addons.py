@@ -144,6 +144,23 @@ def test_disconnect_frees_kv_blocks(server, deployment):
     assert stats["generation_tokens_total"] < 900 if "generation_tokens_total" in stats else True
 
 
+def test_replica_refuses_callers_without_its_secret(server, deployment):
+    """A process on this machine that finds the replica's port but not its secret gets 401 on
+    every route, streaming generation included; the secret the server holds works."""
+    dep, _ = deployment
+    row = wait_for(lambda: next((r for r in replica_rows(server, dep) if r["state"] == "READY"), None), 60)
+    body = {"model": f"{SMOL}#{dep}", "messages": PROMPTS[0], "max_tokens": 2, "stream": True}
+    with httpx.Client(base_url=row["address"], timeout=60) as c:
+        for headers in ({}, {"x-fireplace-replica-secret": "guess"},
+                        {"x-fireplace-replica-secret": row["secret"][:-1]}):
+            assert c.get("/internal/stats", headers=headers).status_code == 401
+            refused = c.post("/v1/chat/completions", json=body, headers=headers)
+            assert refused.status_code == 401 and refused.json()["error"]["message"], refused.text
+        with c.stream("POST", "/v1/chat/completions", json=body,
+                      headers={"x-fireplace-replica-secret": row["secret"]}) as r:
+            assert r.status_code == 200 and "data: [DONE]" in r.read().decode()
+
+
 def test_merged_deployment(server, adapters, deployment):
     _, names = deployment
     client = sdk(server)

@@ -132,6 +132,24 @@ def _structured_output_hook():
     return apply
 
 
+class SecretCheck:
+    """Pure ASGI middleware: every HTTP request must carry the replica's secret (else 401).
+    Not BaseHTTPMiddleware, which would copy each streamed token chunk through a memory
+    stream and a task of its own."""
+
+    def __init__(self, app, secret: str):
+        self.app, self.secret = app, secret.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            header = SECRET_HEADER.lower().encode()
+            given = next((v for k, v in scope["headers"] if k == header), b"")
+            if not hmac.compare_digest(given, self.secret):
+                await openai_error_response(401, "missing or wrong replica secret")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_replica_app(config: ReplicaConfig, secret: str) -> FastAPI:
     runtime = ReplicaRuntime(config)
 
@@ -145,12 +163,7 @@ def create_replica_app(config: ReplicaConfig, secret: str) -> FastAPI:
     app = FastAPI(title="Fireplace replica", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.runtime = runtime
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        given = request.headers.get(SECRET_HEADER, "")
-        if not hmac.compare_digest(given.encode("utf-8", "replace"), secret.encode()):
-            return openai_error_response(401, "missing or wrong replica secret")
-        return await call_next(request)
+    app.add_middleware(SecretCheck, secret=secret)
 
     @app.exception_handler(FireplaceError)
     async def _errors(_request: Request, exc: FireplaceError):
