@@ -49,6 +49,8 @@ def test_create_account_as_platform_admin(cli):
     renamed = cli.json("update", "account", account["name"], "--display-name", "Dev team")
     assert renamed["displayName"] == "Dev team" and renamed == cli.api(f"/v1/{account['name']}")
     cli.run("update", "account", account["name"], expect=2)   # --display-name is required
+    cli.run("delete", "account", account["name"])
+    cli.run("get", "account", account["name"], expect=4)
 
 
 def test_users_create_get_list_update(cli):

@@ -161,3 +161,29 @@ def test_rename_an_account(server):
     member_account = next(iter(http(server, member).get("/v1/accounts").json()["accounts"]))["name"]
     with http(server, member) as c:
         assert c.patch(f"/v1/{member_account}", json={"displayName": "mine"}).status_code == 403
+
+
+def test_delete_an_empty_account(server):
+    """DELETE /v1/accounts/{a} (our extension): platform admins only; refused while anything
+    user-made is left (naming it); then its users and keys go with it."""
+    account_id, key = new_account(server)
+    url = f"/v1/accounts/{account_id}"
+    with http(server, key) as own:
+        assert own.delete(url).status_code == 403           # its own admin may not
+        made = own.post(f"{url}/datasets", json={"datasetId": "keep-me", "dataset": {}})
+        assert made.status_code == 200, made.text
+    with http(server) as c:                                # the platform admin
+        refused = c.delete(url)
+        assert refused.status_code == 400 and refused.json()["code"] == 9, refused.text
+        assert "1 dataset" in refused.json()["message"]
+        assert c.get(url).status_code == 200
+        assert c.delete(f"{url}/datasets/keep-me").status_code == 200
+        assert c.delete(url, headers={"If-Match": "0"}).status_code == 409
+        assert c.delete(url).status_code == 200
+        assert c.get(url).status_code == 404 and c.delete(url).status_code == 404
+        assert c.delete("/v1/accounts/fireplace").status_code == 400           # the public catalog
+        assert c.delete(f"/v1/accounts/{server.account_id}").status_code == 400  # holds a platform admin
+    with http(server, key) as gone:
+        assert gone.get(url).status_code == 401
+    with http(server, new_account(server)[1]) as other:
+        assert other.delete(f"/v1/accounts/{server.account_id}").status_code == 404

@@ -1,12 +1,11 @@
 """A model's conversationConfig.template reaches its replicas and is what the model sees.
 
 One real `fireplace serve` (no catalog: only the tiny random Llama of tests/training/tiny_model.py,
-whose tokenizer carries a ChatML template), three uploads of the same files:
+whose tokenizer carries a ChatML template), two uploads of the same files:
   plain      no override: the tokenizer's own ChatML
   custom     a distinctive template (tags, upper-cased roles, the tokenizer's bos_token) that
              raises for system messages and refers to an undefined field for messages with a name
-  broken     a template with a Jinja syntax error (the control plane does not parse templates)
-each with a deployment. The prompt a replica built comes back as `prompt_token_ids`
+each with a deployment. A template with a Jinja syntax error is refused by the control plane. The prompt a replica built comes back as `prompt_token_ids`
 (return_token_ids) and is compared with the template rendered here by jinja2 and tokenized.
 A PATCH of the template reaches replicas started after it (the controller reads the model when it
 starts a replica), so no live change is tested.
@@ -16,7 +15,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.conftest import sdk, stop_server
+from tests.conftest import http, sdk, stop_server
 from tests.control.helpers_resources import upload_model
 from tests.serving.serving_helpers import openai_client, start_serving, wait_deployment_ready
 from tests.training.tiny_model import CHATML, tiny_model_dir, tiny_model_files
@@ -52,10 +51,10 @@ def tokenizer(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(server):
-    """{"plain" | "custom" | "broken": "<model full name>#<deployment full name>"}, all READY."""
+    """{"plain" | "custom": "<model full name>#<deployment full name>"}, all READY."""
     client = sdk(server)
     targets = {}
-    for key, template in (("plain", None), ("custom", CUSTOM), ("broken", BROKEN)):
+    for key, template in (("plain", None), ("custom", CUSTOM)):
         spec = {"kind": "HF_BASE_MODEL"}
         if template is not None:
             spec["conversationConfig"] = {"template": template}
@@ -119,10 +118,18 @@ def test_template_that_fails_to_render_is_a_400(server, models):
     assert out.usage.prompt_tokens > 0
 
 
-def test_template_with_a_syntax_error(server, models):
-    """Accepted on the model (not parsed by the control plane); its deployment starts, and every
-    chat request is a 400 naming the syntax error, never a 500; completions still serve."""
-    body = _bad_request(server, models["broken"], MESSAGES)
-    assert "Unexpected end of template" in body["message"] and "'endfor'" in body["message"], body
-    out = openai_client(server).completions.create(model=models["broken"], prompt="hello", max_tokens=1)
-    assert out.usage.prompt_tokens > 0
+def test_template_with_a_syntax_error_is_refused_on_the_model(server, models):
+    """Parsed when set (create or PATCH): a 400 naming the line, instead of every chat request
+    of every deployment failing later; the model keeps its template."""
+    models_url = f"/v1/accounts/{server.account_id}/models"
+    with http(server) as c:
+        created = c.post(models_url, json={"modelId": "tiny-broken",
+                                           "model": {"kind": "HF_BASE_MODEL",
+                                                     "conversationConfig": {"template": BROKEN}}})
+        assert created.status_code == 400, created.text
+        assert "conversationConfig.template: line 1" in created.json()["message"]
+        assert "endfor" in created.json()["message"], created.text
+        assert c.get(f"{models_url}/tiny-broken").status_code == 404
+        patched = c.patch(f"{models_url}/tiny-custom", json={"conversationConfig": {"template": BROKEN}})
+        assert patched.status_code == 400 and "endfor" in patched.json()["message"], patched.text
+    assert sdk(server).models.get("tiny-custom").conversation_config.template == CUSTOM

@@ -77,6 +77,13 @@ class Accounts(_Collection):
         account = (ref or self.fp.account_id).removeprefix("accounts/")
         return self.fp.patch(f"/v1/accounts/{account}", fields, params={"updateMask": update_mask})
 
+    def delete(self, ref: str, **params: Any) -> Resource:
+        """Our extension: a platform admin deletes an empty account."""
+        return self.fp.delete(f"/v1/accounts/{ref.removeprefix('accounts/')}", params=params)
+
+    def name(self, ref: str) -> str:
+        return f"accounts/{ref.removeprefix('accounts/')}"
+
 
 class Users(_Collection):
     collection, items_key = "users", "users"

@@ -1,4 +1,5 @@
-"""account: create (platform admin, or anyone with open sign-up), get, list, update (display name)."""
+"""account: create (platform admin, or anyone with open sign-up), get, list, update (display name),
+delete (platform admin; an empty account only)."""
 from __future__ import annotations
 
 from typing import Annotated, Optional
@@ -7,7 +8,7 @@ import typer
 
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Column, Kind, ident, state, when
-from fireplace.cli.resources.crud import get_command, list_command, ref, rename_command
+from fireplace.cli.resources.crud import delete_command, get_command, list_command, ref, rename_command
 from fireplace.cli.session import current
 
 ACCOUNT = Kind("Account", (ident(), Column("EMAIL", "email"), Column("TYPE", "accountType"), state(), when()))
@@ -35,3 +36,6 @@ rename_command("account", [ref("account_id", AccountArg, None)],
                lambda s, o: s.client.accounts.update(o["account_id"], {"displayName": o["display_name"]}), ACCOUNT,
                "Rename an account (its admins); nothing else of an account changes.",
                'fireplace update account --display-name "Research team"')
+delete_command("account", ref("account_id", Annotated[str, typer.Argument(help="Account ID or full name.")]),
+               lambda c: c.accounts, "Delete an empty account with its users and API keys (platform admin): "
+               "refused while it holds models, datasets, deployments or jobs.", "fireplace delete account old-team")

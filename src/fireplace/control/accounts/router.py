@@ -1,6 +1,7 @@
 """/v1/accounts: list, get, `POST /v1/accounts` (our extension: platform admin, or anyone
 when the server runs with --allow-signup) and `PATCH /v1/accounts/{a}` (our extension: its
-admins change the displayName)."""
+admins change the displayName) and `DELETE /v1/accounts/{a}` (our extension: a platform admin
+deletes an empty account; control/accounts/deletion.py)."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -12,8 +13,8 @@ from fireplace.api.etags import EtagDep
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep, SettingsDep
 from fireplace.api.listing import ListQuery
-from fireplace.api.wire import DisplayNameUpdate
-from fireplace.control.accounts import service
+from fireplace.api.wire import DisplayNameUpdate, Empty
+from fireplace.control.accounts import deletion, service
 from fireplace.control.accounts.schemas import Account, AccountCreate, ListAccountsResponse
 
 router = APIRouter(tags=["accounts"])
@@ -62,3 +63,11 @@ def get_account(account_id: str, caller: CallerDep, session: SessionDep,
 def update_account(account_id: str, body: DisplayNameUpdate, caller: CallerDep, session: SessionDep, etag: EtagDep,
                    update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None) -> Account:
     return Account.of(service.rename_account(session, caller, account_id, body, update_mask, etag))
+
+
+@router.delete("/v1/accounts/{account_id}", response_model=Empty,
+               summary="Delete an empty account with its users, keys and quotas (platform admin; Fireplace "
+                       "extension): refused while it holds models, datasets, deployments, deployed models or jobs")
+def delete_account(account_id: str, caller: CallerDep, session: SessionDep, etag: EtagDep) -> Empty:
+    deletion.delete_account(session, caller, account_id, etag=etag)
+    return Empty()

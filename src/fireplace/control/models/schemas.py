@@ -5,6 +5,7 @@ from pydantic import Field, field_validator, model_validator
 
 from fireplace.api.read_mask import body_read_mask
 from fireplace.api.wire import FILE_MAP, documented, Int64, Status, Wire, refuse_unhonoured
+from fireplace.errors import InvalidArgument
 from fireplace.ids import ID_PATTERN
 
 # Fields of Fireworks' model create/update bodies that Fireplace does not honour: refused by name.
@@ -20,7 +21,22 @@ UNHONOURED_CREATE = {"cluster": "one cluster"}
 class ConversationConfig(Wire):
     style: str = Field(default="", max_length=64)
     system: str | None = None
-    template: str | None = Field(default=None, max_length=65536)
+    template: str | None = Field(default=None, max_length=65536)   # Jinja, as tokenizers' chat_template
+
+    @field_validator("template")
+    @classmethod
+    def _template_compiles(cls, value: str | None) -> str | None:
+        """A syntax error is refused here, naming its line, rather than failing every chat
+        request of every deployment of the model later."""
+        if value:
+            from jinja2 import TemplateSyntaxError
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+            try:
+                ImmutableSandboxedEnvironment().parse(value)
+            except TemplateSyntaxError as exc:
+                raise InvalidArgument(f"conversationConfig.template: line {exc.lineno}: {exc.message}",
+                                      param="conversationConfig.template") from None
+        return value
 
 
 class PeftDetails(Wire):
