@@ -7,7 +7,7 @@ One run, three systems, the same arrival schedules:
               subprocess, called through the official openai SDK (AsyncOpenAI, streaming
               /v1/completions with token-id prompts, stream_options.include_usage).
   in-process  fireplace.engine.async_engine.AsyncEngine over LLMEngine built like that replica
-              (enable_lora, max_loras 8, max_num_seqs 64, the replica's KV cache bytes), called in
+              (enable_lora, max_loras 8, max_num_seqs 64, the same KV cache bytes: KV_CACHE_MB), called in
               this process: what the gateway + replica add is the difference.
   baseline    transformers `generate` behind a plain FastAPI endpoint in its own uvicorn process,
               one request at a time (a lock), greedy, KV cache on: the one-request server a user
@@ -71,7 +71,10 @@ from tests.servers import Server, free_port  # noqa: E402
 KEY = "fw_bench_admin_key_0123456789abcdefghijklmnop"
 SMOL = "accounts/fireplace/models/smollm2-135m-instruct"
 DEPLOYMENT_ID = "bench-addons"
-KV_CACHE_MB = 256          # the replica's default (FIREPLACE_SERVING_REPLICA_KV_CACHE_MB)
+# KV cache of the replica and of the in-process engine alike: 1 GiB holds ~23k tokens of SmolLM2
+# in fp32 (46 KB a token), so 32 requests of up to 512 + 128 tokens run at once; the replica's
+# default (256 MB, FIREPLACE_SERVING_REPLICA_KV_CACHE_MB) would cap a batch near 14 of them.
+KV_CACHE_MB = 1024
 MAX_LORAS = 8              # the replica's default (FIREPLACE_SERVING_REPLICA_MAX_LORAS)
 PROMPT_RANGE = (32, 512)
 TOKEN_ID_RANGE = (100, 48999)
@@ -162,9 +165,10 @@ def summarize(results: list[Result], start: float) -> dict:
 
 
 async def run_cell(requests: list[Request], call, cutoff: float | None = None) -> dict:
+
     """Fire each request at its arrival time (not waiting for earlier ones) and time it. A request
     still running at `cutoff` (time.time(); the run's hard time limit) is cancelled and counted
-    as an error."""
+    as an error. The system's client is closed at the end (`call.close()`)."""
     start = time.perf_counter()
 
     async def one(req: Request) -> Result:
@@ -183,7 +187,10 @@ async def run_cell(requests: list[Request], call, cutoff: float | None = None) -
         res.done = time.perf_counter()
         return res
 
-    results = await asyncio.gather(*(one(r) for r in requests))
+    try:
+        results = await asyncio.gather(*(one(r) for r in requests))
+    finally:
+        await call.close()
     return summarize(list(results), start)
 
 
@@ -196,6 +203,9 @@ class Gateway:
 
     def model(self, req: Request) -> str:
         return f"{SMOL if req.adapter is None else self.addons[req.adapter]}#{self.deployment}"
+
+    async def close(self) -> None:
+        await self.client.close()
 
     async def __call__(self, req: Request, res: Result) -> None:
         stream = await self.client.completions.create(
@@ -228,6 +238,9 @@ class InProcess:
         if res.tokens != self.max_tokens:
             raise RuntimeError(f"{res.tokens} tokens, expected {self.max_tokens}")
 
+    async def close(self) -> None:  # the engine outlives a cell
+        pass
+
 
 class Baseline:
     def __init__(self, base_url: str, max_tokens: int):
@@ -242,6 +255,9 @@ class Baseline:
         # not streamed: res.first stays None, so TTFT / TPOT are not measured for the baseline
         if res.tokens != self.max_tokens:
             raise RuntimeError(f"{res.tokens} tokens, expected {self.max_tokens}")
+
+    async def close(self) -> None:
+        await self.client.aclose()
 
 
 # -- setup ------------------------------------------------------------------------------------------
@@ -405,7 +421,6 @@ async def bench(args, sampler: LoadSampler, work: Path, out: dict) -> None:
         paths = make_adapters(base_dir, work, n_addons)
         names = load_addons(server, deployment, paths)
         log(f"{deployment} READY with {len(names)} addons DEPLOYED")
-        gateway = Gateway(server.base_url, deployment, names, args.max_tokens)
         engine = build_engine(base_dir, paths, args.threads)
         inproc = InProcess(engine, [p.name for p in paths], args.max_tokens)
 
@@ -444,7 +459,12 @@ async def bench(args, sampler: LoadSampler, work: Path, out: dict) -> None:
                     log(f"skipping {label}/{addons}: time budget spent")
                     continue
                 reqs = schedule(args.requests[label], rate, addons, seed=1000 + 10 * addons + LABELS.index(label))
-                for name, system in (("gateway", gateway), ("inprocess", inproc)):
+                # one client (connection pool) per gateway cell, closed by run_cell when the cell ends:
+                # clients left to the garbage collector had their sockets closed behind the event
+                # loop's back, and a 32-request cell then waited forever on a response that lay
+                # unread in a socket (seen three times before clients were closed explicitly)
+                fresh = Gateway(server.base_url, deployment, names, args.max_tokens)
+                for name, system in (("gateway", fresh), ("inprocess", inproc)):
                     key = f"{name}/{addons}/{label}"
                     sampler.phase = key
                     cell = await run_cell(reqs, system, cutoff=args.started + args.hard_min * 60)
@@ -468,9 +488,10 @@ async def bench(args, sampler: LoadSampler, work: Path, out: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: 2 addons, 32 tokens, a few requests")
-    p.add_argument("--saturation-requests", type=int, default=8)
-    p.add_argument("--mid-requests", type=int, default=5)
-    p.add_argument("--light-requests", type=int, default=3)
+    p.add_argument("--saturation-requests", type=int, default=32,
+                   help="requests sent at once in a saturation cell (enough to fill the batch the KV cache holds)")
+    p.add_argument("--mid-requests", type=int, default=6)
+    p.add_argument("--light-requests", type=int, default=6)
     p.add_argument("--baseline-requests", type=int, default=3)
     p.add_argument("--addons", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=128)
