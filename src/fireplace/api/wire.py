@@ -46,8 +46,10 @@ def _int64_in(v: Any) -> Any:
     return v
 
 
-# int64 on the wire: accepted as number or string, always written as a string.
-Int64 = Annotated[int, BeforeValidator(_int64_in), PlainSerializer(lambda v: str(v), return_type=str)]
+# int64 on the wire: accepted as number or string, always written as a string; the schema states
+# the range (the check itself is _int64_in's, with its own message).
+Int64 = Annotated[int, BeforeValidator(_int64_in), PlainSerializer(lambda v: str(v), return_type=str),
+                  Field(json_schema_extra={"minimum": INT64_MIN, "maximum": INT64_MAX})]
 
 MAX_JSON_FIELD_BYTES = 64 << 10
 MAX_JSON_DEPTH = 16
