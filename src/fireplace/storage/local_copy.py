@@ -24,13 +24,15 @@ COMPLETE = ".complete"
 
 def local_dir(blobs: BlobStore, prefix: str, cache_dir: Path) -> Path:
     """A local directory holding the top-level files under `prefix`; NotFound when there are none."""
+    local = blobs.local_path(prefix)
+    if local is not None:   # read in place: no listing of versions, no copy
+        if not os.path.isdir(local) or not any(entry.is_file() for entry in os.scandir(local)):
+            raise NotFound(f"no files under {prefix!r} in the blob store")
+        return Path(local)
     files = {key[len(prefix) + 1:]: version for key, version in blobs.versions(prefix).items()
              if "/" not in key[len(prefix) + 1:]}
     if not files:
         raise NotFound(f"no files under {prefix!r} in the blob store")
-    local = blobs.local_path(prefix)
-    if local is not None:
-        return Path(local)
     identity = json.dumps([blobs.url, prefix, sorted(files.items())])
     target = Path(cache_dir) / hashlib.sha256(identity.encode()).hexdigest()[:24]
     if (target / COMPLETE).exists():
