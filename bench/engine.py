@@ -20,7 +20,8 @@ every system, (generated - requests) / (end-to-end time - prefill-only time); fo
 the measured decode phase (the steps after every request has its first token).
 FLOP fraction: the FLOPs of the work done (work_flops below: projections for every
 processed token, the LM head only where a token is sampled, attention over the context,
-embeddings as lookups) / seconds / the measured matmul FLOP/s of the row's dtype.
+embeddings as lookups) / seconds / the best measured matmul FLOP/s of the row's dtype (torch
+matmul or oneDNN's packed linear, whichever is faster here).
 
     .venv/bin/python bench/engine.py [--rounds 2] [--quick] [--no-vllm] [--peft] [--out PATH]
 --quick: 16 requests, 32 output tokens, one round, fewer sizes; for development (writes to a
@@ -88,15 +89,29 @@ def work_flops(cfg: dict, prompt_lens: list[int], output_tokens: int) -> dict:
             "attention": attention}
 
 
-def matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+def matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """FLOP/s of an n x n x n product, the best of `repeats`, through torch's matmul (MKL for
+    fp32, oneDNN for bf16) and through oneDNN's packed linear (what our engine's projections
+    run; MKL stays on AVX2 on AMD machines): {"matmul": ..., "onednn_linear": ...}; the FLOP
+    fraction of each row is taken against the larger."""
+    from fireplace.engine.kernels import onednn_linear
+
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
+    calls = {"matmul": lambda: a @ b}
+    if onednn_linear.available():
+        packed = onednn_linear.pack(b)
+        calls["onednn_linear"] = lambda: onednn_linear.linear(a, packed)
+    rates = {}
+    with torch.inference_mode():
+        for name, call in calls.items():
+            call()
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                call()
+                best = min(best, time.perf_counter() - t0)
+            rates[name] = 2 * n ** 3 / best
+    return rates
 
 
 def workload(num_requests: int, vocab: int, seed: int) -> list[list[int]]:
@@ -256,13 +271,15 @@ def main() -> None:
     flops_bf16 = work_flops(model_cfg, [len(p) for p in bf16_prompts], out_tokens)
     lora_prompts = prompts[:args.lora_requests] if args.lora_requests else prompts
     flops_lora = work_flops(model_cfg, [len(p) for p in lora_prompts], out_tokens)
-    matmul = {"float32": matmul_flops(torch.float32), "bfloat16": matmul_flops(torch.bfloat16)}
+    matmul_paths = {"float32": matmul_flops(torch.float32), "bfloat16": matmul_flops(torch.bfloat16)}
+    matmul = {dtype: max(paths.values()) for dtype, paths in matmul_paths.items()}
 
     results: dict = {
         "complete": False,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cores": os.cpu_count(), "threads": torch.get_num_threads(), "python": platform.python_version(),
                     "torch": torch.__version__, "matmul_gflops": {k: v / 1e9 for k, v in matmul.items()},
+                    "matmul_gflops_by_path": {k: {p: r / 1e9 for p, r in v.items()} for k, v in matmul_paths.items()},
                     "loadavg_at_start": load(), "nice": os.nice(0),
                     "note": "2 cores shared with other work; loadavg (1, 5, 15 min) recorded per run"},
         "model": "SmolLM2-135M-Instruct", "model_config": {k: model_cfg[k] for k in (

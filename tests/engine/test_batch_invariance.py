@@ -1,8 +1,10 @@
 """What backend.py's "Batch invariance" section promises, checked on a tiny random llama.
 
-cpu-kernels backend, steps of at most small_gemm_max_tokens tokens: a sequence's decode logits
-are the same bits whatever else shares the step (other decodes, their order, a prefill chunk,
-a LoRA adapter on a neighbour). The torch backend promises rounding-level agreement only.
+cpu-kernels backend, steps of at most Backend.small_gemm_max_tokens tokens: a sequence's decode
+logits are the same bits whatever else shares the step (other decodes, their order, a prefill
+chunk, a LoRA adapter on a neighbour), in the batch-invariant configuration (oneDNN off: steps up
+to 256 tokens, a 30-token prefill among them) and with the defaults (oneDNN from 24 tokens and
+for the lm_head: decodes only). The torch backend promises rounding-level agreement only.
 The sequence's KV is written by the same prefill in every case (chunking is outside the promise).
 """
 from __future__ import annotations
@@ -11,6 +13,7 @@ import pytest
 import torch
 
 from fireplace.engine.backend import Backend
+from fireplace.engine.backend_config import BackendConfig
 from fireplace.engine.kernels import elementwise, lora_delta, paged_decode, small_gemm
 from fireplace.engine.kv_cache import KVCacheSpec
 from fireplace.engine.loader import load_model
@@ -30,11 +33,16 @@ def checkpoint(tmp_path_factory):
     return root
 
 
-def _kernel_backend() -> Backend:
+INVARIANT = BackendConfig(onednn_min_tokens=0, onednn_lm_head_min_tokens=0)
+# (backend config, the batches it promises invariance for): the defaults stay under 24 tokens
+CONFIGS = {"invariant": INVARIANT, "default": BackendConfig()}
+
+
+def _kernel_backend(config: BackendConfig = INVARIANT) -> Backend:
     for module, what in ((elementwise, "elementwise kernels"), (small_gemm, "small-batch GEMM"),
                          (paged_decode, "paged decode kernel"), (lora_delta, "LoRA delta kernel")):
         require_kernel(module, what)
-    backend = Backend.select("cpu", torch.float32, "cpu-kernels")
+    backend = Backend.select("cpu", torch.float32, "cpu-kernels", config)
     if not backend.small_gemm_kernel:
         pytest.skip("the small GEMM runs only with AVX2 (the promise needs it)")
     return backend
@@ -70,7 +78,8 @@ def _last_step_logits(model, manager, companions: list[str], *, a_at: int) -> di
         ctx = paged.step(work)
         if manager is not None:
             ctx.lora = LoRABatch.for_sequences([slots[name] for name in order], ctx.query_lens, backend=model.backend)
-        assert ctx.num_tokens <= 256  # within the default small_gemm_max_tokens
+        if model.backend.kind == "cpu-kernels":
+            assert ctx.num_tokens <= model.backend.small_gemm_max_tokens  # within the promise
         logits = model.compute_logits(model(ctx, caches)[ctx.logits_indices])
     if manager is not None:
         manager.release(slot)
@@ -78,13 +87,15 @@ def _last_step_logits(model, manager, companions: list[str], *, a_at: int) -> di
 
 
 BATCHES = [([], 0), (["b", "c"], 1), (["c", "b"], 2), (["d", "b"], 1), (["b", "d", "c"], 0)]
+DECODE_BATCHES = [b for b in BATCHES if "d" not in b[0]]  # 1-3 tokens: under oneDNN's default 24
 
 
-def test_decode_logits_are_bitwise_batch_invariant_on_the_kernel_backend(checkpoint):
-    backend = _kernel_backend()
+@pytest.mark.parametrize("config", ["invariant", "default"])
+def test_decode_logits_are_bitwise_batch_invariant_on_the_kernel_backend(checkpoint, config):
+    backend = _kernel_backend(CONFIGS[config])
     model, _ = load_model(checkpoint / "base", dtype=torch.float32, backend=backend)
     alone = _last_step_logits(model, None, [], a_at=0)["a"]
-    for companions, a_at in BATCHES[1:]:
+    for companions, a_at in (BATCHES if config == "invariant" else DECODE_BATCHES)[1:]:
         assert torch.equal(_last_step_logits(model, None, companions, a_at=a_at)["a"], alone), companions
 
 

@@ -10,6 +10,9 @@ Nothing is switched globally: two engines in one process can run different backe
                          decode-sized batches (small GEMM, AVX2 machines only), paged decode
                          attention, the batched multi-LoRA delta; torch for the rest
   torch        CPU       torch ops only (bf16, FIREPLACE_CPU_KERNELS=0, no C compiler)
+On both CPU kinds the projections (fp32 or bf16) run oneDNN's linear on a pre-packed weight
+where torch has it (kernels/onednn_linear: 2-2.6x MKL's sgemm on this AMD machine), from
+BackendConfig.onednn_min_tokens tokens on; below that, or without it, the paths above.
   cuda         CUDA      torch ops, fused matmuls at every batch size, gather + SDPA decode
 
 "auto" (EngineConfig.backend's default) takes cuda on a CUDA device, cpu-kernels on CPU fp32
@@ -20,23 +23,28 @@ Batch invariance (what holds bit for bit, and what does not)
 ------------------------------------------------------------
 On the cpu-kernels backend with the small GEMM (AVX2), every per-token op computes a token's
 row alone, in a fixed order: the embedding lookup, RMSNorm, rotary, SiLU-and-multiply, each
-projection and the lm_head (one FMA chain per output over k in order, whatever the rows and
-threads around it), the LoRA delta kernel; decode attention reads only the sequence's own KV,
-one thread per sequence. So in a step of at most `small_gemm_max_tokens` tokens, the logits of
-a sequence's decode token are the same bits whatever else is in the batch: other sequences,
-their number, order, prefills, adapters, sampling parameters (tests/engine/test_batch_invariance.py).
-With a seed (or greedy), the sampled token is then the same too (the sampler's seeded draw
-does not depend on the batch either).
+projection through the small GEMM (one FMA chain per output over k in order, whatever the
+rows and threads around it), the LoRA delta kernel; decode attention reads only the sequence's
+own KV, one thread per sequence. So in a step of at most `Backend.small_gemm_max_tokens`
+tokens, a sequence's decode hidden state is the same bits whatever else is in the batch: other
+sequences, their number, order, prefills, adapters, sampling parameters. Its logits are too
+when the lm_head runs the small GEMM (BackendConfig(onednn_min_tokens=0,
+onednn_lm_head_min_tokens=0): the batch-invariant configuration, up to small_gemm_max_tokens
+= 256 tokens); with the defaults the lm_head runs oneDNN, whose rows came out the same bits at
+every row count tried for SmolLM2's K = 576 (1 to 600 rows) but which promises nothing there
+(tests/engine/test_batch_invariance.py checks both configurations). With a seed (or greedy),
+the sampled token then follows (the sampler's seeded draw does not depend on the batch).
 
 It does not hold, and results differ by rounding only (the parity tests bound that at 1e-4
 against transformers; a greedy or seeded choice can flip only between near-tied tokens):
-  - in steps of more than small_gemm_max_tokens tokens, where MKL computes the projections and
-    its blocking, hence rounding, depends on the number of rows (and FusedLinear switches from
-    per-part to one fused matmul at fused_matmul_min_tokens);
+  - in steps of more tokens than that, where oneDNN (from onednn_min_tokens tokens, default
+    24) or MKL (past small_gemm_max_tokens with oneDNN off) computes the projections: their
+    blocking, hence rounding, depends on the number of rows (oneDNN's for K = 1536, say), and
+    FusedLinear switches from per-part to one fused matmul at fused_matmul_min_tokens on MKL;
   - across prefill chunkings: the scheduler splits a prompt by the token budget left by the
     other requests, and a chunk's attention (SDPA, causal or against the cached prefix) rounds
     differently from the whole prompt's; the KV written, and every later logit, follow;
-  - on the torch and cuda backends, where every matmul is a BLAS call sized by the batch and
+  - on the torch and cuda backends, where every matmul is a library call sized by the batch and
     decode attention pads each group to the longest context in it.
 """
 from __future__ import annotations
@@ -65,6 +73,7 @@ class Backend:
     paged_decode_kernel: bool = False
     lora_kernel: bool = False
     quant_kernel: bool = False  # quantized GEMV (kernels/quant_gemv; weight-only int8/int4)
+    onednn_kernel: bool = False  # oneDNN's packed-weight linear (kernels/onednn_linear; CPU fp32/bf16)
     reason: str = ""  # why this kind, for logs and errors ("" when asked for explicitly)
 
     # -- choosing ---------------------------------------------------------------------------
@@ -82,15 +91,18 @@ class Backend:
             if device.type != "cuda":
                 raise ValueError(f"backend 'cuda' needs a CUDA device, got {device}")
             return cls("cuda", device, dtype, config)
-        if kind == "torch" or device.type != "cpu":
-            return cls("torch", device, dtype, config, reason="asked for" if kind == "torch" else "not a CPU device")
+        if device.type != "cpu":
+            return cls("torch", device, dtype, config, reason="not a CPU device")
+        onednn = {"onednn_kernel": _uses_onednn(dtype, config)}
+        if kind == "torch":
+            return cls("torch", device, dtype, config, reason="asked for", **onednn)
         if kind == "auto" or kind == "cpu-kernels":
-            return cls._cpu_kernels(device, dtype, config, required=kind == "cpu-kernels")
+            return cls._cpu_kernels(device, dtype, config, required=kind == "cpu-kernels", onednn=onednn)
         raise AssertionError(kind)
 
     @classmethod
     def _cpu_kernels(cls, device: torch.device, dtype: torch.dtype, config: BackendConfig, *,
-                     required: bool) -> Backend:
+                     required: bool, onednn: dict[str, bool]) -> Backend:
         from fireplace.engine.kernels import cpu_build
 
         reason, level = None, logging.INFO
@@ -103,12 +115,12 @@ class Backend:
         if reason is None:
             built = _built_kernels()
             if any(built.values()):
-                return cls("cpu-kernels", device, dtype, config, **built)
+                return cls("cpu-kernels", device, dtype, config, **built, **onednn)
             reason, level = "none of them built (see the warnings above)", logging.WARNING
         if required:
             raise ValueError(f"backend 'cpu-kernels' is unavailable: {reason}")
         logger.log(level, "CPU kernels not used (%s); the engine runs plain torch ops", reason)
-        return cls("torch", device, dtype, config, reason=reason)
+        return cls("torch", device, dtype, config, reason=reason, **onednn)
 
     # -- what the layers ask ------------------------------------------------------------------
     def uses_elementwise_kernels(self, t: torch.Tensor) -> bool:
@@ -116,10 +128,32 @@ class Backend:
         (torch.compile traces the torch ops instead: a ctypes call would break its graph)."""
         return self.elementwise_kernels and t.dtype is torch.float32 and not torch.compiler.is_compiling()
 
+    def uses_onednn(self, x: torch.Tensor, *, lm_head: bool = False) -> bool:
+        """Whether a projection of x [T, in] (dense weight) runs oneDNN's packed linear: from
+        BackendConfig.onednn_min_tokens tokens on (onednn_lm_head_min_tokens for the lm_head)."""
+        least = self.config.onednn_lm_head_min_tokens if lm_head else self.config.onednn_min_tokens
+        return (self.onednn_kernel and least > 0 and x.dim() == 2 and x.shape[0] >= least
+                and x.dtype is self.dtype and not torch.compiler.is_compiling())
+
+    @property
+    def small_gemm_max_tokens(self) -> int:
+        """The largest batch whose dense fp32 projections run our small GEMM (0: none): below
+        oneDNN's threshold where that path is on, and at most BackendConfig.small_gemm_max_tokens."""
+        if not self.small_gemm_kernel:
+            return 0
+        limit = self.config.small_gemm_max_tokens
+        least = self.config.onednn_min_tokens
+        return min(limit, least - 1) if self.onednn_kernel and least > 0 else limit
+
+    def pack_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """weight [out, in] in the layout uses_onednn's path reads (a copy; see kernels/onednn_linear)."""
+        from fireplace.engine.kernels import onednn_linear
+        return onednn_linear.pack(weight)
+
     def uses_small_gemm(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
         """Whether x [T, in] @ weight [out, in]^T runs through the C GEMM: decode-sized T, and
         small_gemm.linear_unchecked's preconditions (fp32, contiguous weight, unit column stride)."""
-        return (self.small_gemm_kernel and x.shape[0] <= self.config.small_gemm_max_tokens and x.dim() == 2
+        return (self.small_gemm_kernel and x.shape[0] <= self.small_gemm_max_tokens and x.dim() == 2
                 and x.dtype is torch.float32 and weight.dtype is torch.float32 and x.stride()[1] == 1
                 and weight.is_contiguous() and not torch.compiler.is_compiling())
 
@@ -144,12 +178,13 @@ class Backend:
 
     def describe(self) -> str:
         """One line for logs and stats: the kind and the kernels in use."""
-        if self.kind != "cpu-kernels":
-            return f"{self.kind} ({self.reason})" if self.reason else self.kind
-        on = [name for name, used in (("elementwise", self.elementwise_kernels), ("small-gemm", self.small_gemm_kernel),
-                                      ("paged-decode", self.paged_decode_kernel), ("lora-delta", self.lora_kernel),
-                                      ("quant-gemv", self.quant_kernel))
+        on = [name for name, used in (("onednn-linear", self.onednn_kernel), ("elementwise", self.elementwise_kernels),
+                                      ("small-gemm", self.small_gemm_kernel), ("paged-decode", self.paged_decode_kernel),
+                                      ("lora-delta", self.lora_kernel), ("quant-gemv", self.quant_kernel))
               if used]
+        if self.kind != "cpu-kernels":
+            described = f"{self.kind} ({self.reason})" if self.reason else self.kind
+            return f"{described} with {', '.join(on)}" if on else described
         return f"cpu-kernels ({', '.join(on)})"
 
 
@@ -165,6 +200,12 @@ def _built_kernels() -> dict[str, bool]:
         "lora_kernel": lora_delta.available(),
         "quant_kernel": quant_gemv.available(),
     }
+
+
+def _uses_onednn(dtype: torch.dtype, config: BackendConfig) -> bool:
+    from fireplace.engine.kernels import onednn_linear
+    wanted = config.onednn_min_tokens > 0 or config.onednn_lm_head_min_tokens > 0
+    return wanted and dtype in onednn_linear.DTYPES and onednn_linear.available()
 
 
 def default_backend(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Backend:

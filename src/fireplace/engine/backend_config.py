@@ -19,6 +19,20 @@ class BackendConfig:
     # CUDA always runs the fused matmul.
     fused_matmul_min_tokens: int = 384
 
+    # Projections (dense fp32 or bf16 weights, CPU) of batches of at least this many tokens run
+    # oneDNN's linear on a pre-packed weight (kernels/onednn_linear), where torch has it: on this
+    # AMD machine MKL's sgemm stays on AVX2 while oneDNN uses AVX-512; all 210 projections of a
+    # SmolLM2 step, 2 threads: 47 vs 85 ms (our small GEMM) vs 128 ms (MKL) at 64 tokens, 391
+    # vs 803 vs 939 ms at 512. Below it the small GEMM / F.linear below decide: a decode step of
+    # fewer tokens runs faster through the C decode stack (models/fast_decode.py, small GEMM,
+    # no per-module Python) than through the modules on oneDNN (whole step, fp32: 29.6 vs 36.5
+    # ms at 16 sequences, 45 vs 43 at 24, 80 vs 73 at 48). 0 turns the path off.
+    # Costs a second copy of each such weight in memory.
+    onednn_min_tokens: int = 24
+    # ... and the lm_head from this many rows on: 19.1 vs 21.1 ms per batch-1 step with it
+    # (49152x576: MKL's GEMV 9.6 ms, oneDNN 2.1 ms from cache).
+    onednn_lm_head_min_tokens: int = 1
+
     # Projections of batches of at most this many tokens run through our C small GEMM
     # (cpu-kernels backend, AVX2 only): MKL's sgemm barely uses the second core at these sizes
     # (1.3-2.2x F.linear per projection at 64 tokens; bench/small_gemm_kernel.py). Larger
@@ -50,6 +64,7 @@ class BackendConfig:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"BackendConfig.{f.name} must be an integer, got {value!r}")
-            minimum = 0 if f.name in ("fused_matmul_min_tokens", "small_gemm_max_tokens") else 1
+            minimum = 0 if f.name in ("fused_matmul_min_tokens", "small_gemm_max_tokens", "onednn_min_tokens",
+                                        "onednn_lm_head_min_tokens") else 1
             if value < minimum:
                 raise ValueError(f"BackendConfig.{f.name} must be >= {minimum}, got {value}")

@@ -33,6 +33,9 @@ class EngineConfig:
     # Compute backend (fireplace.engine.backend): auto | cpu-kernels | torch | cuda; auto takes
     # our C kernels on CPU fp32 where they build (FIREPLACE_CPU_KERNELS=0: never), else torch.
     backend: str = "auto"
+    # The backend's tuned switches (fireplace.engine.backend_config.BackendConfig; None: its
+    # defaults), e.g. BackendConfig(onednn_min_tokens=0) to keep the projections off oneDNN.
+    backend_config: object | None = None
     # Weight-only quantization of the base projections (fireplace.engine.quantize_model): None
     # (the dtype's weights) | "int8" (per output channel) | "int4" (asymmetric, groups of
     # quantization_group_size weights, a multiple of 32 dividing every in_features); CPU float32

@@ -64,7 +64,8 @@ class LLMEngine:
         if config.num_threads and config.device == "cpu":
             torch.set_num_threads(config.num_threads)
         self.device = torch.device(config.device)
-        self.backend = Backend.select(self.device, config.torch_dtype, config.backend)  # kernels vs torch, once
+        self.backend = Backend.select(self.device, config.torch_dtype, config.backend,  # kernels vs torch, once
+                                      config.backend_config)
         self.model, self.model_config = load_model(config.model, config.torch_dtype, self.device, backend=self.backend)
         if tokenizer is None:
             from transformers import AutoTokenizer

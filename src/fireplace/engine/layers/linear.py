@@ -6,10 +6,11 @@ adapters to it (`lora_stack`), the per-token adapter delta is added:
 Models call `proj(x, ctx)`; the base path never looks at `ctx`.
 
 `FusedLinear` groups projections that read the same input (q/k/v, gate/up) into one matmul.
-Which matmul runs is the model's Backend's choice: on the cpu-kernels backend decode-sized
-batches go through our C GEMM (Backend.uses_small_gemm), on the torch path FusedLinear runs
-one matmul per part or one for all by batch size (Backend.fuses_matmul; thresholds in
-BackendConfig).
+Which matmul runs is the model's Backend's choice: on the CPU, oneDNN's linear on a packed
+copy of the weight where torch has it (Backend.uses_onednn; the copy is made at the first call
+and re-made when the weight changes), else on the cpu-kernels backend decode-sized batches go
+through our C GEMM (Backend.uses_small_gemm), and on the torch path FusedLinear runs one matmul
+per part or one for all by batch size (Backend.fuses_matmul; thresholds in BackendConfig).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fireplace.engine.backend import Backend, default_backend
-from fireplace.engine.kernels import small_gemm
+from fireplace.engine.kernels import onednn_linear, small_gemm
 from fireplace.engine.layers.quantized_linear import quantized_linear
 
 
@@ -31,15 +32,38 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bac
     return F.linear(x, weight, bias)
 
 
+class PackedWeight:
+    """A weight [out, in] in oneDNN's blocked layout (Backend.pack_weight), packed at first use
+    and again whenever the weight was written in place (its version counter, which views share
+    with their base: a merge into a FusedLinear part shows on the whole matrix) or replaced."""
+
+    __slots__ = ("packed", "key")
+
+    def __init__(self) -> None:
+        self.packed: torch.Tensor | None = None
+        self.key: tuple | None = None
+
+    def get(self, weight: torch.Tensor, backend: Backend) -> torch.Tensor:
+        try:
+            key = (weight.data_ptr(), weight._version)
+        except RuntimeError:  # an inference tensor keeps no version counter (it cannot be written later)
+            key = (weight.data_ptr(), None)
+        if key != self.key:
+            self.packed, self.key = backend.pack_weight(weight), key
+        return self.packed
+
+
 class Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None, *,
                  storage: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-                 backend: Backend | None = None):
+                 backend: Backend | None = None, lm_head: bool = False):
         """storage: existing (weight [out, in], bias [out] | None) tensors to use as the parameters
         (views into a FusedLinear's matrix); None allocates fresh ones.
-        backend: the model's (default: Backend.select for device and dtype)."""
+        backend: the model's (default: Backend.select for device and dtype).
+        lm_head: this is the model's output layer (the backend's thresholds differ for it)."""
         super().__init__()
+        self.is_lm_head = lm_head
         self.backend = backend or default_backend(device or "cpu", dtype or torch.float32)
         self.in_features = in_features
         self.out_features = out_features
@@ -54,11 +78,16 @@ class Linear(nn.Module):
         # Set by fireplace.engine.quantize_model: the base weight quantized (a QuantizedWeight);
         # the base matmul then reads it instead of `weight` (see layers/quantized_linear.py).
         self.quantized = None
+        self.packed = PackedWeight()  # for the oneDNN path; a cache, not a parameter
 
     def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
         if self.quantized is not None:
-            return self.add_lora(x, quantized_linear(x, self.quantized, self.bias, self.backend), ctx)
-        return self.add_lora(x, linear(x, self.weight, self.bias, self.backend), ctx)
+            y = quantized_linear(x, self.quantized, self.bias, self.backend)
+        elif self.backend.uses_onednn(x, lm_head=self.is_lm_head):
+            y = onednn_linear.linear(x, self.packed.get(self.weight, self.backend), self.bias)
+        else:
+            y = linear(x, self.weight, self.bias, self.backend)
+        return self.add_lora(x, y, ctx)
 
     def add_lora(self, x: torch.Tensor, y: torch.Tensor, ctx) -> torch.Tensor:
         """y [T, out] = this layer's base output for x [T, in] -> y plus each token's adapter delta."""
@@ -99,10 +128,14 @@ class FusedLinear:
         # together. Interface: lora_group.apply(x [T, in], [y_i [T, out_i]], lora_batch) -> [y_i']
         self.lora_group = None
         self.quantized = None  # the whole matrix quantized (fireplace.engine.quantize_model)
+        self.packed = PackedWeight()  # the whole matrix, for the oneDNN path (one matmul for all parts)
 
     def __call__(self, x: torch.Tensor, ctx=None) -> list[torch.Tensor]:
         if self.quantized is not None:
             ys = list(quantized_linear(x, self.quantized, self.bias, self.backend).split(self.sizes, dim=-1))
+        elif self.backend.uses_onednn(x):
+            packed = self.packed.get(self.weight, self.backend)
+            ys = list(onednn_linear.linear(x, packed, self.bias).split(self.sizes, dim=-1))
         elif self.backend.uses_small_gemm(x, self.weight):  # our GEMM does best on the whole matrix
             ys = list(small_gemm.linear_unchecked(x, self.weight, self.bias).split(self.sizes, dim=-1))
         elif self.backend.fuses_matmul(x.shape[0]):

@@ -5,7 +5,7 @@
 Which code runs is the Backend's choice (Backend.uses_quant_kernel): decode-sized batches on the
 cpu-kernels backend read the weight as stored through the quantized GEMV (kernels/quant_gemv);
 larger batches dequantize it with the C loops into a per-thread scratch matrix and run the fp32
-path (our small GEMM or MKL), since the GEMV does not block for many rows; without the C
+path (oneDNN's linear on it, else our small GEMM or MKL), since the GEMV does not block for many rows; without the C
 kernels (torch backend) the weight is dequantized by torch ops. LoRA deltas are added on top by
 the Linear, unchanged (they read x, not the base weight).
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from fireplace.engine.backend import Backend
-from fireplace.engine.kernels import quant_gemv, small_gemm
+from fireplace.engine.kernels import onednn_linear, quant_gemv, small_gemm
 from fireplace.engine.quantization import QuantizedWeight, dequantize
 
 _scratch = threading.local()  # .buffer: fp32 storage reused for dequantized weights on this thread
@@ -29,6 +29,8 @@ def quantized_linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | 
         return quant_gemv.linear_unchecked(x, qw, bias)
     if backend.quant_kernel and x.is_cpu:
         weight = quant_gemv.dequantize_unchecked(qw, _scratch_matrix(qw.out_features, qw.in_features))
+        if backend.uses_onednn(x):  # on the dense matrix as it is (packing it would cost more)
+            return onednn_linear.linear(x, weight, bias)
         if backend.uses_small_gemm(x, weight):
             return small_gemm.linear_unchecked(x, weight, bias)
         return F.linear(x, weight, bias)

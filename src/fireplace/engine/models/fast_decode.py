@@ -22,7 +22,7 @@ It applies (`FastDecode.applies`) when the step is decode-only with the C attent
 adapter is in the batch (ctx.lora is None: the base path never looks at the LoRA stacks then),
 the KV pools are fp32, and T is within the limits under which the module path itself takes
 these kernels (BackendConfig.quant_gemv_max_tokens for quantized projections,
-small_gemm_max_tokens for fp32 ones); the model must have no q/k norm (qwen3 runs those in
+Backend.small_gemm_max_tokens for fp32 ones: below oneDNN's threshold where that is on); the model must have no q/k norm (qwen3 runs those in
 torch) and eager MLPs (ModelRunner.compile). Anything else runs the modules.
 
 The weights are resolved when the plan is built (lazily, at the first step that applies):
@@ -114,7 +114,7 @@ class FastDecode:
         if quantized and not backend.quant_kernel:
             raise _NotApplicable("quantized projections need the quantized GEMV kernel")
         # the module path takes these kernels only up to these batch sizes
-        self.max_tokens = min([backend.config.small_gemm_max_tokens] * (decode_stack.FP32 in kinds)
+        self.max_tokens = min([backend.small_gemm_max_tokens] * (decode_stack.FP32 in kinds)
                               + [backend.config.quant_gemv_max_tokens] * bool(quantized))
         self.kernels = decode_stack.kernel_table()
         self.final_norm, self.final_eps = model.norm.weight, model.norm.eps

@@ -159,7 +159,7 @@ class LlamaForCausalLM(nn.Module):
         self.backend = backend if backend is not None else Backend.select(device, dtype)
         self.model = LlamaModel(config, dtype, device, self.backend)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype, device=device,
-                              backend=self.backend)
+                              backend=self.backend, lm_head=True)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
