@@ -51,8 +51,9 @@ def test_auto_takes_the_kernels_on_cpu_fp32():
 
 def test_bf16_and_the_env_switch_fall_back_to_torch_with_one_line(monkeypatch, caplog):
     caplog.set_level(logging.INFO)
-    backend = Backend.select("cpu", torch.bfloat16)
+    backend = Backend.select("cpu", torch.bfloat16, "auto", BackendConfig(onednn_min_tokens=0))
     assert backend.kind == "torch" and not backend.elementwise_kernels and "float32 only" in backend.reason
+    assert backend.dtype is torch.bfloat16 and backend.matmul_dtype is None
     monkeypatch.setenv("FIREPLACE_CPU_KERNELS", "0")
     caplog.clear()
     backend = Backend.select("cpu", torch.float32)
@@ -60,6 +61,29 @@ def test_bf16_and_the_env_switch_fall_back_to_torch_with_one_line(monkeypatch, c
     assert len([r for r in caplog.records if r.name.startswith("fireplace")]) == 1
     with pytest.raises(ValueError, match="FIREPLACE_CPU_KERNELS"):
         Backend.select("cpu", torch.float32, "cpu-kernels")
+
+
+def test_bf16_on_a_cpu_with_bf16_instructions_is_fp32_with_bf16_projections():
+    from fireplace.engine.kernels import onednn_linear
+
+    if not (onednn_linear.available() and onednn_linear.bf16_is_native()):
+        pytest.skip("needs oneDNN and a CPU with AVX512-BF16 / AMX")
+    backend = Backend.select("cpu", torch.bfloat16)
+    assert backend.kind == "cpu-kernels" and backend.dtype is torch.float32
+    assert backend.matmul_dtype is torch.bfloat16 and "onednn-linear in bfloat16" in backend.describe()
+    assert Backend.select("cpu", torch.bfloat16, "torch").dtype is torch.bfloat16  # whole model in bf16
+    # a projection computes in bf16: its result equals the bf16 product, not the fp32 one
+    layer = Linear(64, 32, backend=backend)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(32, 64, generator=g))
+    x = torch.randn(backend.config.onednn_min_tokens, 64, generator=g)
+    with torch.inference_mode():
+        got = layer(x)
+    assert got.dtype is torch.float32
+    expected = torch.nn.functional.linear(x.bfloat16(), layer.weight.bfloat16()).float()
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)
+    assert (got - torch.nn.functional.linear(x, layer.weight)).abs().max() > 1e-4
 
 
 def test_a_missing_compiler_is_one_warning_and_the_torch_path(monkeypatch, caplog, tmp_path):

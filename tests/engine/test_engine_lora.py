@@ -116,13 +116,19 @@ def test_prefix_cache_hits_reuse_kv_and_keep_outputs(setup):
     assert with_adapter.outputs[0].token_ids == greedy_reference(adapters[0][1], prompt, 4)
 
 
-def test_bfloat16_engine_runs_close_to_float32(setup):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_bfloat16_engine_runs_close_to_float32(setup, backend):
+    """auto: fp32 model whose projections compute in bf16 (where the CPU has bf16 instructions;
+    prompts of 24+ tokens reach oneDNN); torch: the whole model in bf16."""
     root, base, adapters, tokenizer = setup
-    prompts = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8]]
+    prompts = [[3, 1, 4, 1, 5, 9, 2, 6] * 4, [2, 7, 1, 8] * 7]
     params = SamplingParams(temperature=0, max_tokens=1, logprobs=1, ignore_eos=True)
     fp32 = LLMEngine(EngineConfig(model=str(root / "base"), num_kv_blocks=64, block_size=4), tokenizer=tokenizer)
-    bf16 = LLMEngine(EngineConfig(model=str(root / "base"), dtype="bfloat16", num_kv_blocks=64, block_size=4),
-                     tokenizer=tokenizer)
-    assert bf16.model.dtype == torch.bfloat16
+    bf16 = LLMEngine(EngineConfig(model=str(root / "base"), dtype="bfloat16", num_kv_blocks=64, block_size=4,
+                                  backend=backend), tokenizer=tokenizer)
+    if bf16.backend.matmul_dtype is not None:
+        assert backend == "auto" and bf16.model.dtype == torch.float32 and bf16.backend.matmul_dtype == torch.bfloat16
+    else:
+        assert bf16.model.dtype == torch.bfloat16
     for a, b in zip(fp32.generate(prompts, params), bf16.generate(prompts, params)):
         assert abs(a.outputs[0].logprobs[0].logprob - b.outputs[0].logprobs[0].logprob) < 0.1

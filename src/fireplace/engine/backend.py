@@ -13,6 +13,12 @@ Nothing is switched globally: two engines in one process can run different backe
 On both CPU kinds the projections (fp32 or bf16) run oneDNN's linear on a pre-packed weight
 where torch has it (kernels/onednn_linear: 2-2.6x MKL's sgemm on this AMD machine), from
 BackendConfig.onednn_min_tokens tokens on; below that, or without it, the paths above.
+A model asked for in bf16 on a CPU with bf16 instructions (AVX512-BF16 / AMX) gets "auto" ->
+cpu-kernels in fp32 with `matmul_dtype` bf16: activations, norms, attention, KV cache and LoRA
+stay fp32 on our kernels, and only oneDNN's projections compute in bf16 (2x its fp32 rate here;
+the weights are packed to bf16 from the fp32 parameters, which stay for the small-batch paths:
+1.5x an fp32 model's weight memory, and the KV cache is fp32). kind "torch" keeps the whole
+model in bf16 on torch ops instead (half the memory, about half the speed here).
   cuda         CUDA      torch ops, fused matmuls at every batch size, gather + SDPA decode
 
 "auto" (EngineConfig.backend's default) takes cuda on a CUDA device, cpu-kernels on CPU fp32
@@ -49,6 +55,7 @@ against transformers; a greedy or seeded choice can flip only between near-tied 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -74,6 +81,9 @@ class Backend:
     lora_kernel: bool = False
     quant_kernel: bool = False  # quantized GEMV (kernels/quant_gemv; weight-only int8/int4)
     onednn_kernel: bool = False  # oneDNN's packed-weight linear (kernels/onednn_linear; CPU fp32/bf16)
+    # the dtype oneDNN's projections compute in when not `dtype`: bf16 for a model asked for in
+    # bf16 on a CPU with bf16 instructions, whose activations, KV and kernels stay fp32
+    matmul_dtype: torch.dtype | None = None
     reason: str = ""  # why this kind, for logs and errors ("" when asked for explicitly)
 
     # -- choosing ---------------------------------------------------------------------------
@@ -96,9 +106,12 @@ class Backend:
         onednn = {"onednn_kernel": _uses_onednn(dtype, config)}
         if kind == "torch":
             return cls("torch", device, dtype, config, reason="asked for", **onednn)
-        if kind == "auto" or kind == "cpu-kernels":
-            return cls._cpu_kernels(device, dtype, config, required=kind == "cpu-kernels", onednn=onednn)
-        raise AssertionError(kind)
+        if dtype is torch.bfloat16 and _bf16_projections(config):
+            # fp32 everywhere (our kernels) but the projections, which oneDNN runs in bf16
+            backend = cls._cpu_kernels(device, torch.float32, config, required=kind == "cpu-kernels",
+                                       onednn={"onednn_kernel": True})
+            return dataclasses.replace(backend, matmul_dtype=torch.bfloat16)
+        return cls._cpu_kernels(device, dtype, config, required=kind == "cpu-kernels", onednn=onednn)
 
     @classmethod
     def _cpu_kernels(cls, device: torch.device, dtype: torch.dtype, config: BackendConfig, *,
@@ -148,7 +161,7 @@ class Backend:
     def pack_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """weight [out, in] in the layout uses_onednn's path reads (a copy; see kernels/onednn_linear)."""
         from fireplace.engine.kernels import onednn_linear
-        return onednn_linear.pack(weight)
+        return onednn_linear.pack(weight, self.matmul_dtype)
 
     def uses_small_gemm(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
         """Whether x [T, in] @ weight [out, in]^T runs through the C GEMM: decode-sized T, and
@@ -178,7 +191,8 @@ class Backend:
 
     def describe(self) -> str:
         """One line for logs and stats: the kind and the kernels in use."""
-        on = [name for name, used in (("onednn-linear", self.onednn_kernel), ("elementwise", self.elementwise_kernels),
+        onednn = "onednn-linear" + (f" in {str(self.matmul_dtype).removeprefix('torch.')}" if self.matmul_dtype else "")
+        on = [name for name, used in ((onednn, self.onednn_kernel), ("elementwise", self.elementwise_kernels),
                                       ("small-gemm", self.small_gemm_kernel), ("paged-decode", self.paged_decode_kernel),
                                       ("lora-delta", self.lora_kernel), ("quant-gemv", self.quant_kernel))
               if used]
@@ -206,6 +220,12 @@ def _uses_onednn(dtype: torch.dtype, config: BackendConfig) -> bool:
     from fireplace.engine.kernels import onednn_linear
     wanted = config.onednn_min_tokens > 0 or config.onednn_lm_head_min_tokens > 0
     return wanted and dtype in onednn_linear.DTYPES and onednn_linear.available()
+
+
+def _bf16_projections(config: BackendConfig) -> bool:
+    from fireplace.engine.kernels import onednn_linear
+    return (config.onednn_min_tokens > 0 and onednn_linear.bf16_is_native()
+            and _uses_onednn(torch.bfloat16, config) and _uses_onednn(torch.float32, config))
 
 
 def default_backend(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Backend:

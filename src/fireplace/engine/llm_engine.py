@@ -66,7 +66,9 @@ class LLMEngine:
         self.device = torch.device(config.device)
         self.backend = Backend.select(self.device, config.torch_dtype, config.backend,  # kernels vs torch, once
                                       config.backend_config)
-        self.model, self.model_config = load_model(config.model, config.torch_dtype, self.device, backend=self.backend)
+        # the model's dtype is the backend's: fp32 for a CPU bf16 model whose projections alone
+        # compute in bf16 (Backend.matmul_dtype)
+        self.model, self.model_config = load_model(config.model, self.backend.dtype, self.device, backend=self.backend)
         if tokenizer is None:
             from transformers import AutoTokenizer
             tokenizer = AutoTokenizer.from_pretrained(config.model)
@@ -78,7 +80,7 @@ class LLMEngine:
             _log.warning("max_model_len %d capped at %d (the model's %s)", config.max_model_len, model_limit,
                          "sliding window" if self.model_config.sliding_window else "context length")
         self.max_model_len = min(config.max_model_len or min(model_limit, 4096), model_limit)
-        spec = KVCacheSpec.for_model(self.model_config, config.block_size, config.torch_dtype)
+        spec = KVCacheSpec.for_model(self.model_config, config.block_size, self.backend.dtype)
         num_blocks = config.num_kv_blocks or spec.num_blocks_for_budget(config.kv_cache_bytes)
         kv_caches = spec.allocate(num_blocks, self.device)
         self.max_model_len = min(self.max_model_len, num_blocks * config.block_size)

@@ -2,6 +2,9 @@
 
     packed = pack(weight)                 weight [N, K] fp32 | bf16 -> oneDNN's blocked layout
     y = linear(x, packed, bias=None)      x [M, K] (same dtype) -> y [M, N] = x @ weight^T + bias
+    packed = pack(weight, torch.bfloat16); y = linear(x, packed, bias, torch.bfloat16)
+                                          fp32 x and y, the product in bf16 (x and the weight
+                                          rounded to bf16, fp32 accumulation, y rounded to bf16)
 
 Why: torch's F.linear runs MKL's sgemm for fp32, and on this AMD machine MKL takes its AVX2
 code path (~150-170 GFLOP/s on 2 cores) while oneDNN's inner product uses AVX-512: measured
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -54,11 +58,32 @@ def available() -> bool:
         return False
 
 
-def pack(weight: torch.Tensor) -> torch.Tensor:
-    """weight [N, K] (fp32 or bf16, CPU) -> an opaque oneDNN tensor for `linear` (a copy)."""
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
+@functools.cache
+def bf16_is_native() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX), without which
+    oneDNN emulates bf16 and a bf16 product is slower than fp32 (Linux: /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K] -> [M, N]; packed from `pack` (same dtype as x), bias [N] or None."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+def pack(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """weight [N, K] (fp32 or bf16, CPU) -> an opaque oneDNN tensor for `linear` (a copy), in
+    `dtype` (default: the weight's)."""
+    weight = weight.detach()
+    if dtype is not None:
+        weight = weight.to(dtype)
+    return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
+
+
+def linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None,
+           dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x [M, K] -> [M, N]; packed from `pack` (in `dtype` when given, else x's), bias [N] or None.
+    dtype: the product's dtype when it differs from x's (x is converted in, y back out)."""
+    if dtype is None or dtype is x.dtype:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    y = torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, None if bias is None else bias.to(dtype),
+                                           "none", [], "")
+    return y.to(x.dtype)

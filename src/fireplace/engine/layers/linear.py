@@ -84,7 +84,7 @@ class Linear(nn.Module):
         if self.quantized is not None:
             y = quantized_linear(x, self.quantized, self.bias, self.backend)
         elif self.backend.uses_onednn(x, lm_head=self.is_lm_head):
-            y = onednn_linear.linear(x, self.packed.get(self.weight, self.backend), self.bias)
+            y = onednn_linear.linear(x, self.packed.get(self.weight, self.backend), self.bias, self.backend.matmul_dtype)
         else:
             y = linear(x, self.weight, self.bias, self.backend)
         return self.add_lora(x, y, ctx)
@@ -135,7 +135,7 @@ class FusedLinear:
             ys = list(quantized_linear(x, self.quantized, self.bias, self.backend).split(self.sizes, dim=-1))
         elif self.backend.uses_onednn(x):
             packed = self.packed.get(self.weight, self.backend)
-            ys = list(onednn_linear.linear(x, packed, self.bias).split(self.sizes, dim=-1))
+            ys = list(onednn_linear.linear(x, packed, self.bias, self.backend.matmul_dtype).split(self.sizes, dim=-1))
         elif self.backend.uses_small_gemm(x, self.weight):  # our GEMM does best on the whole matrix
             ys = list(small_gemm.linear_unchecked(x, self.weight, self.bias).split(self.sizes, dim=-1))
         elif self.backend.fuses_matmul(x.shape[0]):
