@@ -123,11 +123,28 @@ def test_logprobs_are_raw_and_trimmed_per_row():
     out = Sampler()(logits, rows)
     raw = torch.log_softmax(logits, -1)
     chosen = out.token_ids
-    assert torch.allclose(out.logprobs, raw.gather(1, chosen.unsqueeze(1)).squeeze(1))
+    # rows 0 and 1 asked (row 2 did not: its logprob is not computed, left 0)
+    assert torch.allclose(out.logprobs[:2], raw[:2].gather(1, chosen[:2].unsqueeze(1)).squeeze(1))
+    assert out.logprobs[2] == 0
     top = out.row_top_logprobs(0)
     assert [t for t, _ in top] == raw[0].topk(2).indices.tolist()
     assert top[0][1] == pytest.approx(raw[0].max().item())
     assert out.row_top_logprobs(1) == [] and out.row_top_logprobs(2) == []
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_top_candidates_equal_torch_topk(k):
+    """The block search (CPU, small k) finds each row's k largest as torch.topk, also when they
+    crowd into one block or spread over many."""
+    from fireplace.engine.sampler import top_candidates
+
+    g = torch.Generator().manual_seed(k)
+    logits = torch.randn(6, 49152, generator=g)
+    logits[1, 256:256 + 64] += 10  # row 1: the best all in one block
+    logits[2, ::1024] += 10  # row 2: one per block, far apart
+    values, ids = top_candidates(logits, k)
+    expected_values, expected_ids = logits.topk(k, dim=-1)
+    assert torch.equal(values, expected_values) and torch.equal(ids, expected_ids)
 
 
 def test_shape_mismatch_is_refused():
