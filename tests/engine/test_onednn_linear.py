@@ -8,7 +8,10 @@ import torch.nn.functional as F
 from fireplace.engine.backend import Backend
 from fireplace.engine.backend_config import BackendConfig
 from fireplace.engine.kernels import onednn_linear
-from fireplace.engine.layers.linear import FusedLinear, Linear
+from fireplace.engine.layers.linear import FusedLinear, Linear, prepack_weights
+from fireplace.engine.loader import load_model
+
+from .helpers import make_hf_checkpoint
 
 pytestmark = pytest.mark.skipif(not onednn_linear.available(), reason="torch has no oneDNN linear here")
 
@@ -80,3 +83,21 @@ def test_a_layer_repacks_after_its_weight_is_written():
         torch.testing.assert_close(after[1], F.linear(x, fused.parts[1].weight), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(after[0], before[0])
         torch.testing.assert_close(single(x), F.linear(x, single.weight), rtol=1e-5, atol=1e-5)
+
+
+def test_a_loaded_model_is_prepacked_once_and_computes_the_same(tmp_path):
+    make_hf_checkpoint("llama", tmp_path / "base", seed=5)
+    model, config = load_model(tmp_path / "base", dtype=torch.float32, backend=_backend())
+    fused = [model.model.layers[0].self_attn.qkv, model.model.layers[0].mlp.gate_up]
+    standalone = [model.model.layers[0].self_attn.o_proj, model.lm_head]
+    assert all(layer.packed.key is None for layer in fused + standalone)
+    # per layer: qkv, gate_up, o_proj, down_proj; plus the lm_head
+    assert prepack_weights(model) == 4 * config.num_layers + 1
+    keys = [layer.packed.key for layer in fused + standalone]
+    assert all(key is not None for key in keys)
+    assert model.model.layers[0].self_attn.q_proj.packed.key is None  # parts run through their FusedLinear
+    x = torch.randn(30, config.hidden_size)
+    with torch.inference_mode():
+        got = fused[1](x)
+    assert [layer.packed.key for layer in fused + standalone] == keys  # not packed again
+    torch.testing.assert_close(got[0], F.linear(x, model.model.layers[0].mlp.gate_proj.weight), rtol=1e-5, atol=1e-5)

@@ -19,6 +19,7 @@ from fireplace.engine.engine_config import EngineConfig
 from fireplace.engine.errors import (AdapterError, AdapterLoadError, AdapterUnavailableError, EngineOverloadedError,
                                      InvalidRequestError)
 from fireplace.engine.kv_cache import KVCacheSpec
+from fireplace.engine.layers.linear import prepack_weights
 from fireplace.engine.loader import load_model
 from fireplace.engine.logits_processors import LogitsProcessors
 from fireplace.engine.model_runner import ModelRunner
@@ -99,6 +100,7 @@ class LLMEngine:
         elif config.gguf_file:  # the GGUF's Q4_1 / Q8_0 blocks as stored
             from fireplace.engine.gguf_weights import apply_gguf_weights
             self.quantization = apply_gguf_weights(self.model, config.gguf_file)
+        prepack_weights(self.model)  # oneDNN's copies of the final weights, before the first step
         if config.enable_lora:
             from fireplace.engine.lora.manager import AdapterManager
             self.adapters = AdapterManager(self.model, self.model_config, max_loras=config.max_loras,

@@ -145,3 +145,22 @@ class FusedLinear:
         if self.lora_group is not None and ctx is not None and ctx.lora is not None:
             return self.lora_group.apply(x, ys, ctx.lora)
         return [part.add_lora(x, y, ctx) for part, y in zip(self.parts, ys)]
+
+
+def prepack_weights(model: nn.Module) -> int:
+    """Make the oneDNN copies of the model's dense projection weights now (the engine calls it
+    once the weights are final: after loading, merging and quantizing), so that the first step
+    does not pay for them; a weight written later is re-packed at its next call. Returns how many
+    matrices were packed (0 where the backend does not use oneDNN)."""
+    fused = [value for module in model.modules() for value in vars(module).values() if isinstance(value, FusedLinear)]
+    parts = {id(part) for layer in fused for part in layer.parts}  # computed through their FusedLinear
+    layers = fused + [m for m in model.modules() if isinstance(m, Linear) and id(m) not in parts]
+    count = 0
+    for layer in layers:
+        backend = layer.backend
+        is_head = isinstance(layer, Linear) and layer.is_lm_head
+        least = backend.config.onednn_lm_head_min_tokens if is_head else backend.config.onednn_min_tokens
+        if backend.onednn_kernel and least > 0 and layer.quantized is None and layer.weight.is_cpu:
+            layer.packed.get(layer.weight, backend)
+            count += 1
+    return count
