@@ -102,7 +102,7 @@ class Backend:
                 raise ValueError(f"backend 'cuda' needs a CUDA device, got {device}")
             return cls("cuda", device, dtype, config)
         if device.type != "cpu":
-            return cls("torch", device, dtype, config, reason="not a CPU device")
+            return cls("torch", device, dtype, config, reason="asked for" if kind == "torch" else "not a CPU device")
         onednn = {"onednn_kernel": _uses_onednn(dtype, config)}
         if kind == "torch":
             return cls("torch", device, dtype, config, reason="asked for", **onednn)
