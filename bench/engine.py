@@ -131,8 +131,10 @@ def build_ours(model_dir: Path, dtype: str, adapters: list[Path] | None = None, 
                precision: str = "fp32") -> LLMEngine:
     """precision: fp32 (the dtype's weights) | int8 | int4 (quantize_model) | gguf (the bundled
     GGUF's Q4_1 blocks as stored)."""
-    weights = {"fp32": {}, "int8": {"quantization": "int8"}, "int4": {"quantization": "int4"},
-               "gguf": {"gguf_file": str(find_smollm2_gguf()) if precision == "gguf" else None}}[precision]
+    if precision not in ("fp32", "int8", "int4", "gguf"):
+        raise ValueError(f"unknown precision {precision!r}")
+    weights = ({"gguf_file": str(find_smollm2_gguf())} if precision == "gguf"
+               else {"quantization": precision} if precision != "fp32" else {})
     config = EngineConfig(model=str(model_dir), dtype=dtype, max_num_seqs=64, max_num_batched_tokens=2048,
                           kv_cache_bytes=2 << 30, max_model_len=1024, enable_prefix_caching=False,
                           enable_lora=bool(adapters), max_loras=max_loras,

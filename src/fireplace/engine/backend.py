@@ -103,19 +103,19 @@ class Backend:
             return cls("cuda", device, dtype, config)
         if device.type != "cpu":
             return cls("torch", device, dtype, config, reason="asked for" if kind == "torch" else "not a CPU device")
-        onednn = {"onednn_kernel": _uses_onednn(dtype, config)}
+        onednn = _uses_onednn(dtype, config)
         if kind == "torch":
-            return cls("torch", device, dtype, config, reason="asked for", **onednn)
+            return cls("torch", device, dtype, config, reason="asked for", onednn_kernel=onednn)
         if dtype is torch.bfloat16 and _bf16_projections(config):
             # fp32 everywhere (our kernels) but the projections, which oneDNN runs in bf16
             backend = cls._cpu_kernels(device, torch.float32, config, required=kind == "cpu-kernels",
-                                       onednn={"onednn_kernel": True})
+                                       onednn_kernel=True)
             return dataclasses.replace(backend, matmul_dtype=torch.bfloat16)
-        return cls._cpu_kernels(device, dtype, config, required=kind == "cpu-kernels", onednn=onednn)
+        return cls._cpu_kernels(device, dtype, config, required=kind == "cpu-kernels", onednn_kernel=onednn)
 
     @classmethod
     def _cpu_kernels(cls, device: torch.device, dtype: torch.dtype, config: BackendConfig, *,
-                     required: bool, onednn: dict[str, bool]) -> Backend:
+                     required: bool, onednn_kernel: bool) -> Backend:
         from fireplace.engine.kernels import cpu_build
 
         reason, level = None, logging.INFO
@@ -128,12 +128,12 @@ class Backend:
         if reason is None:
             built = _built_kernels()
             if any(built.values()):
-                return cls("cpu-kernels", device, dtype, config, **built, **onednn)
+                return cls("cpu-kernels", device, dtype, config, **built, onednn_kernel=onednn_kernel)
             reason, level = "none of them built (see the warnings above)", logging.WARNING
         if required:
             raise ValueError(f"backend 'cpu-kernels' is unavailable: {reason}")
         logger.log(level, "CPU kernels not used (%s); the engine runs plain torch ops", reason)
-        return cls("torch", device, dtype, config, reason=reason, **onednn)
+        return cls("torch", device, dtype, config, reason=reason, onednn_kernel=onednn_kernel)
 
     # -- what the layers ask ------------------------------------------------------------------
     def uses_elementwise_kernels(self, t: torch.Tensor) -> bool:
@@ -141,11 +141,16 @@ class Backend:
         (torch.compile traces the torch ops instead: a ctypes call would break its graph)."""
         return self.elementwise_kernels and t.dtype is torch.float32 and not torch.compiler.is_compiling()
 
+    def onednn_min_tokens(self, *, lm_head: bool = False) -> int:
+        """From how many tokens a projection (the lm_head) runs oneDNN's packed linear; 0: never."""
+        if not self.onednn_kernel:
+            return 0
+        return self.config.onednn_lm_head_min_tokens if lm_head else self.config.onednn_min_tokens
+
     def uses_onednn(self, x: torch.Tensor, *, lm_head: bool = False) -> bool:
-        """Whether a projection of x [T, in] (dense weight) runs oneDNN's packed linear: from
-        BackendConfig.onednn_min_tokens tokens on (onednn_lm_head_min_tokens for the lm_head)."""
-        least = self.config.onednn_lm_head_min_tokens if lm_head else self.config.onednn_min_tokens
-        return (self.onednn_kernel and least > 0 and x.dim() == 2 and x.shape[0] >= least
+        """Whether a projection of x [T, in] (dense weight) runs oneDNN's packed linear."""
+        least = self.onednn_min_tokens(lm_head=lm_head)
+        return (least > 0 and x.dim() == 2 and x.shape[0] >= least
                 and x.dtype is self.dtype and not torch.compiler.is_compiling())
 
     @property
@@ -154,9 +159,8 @@ class Backend:
         oneDNN's threshold where that path is on, and at most BackendConfig.small_gemm_max_tokens."""
         if not self.small_gemm_kernel:
             return 0
-        limit = self.config.small_gemm_max_tokens
-        least = self.config.onednn_min_tokens
-        return min(limit, least - 1) if self.onednn_kernel and least > 0 else limit
+        limit, least = self.config.small_gemm_max_tokens, self.onednn_min_tokens()
+        return min(limit, least - 1) if least > 0 else limit
 
     def pack_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """weight [out, in] in the layout uses_onednn's path reads (a copy; see kernels/onednn_linear)."""
@@ -223,9 +227,9 @@ def _uses_onednn(dtype: torch.dtype, config: BackendConfig) -> bool:
 
 
 def _bf16_projections(config: BackendConfig) -> bool:
+    """Whether a CPU bf16 model runs as fp32 with oneDNN's projections in bf16 (see the top)."""
     from fireplace.engine.kernels import onednn_linear
-    return (config.onednn_min_tokens > 0 and onednn_linear.bf16_is_native()
-            and _uses_onednn(torch.bfloat16, config) and _uses_onednn(torch.float32, config))
+    return config.onednn_min_tokens > 0 and onednn_linear.bf16_is_native() and _uses_onednn(torch.bfloat16, config)
 
 
 def default_backend(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Backend:

@@ -157,10 +157,8 @@ def prepack_weights(model: nn.Module) -> int:
     layers = fused + [m for m in model.modules() if isinstance(m, Linear) and id(m) not in parts]
     count = 0
     for layer in layers:
-        backend = layer.backend
         is_head = isinstance(layer, Linear) and layer.is_lm_head
-        least = backend.config.onednn_lm_head_min_tokens if is_head else backend.config.onednn_min_tokens
-        if backend.onednn_kernel and least > 0 and layer.quantized is None and layer.weight.is_cpu:
-            layer.packed.get(layer.weight, backend)
+        if layer.backend.onednn_min_tokens(lm_head=is_head) > 0 and layer.quantized is None and layer.weight.is_cpu:
+            layer.packed.get(layer.weight, layer.backend)
             count += 1
     return count

@@ -5,8 +5,8 @@
 Which code runs is the Backend's choice (Backend.uses_quant_kernel): decode-sized batches on the
 cpu-kernels backend read the weight as stored through the quantized GEMV (kernels/quant_gemv);
 larger batches dequantize it with the C loops into a per-thread scratch matrix and run the fp32
-path (oneDNN's linear on it, else our small GEMM or MKL), since the GEMV does not block for many rows; without the C
-kernels (torch backend) the weight is dequantized by torch ops. LoRA deltas are added on top by
+path (oneDNN's linear on it, else our small GEMM or MKL), since the GEMV does not block for many
+rows; without the C kernels (torch backend) the weight is dequantized by torch ops. LoRA deltas are added on top by
 the Linear, unchanged (they read x, not the base weight).
 """
 from __future__ import annotations

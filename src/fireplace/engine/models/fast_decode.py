@@ -22,8 +22,9 @@ It applies (`FastDecode.applies`) when the step is decode-only with the C attent
 adapter is in the batch (ctx.lora is None: the base path never looks at the LoRA stacks then),
 the KV pools are fp32, and T is within the limits under which the module path itself takes
 these kernels (BackendConfig.quant_gemv_max_tokens for quantized projections,
-Backend.small_gemm_max_tokens for fp32 ones: below oneDNN's threshold where that is on); the model must have no q/k norm (qwen3 runs those in
-torch) and eager MLPs (ModelRunner.compile). Anything else runs the modules.
+Backend.small_gemm_max_tokens for fp32 ones: below oneDNN's threshold where that is on); the
+model must have no q/k norm (qwen3 runs those in torch) and eager MLPs (ModelRunner.compile).
+Anything else runs the modules.
 
 The weights are resolved when the plan is built (lazily, at the first step that applies):
 whatever replaces a projection's weight afterwards (quantize_model, apply_gguf_weights) calls
