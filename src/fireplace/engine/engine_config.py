@@ -37,9 +37,10 @@ class EngineConfig:
     # defaults), e.g. BackendConfig(onednn_min_tokens=0) to keep the projections off oneDNN.
     backend_config: object | None = None
     # Weight-only quantization of the base projections (fireplace.engine.quantize_model): None
-    # (the dtype's weights) | "int8" (per output channel) | "int4" (asymmetric, groups of
-    # quantization_group_size weights, a multiple of 32 dividing every in_features); CPU float32
-    # only. quantize_lm_head: the lm_head too, as int8. LoRA addons stay fp32 on top.
+    # (the dtype's weights) | "int8" (symmetric) | "int4" (asymmetric), each with one scale (and
+    # for int4 a minimum) per group of quantization_group_size weights, a multiple of 32 dividing
+    # every in_features (32: GGUF's Q8_0 / Q4_1 layouts); CPU float32 only. quantize_lm_head:
+    # the lm_head too, as int8 per output channel. LoRA addons stay fp32 on top.
     quantization: str | None = None
     quantization_group_size: int = 32
     quantize_lm_head: bool = True

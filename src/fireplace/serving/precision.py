@@ -6,7 +6,7 @@
     BF16                    bfloat16                            bfloat16
     FP16                    refused (CUDA only)                 float16
     INT8 (extension)        float32 activations, int8 weights   refused (CPU kernels only)
-                            per output channel
+                            in groups of 32 (lm_head int8)
     INT4 (extension)        float32 activations, 4-bit weights  refused
                             in groups of 32 (lm_head int8)
     FP8*, NF4, FP4*         refused: not implemented here
