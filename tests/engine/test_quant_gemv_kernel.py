@@ -271,7 +271,7 @@ def test_portable_path_matches(kernel, monkeypatch, tmp_path):
                    check=True, capture_output=True, timeout=120)
     lib = ctypes.CDLL(str(lib_path))
     qg._declare(lib)
-    assert lib.fq_uses_avx2() == 0
+    assert lib.fq_uses_avx2() == 0 and lib.fq_gemm_available() == 0  # the GEMM needs AVX-512
     monkeypatch.setattr(qg._kernels, "_lib", lib)
     monkeypatch.setattr(qg._kernels, "_loaded", True)
     g = torch.Generator().manual_seed(6)
@@ -282,15 +282,70 @@ def test_portable_path_matches(kernel, monkeypatch, tmp_path):
         torch.testing.assert_close(qg.dequantize_unchecked(qw), Q.dequantize(qw), atol=1e-6, rtol=0)
 
 
+# --- the batch-sized GEMM ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gemm(kernel):
+    if not qg.gemm_available():
+        if os.environ.get("CI") == "true" and "avx512f" in open("/proc/cpuinfo").read():
+            pytest.fail("the quantized GEMM must build on an AVX-512 machine")
+        pytest.skip("quantized GEMM not built here (no AVX-512)")
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+@pytest.mark.parametrize("m,k,n", [(9, 576, 960), (64, 1536, 576), (65, 576, 3072), (200, 64, 96),
+                                   (17, 576, 193), (1, 64, 5), (130, 96, 7)])
+def test_gemm_matches_the_reference(gemm, scheme, m, k, n):
+    """Every tile shape: 1-4 vectors of 16 tokens (and partial ones), 1-6 weight rows, several
+    m-blocks of 64 and several row blocks per thread (K = 64: 768 rows per block)."""
+    g = torch.Generator().manual_seed(m * k + n)
+    qw, x, bias = make(scheme, n, k, seed=n), torch.randn(m, k, generator=g), torch.randn(n, generator=g)
+    for threads in (1, 2):
+        assert_matches(qg.gemm_unchecked(x, qw, bias, num_threads=threads), reference(x, qw, bias))
+    assert_matches(qg.gemm_unchecked(x, qw), reference(x, qw, None))
+
+
+def test_gemm_strided_rows_and_groups(gemm):
+    """x and y as column slices of wider matrices (row strides > K, > N), int8 per channel and in
+    groups, int4 in groups of 64; a row's result does not depend on the other rows by more than
+    rounding (the GEMM is not promised bit-invariant, only close)."""
+    g = torch.Generator().manual_seed(3)
+    wide_x = torch.randn(70, 200, generator=g)
+    x = wide_x[:, :128]
+    for qw in (Q.quantize_int8(torch.randn(50, 128, generator=g)), make("int8", 50, 128, 32),
+               make("int4", 50, 128, 64)):
+        out = torch.full((70, 80), 7.0)
+        qg.gemm_unchecked(x, qw, None, out=out[:, 10:60])
+        assert_matches(out[:, 10:60], reference(x, qw, None))
+        assert (out[:, :10] == 7.0).all() and (out[:, 60:] == 7.0).all()  # nothing written outside
+        assert_matches(qg.gemm_unchecked(x[5:6].contiguous(), qw), reference(x[5:6], qw, None))
+
+
+def test_gemm_refuses_bad_sizes(gemm):
+    lib = qg._kernels.get()
+    qw, x = make("int4", 12, 64), torch.randn(3, 64)
+    y, work = torch.empty(3, 12), torch.empty(lib.fq_gemm_workspace_floats(3, 64, 2))
+    args = [x.data_ptr(), 64, qw.qweight.data_ptr(), qw.scale.data_ptr(), qw.min.data_ptr(), 32, 1, None,
+            y.data_ptr(), 12, 3, 64, 12, work.data_ptr()]
+    assert lib.fq_gemm(*args, work.numel(), 2) == 0
+    assert lib.fq_gemm(*args, work.numel() - 1, 2) == 1          # workspace too small
+    bad_group = args.copy()
+    bad_group[5] = 48                                           # int4 groups must be a multiple of 32
+    assert lib.fq_gemm(*bad_group, work.numel(), 2) == 1
+
+
 # --- the layer: the backend's choice -------------------------------------------------------------
 
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
-@pytest.mark.parametrize("tokens", [1, 4, 5, 40])  # GEMV up to quant_gemv_max_tokens, dequantize + GEMM above
+@pytest.mark.parametrize("tokens", [1, 8, 9, 40, 256, 257])  # GEMV, GEMM, then dequantize + fp32 GEMM
 def test_quantized_linear_paths_agree(kernel, scheme, tokens):
     qw = make(scheme, 96, 64)
     x, bias = torch.randn(tokens, 64), torch.randn(96)
     expected = reference(x, qw, bias)
     kernels = Backend.select("cpu", torch.float32, "auto")
-    assert kernels.quant_kernel and kernels.uses_quant_kernel(x) == (tokens <= kernels.config.quant_gemv_max_tokens)
+    config = kernels.config
+    assert kernels.quant_kernel and kernels.uses_quant_kernel(x) == (tokens <= config.quant_gemv_max_tokens)
+    assert kernels.uses_quant_gemm(x) == (kernels.quant_gemm_kernel and config.quant_gemv_max_tokens < tokens
+                                          <= config.quant_gemm_max_tokens)
     assert_matches(quantized_linear(x, qw, bias, kernels), expected)
     assert_matches(quantized_linear(x, qw, bias, Backend.select("cpu", torch.float32, "torch")), expected)

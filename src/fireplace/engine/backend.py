@@ -80,6 +80,7 @@ class Backend:
     paged_decode_kernel: bool = False
     lora_kernel: bool = False
     quant_kernel: bool = False  # quantized GEMV (kernels/quant_gemv; weight-only int8/int4)
+    quant_gemm_kernel: bool = False  # its batch-sized GEMM (fq_gemm; AVX-512 builds only)
     onednn_kernel: bool = False  # oneDNN's packed-weight linear (kernels/onednn_linear; CPU fp32/bf16)
     # the dtype oneDNN's projections compute in when not `dtype`: bf16 for a model asked for in
     # bf16 on a CPU with bf16 instructions, whose activations, KV and kernels stay fp32
@@ -185,6 +186,14 @@ class Backend:
         return (self.quant_kernel and x.dim() == 2 and x.shape[0] <= self.config.quant_gemv_max_tokens
                 and x.dtype is torch.float32 and x.stride()[1] == 1 and not torch.compiler.is_compiling())
 
+    def uses_quant_gemm(self, x: torch.Tensor) -> bool:
+        """Whether x [T, in] times a quantized weight runs through the quantized GEMM (fq_gemm:
+        a block of rows dequantized at a time) rather than the whole weight dequantized first:
+        T above the GEMV's range and up to BackendConfig.quant_gemm_max_tokens, fp32."""
+        return (self.quant_gemm_kernel and x.dim() == 2
+                and self.config.quant_gemv_max_tokens < x.shape[0] <= self.config.quant_gemm_max_tokens
+                and x.dtype is torch.float32 and x.stride()[1] == 1 and not torch.compiler.is_compiling())
+
     def uses_lora_kernel(self, x: torch.Tensor) -> bool:
         """Whether a LoRA stack adds its deltas for input x with the C kernel."""
         return self.lora_kernel and x.dtype is torch.float32 and not torch.compiler.is_compiling()
@@ -198,7 +207,8 @@ class Backend:
         onednn = "onednn-linear" + (f" in {str(self.matmul_dtype).removeprefix('torch.')}" if self.matmul_dtype else "")
         on = [name for name, used in ((onednn, self.onednn_kernel), ("elementwise", self.elementwise_kernels),
                                       ("small-gemm", self.small_gemm_kernel), ("paged-decode", self.paged_decode_kernel),
-                                      ("lora-delta", self.lora_kernel), ("quant-gemv", self.quant_kernel))
+                                      ("lora-delta", self.lora_kernel), ("quant-gemv", self.quant_kernel),
+                                      ("quant-gemm", self.quant_gemm_kernel))
               if used]
         if self.kind != "cpu-kernels":
             described = f"{self.kind} ({self.reason})" if self.reason else self.kind
@@ -217,6 +227,7 @@ def _built_kernels() -> dict[str, bool]:
         "paged_decode_kernel": paged_decode.available(),
         "lora_kernel": lora_delta.available(),
         "quant_kernel": quant_gemv.available(),
+        "quant_gemm_kernel": quant_gemv.available() and quant_gemv.gemm_available(),
     }
 
 

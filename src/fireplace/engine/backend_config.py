@@ -40,10 +40,18 @@ class BackendConfig:
     small_gemm_max_tokens: int = 256
 
     # Quantized weights (int8 / int4, layers/quantized_linear.py): batches of at most this many
-    # tokens run the quantized GEMV (weight read as stored, dequantized in registers); larger
-    # ones dequantize the weight (C loops) for the fp32 path. One 3072x576 projection, 1 thread:
-    # int8 GEMV 0.26 ms vs fp32 small GEMM 0.35 at 4 tokens, 0.51 vs 0.34 at 8.
-    quant_gemv_max_tokens: int = 4
+    # tokens run the quantized GEMV (weight read as stored, dequantized in registers) ...
+    # bench/quant_gemm_kernel.py, SmolLM2's shapes, weights streamed from memory, 2 threads,
+    # ms per matrix GEMV vs GEMM: fused gate/up int8 0.29 vs 0.46 at 5 tokens, 0.48 vs 0.50 at
+    # 8, 0.99 vs 0.50 at 16.
+    quant_gemv_max_tokens: int = 8
+    # ... larger ones up to this many the quantized GEMM (dequantizes a block of rows at a time
+    # into L2, AVX-512 GEMM over it; AVX-512 builds only); larger batches and builds without
+    # AVX-512 dequantize the whole weight (C loops) for the fp32 path (oneDNN's linear on it).
+    # Same bench, GEMM vs dequantize + oneDNN: gate/up 0.50 vs 0.78 ms at 16 tokens, 1.38 vs
+    # 1.62 at 64, 5.08 vs 5.53 at 256; down_proj (K = 1536) 0.77 vs 0.95 at 64, 2.71 vs 2.49 at
+    # 256. 0 turns the GEMM off.
+    quant_gemm_max_tokens: int = 256
 
     # LoRA torch path (no C kernel: CUDA, bf16, or no compiler): a LoRABatch applies the deltas
     # "dense" (every token through every active adapter, masked) while its runs of same-adapter
@@ -65,6 +73,6 @@ class BackendConfig:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"BackendConfig.{f.name} must be an integer, got {value!r}")
             minimum = 0 if f.name in ("fused_matmul_min_tokens", "small_gemm_max_tokens", "onednn_min_tokens",
-                                        "onednn_lm_head_min_tokens") else 1
+                                        "onednn_lm_head_min_tokens", "quant_gemm_max_tokens") else 1
             if value < minimum:
                 raise ValueError(f"BackendConfig.{f.name} must be >= {minimum}, got {value}")

@@ -12,6 +12,7 @@ whether that worked, `uses_avx2()` whether it got the fast path.
 from __future__ import annotations
 
 import ctypes
+import threading
 from pathlib import Path
 
 import torch
@@ -36,9 +37,18 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.fq_dequantize.restype = ctypes.c_int
     lib.fq_uses_avx2.argtypes = []
     lib.fq_uses_avx2.restype = ctypes.c_int
+    lib.fq_gemm.argtypes = [c_ptr, c_i64, c_ptr, c_ptr, c_ptr, c_i64, ctypes.c_int,  # x, ldx, q, scale, min, G, is_int4
+                            c_ptr, c_ptr, c_i64, c_i64, c_i64, c_i64,  # bias, y, ldy, M, K, N
+                            c_ptr, c_i64, ctypes.c_int]  # work, work_floats, threads
+    lib.fq_gemm.restype = ctypes.c_int
+    lib.fq_gemm_available.argtypes = []
+    lib.fq_gemm_available.restype = ctypes.c_int
+    lib.fq_gemm_workspace_floats.argtypes = [c_i64, c_i64, ctypes.c_int]
+    lib.fq_gemm_workspace_floats.restype = c_i64
 
 
 _kernels = KernelLibrary(_SOURCE, "quant_gemv", _declare)
+_workspace = threading.local()  # .buffer: fp32 storage fq_gemm works in, per calling thread, kept
 
 
 def available() -> bool:
@@ -50,6 +60,41 @@ def uses_avx2() -> bool:
     """Whether the library has its AVX2/FMA path (else the portable loops: correct, slow)."""
     lib = _kernels.get()
     return lib is not None and bool(lib.fq_uses_avx2())
+
+
+def gemm_available() -> bool:
+    """Whether the batch-sized kernel (fq_gemm: dequantize a block of rows, AVX-512 GEMM over
+    it) is built here; without AVX-512 larger batches dequantize the whole weight instead."""
+    lib = _kernels.get()
+    return lib is not None and bool(lib.fq_gemm_available())
+
+
+def gemm_unchecked(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = None,
+                   out: torch.Tensor | None = None, num_threads: int | None = None) -> torch.Tensor:
+    """The same product as linear_unchecked for any number of rows, through fq_gemm (the
+    caller checks gemm_available() and linear's argument rules). Its workspace (x packed plus
+    one block of dequantized rows per thread: 1.4 MB at 64 tokens, K = 1536, 2 threads) is
+    kept per calling thread."""
+    num_tokens = x.shape[0]
+    if out is None:
+        out = torch.empty((num_tokens, qw.out_features), dtype=torch.float32)
+    threads = torch.get_num_threads() if num_threads is None else num_threads
+    lib = _kernels.get()
+    need = lib.fq_gemm_workspace_floats(num_tokens, qw.in_features, threads)
+    buffer = getattr(_workspace, "buffer", None)
+    if buffer is None or buffer.numel() < need:
+        buffer = _workspace.buffer = torch.empty(need, dtype=torch.float32)  # 64-byte aligned (c10)
+    ldx = x.stride()[0] if num_tokens > 1 else qw.in_features
+    ldy = out.stride()[0] if num_tokens > 1 else qw.out_features
+    is_int4 = qw.scheme == "int4"
+    code = lib.fq_gemm(x.data_ptr(), ldx, qw.qweight.data_ptr(), qw.scale.data_ptr(),
+                       qw.min.data_ptr() if is_int4 else None, qw.group_size, int(is_int4),
+                       None if bias is None else bias.data_ptr(), out.data_ptr(), ldy, num_tokens,
+                       qw.in_features, qw.out_features, buffer.data_ptr(), buffer.numel(), threads)
+    if code != 0:
+        raise ValueError("invalid sizes or strides passed to the quantized GEMM kernel"
+                         if code == 1 else "the quantized GEMM kernel is not built here (no AVX-512)")
+    return out
 
 
 def linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = None,

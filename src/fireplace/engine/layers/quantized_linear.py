@@ -2,11 +2,13 @@
 
     y = quantized_linear(x, qw, bias, backend)      x [T, in] fp32 -> y [T, out] fp32
 
-Which code runs is the Backend's choice (Backend.uses_quant_kernel): decode-sized batches on the
-cpu-kernels backend read the weight as stored through the quantized GEMV (kernels/quant_gemv);
-larger batches dequantize it with the C loops into a per-thread scratch matrix and run the fp32
-path (oneDNN's linear on it, else our small GEMM or MKL), since the GEMV does not block for many
-rows; without the C kernels (torch backend) the weight is dequantized by torch ops. LoRA deltas are added on top by
+Which code runs is the Backend's choice (uses_quant_kernel, uses_quant_gemm): small batches on
+the cpu-kernels backend read the weight as stored through the quantized GEMV (kernels/quant_gemv);
+decode-step-sized ones (up to quant_gemm_max_tokens, AVX-512 builds) through its GEMM, which
+dequantizes a block of rows at a time into L2 and multiplies it with every token; larger batches
+dequantize the whole weight with the C loops into a per-thread scratch matrix and run the fp32
+path (oneDNN's linear on it, else our small GEMM or MKL); without the C kernels (torch backend)
+the weight is dequantized by torch ops. LoRA deltas are added on top by
 the Linear, unchanged (they read x, not the base weight).
 """
 from __future__ import annotations
@@ -27,6 +29,8 @@ def quantized_linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | 
                      backend: Backend) -> torch.Tensor:
     if backend.uses_quant_kernel(x):
         return quant_gemv.linear_unchecked(x, qw, bias)
+    if backend.uses_quant_gemm(x):
+        return quant_gemv.gemm_unchecked(x, qw, bias)
     if backend.quant_kernel and x.is_cpu:
         weight = quant_gemv.dequantize_unchecked(qw, _scratch_matrix(qw.out_features, qw.in_features))
         if backend.uses_onednn(x):  # on the dense matrix as it is (packing it would cost more)
