@@ -67,6 +67,13 @@ enum { FQ_OK = 0, FQ_ERR_ARGS = 1, FQ_ERR_UNSUPPORTED = 2 };
 #define WORK_PER_THREAD 65536 /* weights per thread at least (a thread hand-off costs a few us) */
 #define MAX_THREADS 256
 
+/* Inside a parallel region: this thread's index and the team size (0 and 1 without OpenMP). */
+#ifdef _OPENMP
+#define THREAD_IDS(tid, nt) const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads()
+#else
+#define THREAD_IDS(tid, nt) const int64_t tid = 0, nt = 1
+#endif
+
 typedef struct {
     const float *x;
     int64_t ldx;
@@ -317,11 +324,7 @@ static int run(const job_t *job, int is_int4, int nthreads) {
     }
 #pragma omp parallel num_threads((int)n)
     {
-#ifdef _OPENMP
-        const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-        const int64_t tid = 0, nt = 1;
-#endif
+        THREAD_IDS(tid, nt);
         const int64_t n0 = job->N * tid / nt, n1 = job->N * (tid + 1) / nt;
         (is_int4 ? rows_int4 : rows_int8)(job, n0, n1);
     }
@@ -492,11 +495,7 @@ int fq_gemm(const float *x, int64_t ldx, const void *q, const float *scale, cons
     float *xp = work, *wbase = work + round_up(round_up(M, 16) * K, 16);
 #pragma omp parallel num_threads((int)n)
     {
-#ifdef _OPENMP
-        const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-        const int64_t tid = 0, nt = 1;
-#endif
+        THREAD_IDS(tid, nt);
         /* pack x: this thread's k range of every m-block */
         const int64_t k0 = K * tid / nt, k1 = K * (tid + 1) / nt;
         for (int64_t b = 0; b < blocks; b++) {
