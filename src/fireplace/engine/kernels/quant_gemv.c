@@ -1,6 +1,7 @@
 /*
- * Weight-only quantized linear layer for decode-sized batches on CPU: the weight is read in
- * its quantized form and dequantized in registers, never written out as fp32.
+ * Weight-only quantized linear layer on CPU. For small batches (the GEMV below) the weight is
+ * read in its quantized form and dequantized in registers, never written out as fp32; for
+ * batch-sized M, fq_gemm at the end of this file dequantizes a block of rows at a time.
  *
  *   x      [M, K]     fp32, row stride ldx >= K, unit column stride (M: tokens of the step)
  *   q      int8:  [N, K] int8, row-major            w[n, k] = q[n, k] * scale[n, k / G]
