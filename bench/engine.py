@@ -12,7 +12,7 @@ The warm-up of every system uses its own 16 prompts (another seed; none of the t
                 output tok/s); the ratio to this run's fp32 row is reported as measured.
   llama.cpp     the same workload on the bundled GGUF (Q4_1) through llama.cpp's batched C API
                 (bench/peers/llamacpp_batch_peer.py, bench/.venv-llamacpp from `make bench-peers`:
-                every sequence in one unified KV cache, prompts fed 2048 tokens per llama_decode,
+                a KV slice per sequence, prompts fed 2048 tokens per llama_decode,
                 then one llama_decode per step for all sequences; greedy, ignore_eos), same
                 thread count, against our rows on the same GGUF and on int8 / int4 weights.
   multi-LoRA    the workload spread round-robin over 8 and 32 random rank-8 PEFT adapters (all
@@ -434,7 +434,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
     hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     adapter_dir = Path(tempfile.mkdtemp(prefix="bench-adapters-"))
-    adapters = make_adapters(hf, adapter_dir, max(lora_counts + ([8] if args.peft else [])))
+    adapters = make_adapters(hf, adapter_dir, max(lora_counts + ([8] if args.peft else []) + [0]))
     results["lora"] = {"rank": LORA_RANK, "targets": LORA_TARGETS, "assignment": "request i -> adapter i mod N",
                        "max_loras": f"{args.lora_slots} on both engines" if args.lora_slots
                        else "= N (the row's adapter count) on both engines", "dtype": "float32"}
