@@ -183,16 +183,14 @@ class Backend:
         """Whether x [T, in] times a quantized weight runs through the quantized GEMV (decode-sized
         T, fp32); else the weight is dequantized (C loops where built, torch otherwise) for a
         fp32 matmul (layers/quantized_linear.py)."""
-        return (self.quant_kernel and x.dim() == 2 and x.shape[0] <= self.config.quant_gemv_max_tokens
-                and x.dtype is torch.float32 and x.stride()[1] == 1 and not torch.compiler.is_compiling())
+        return self.quant_kernel and _quant_kernel_input(x) and x.shape[0] <= self.config.quant_gemv_max_tokens
 
     def uses_quant_gemm(self, x: torch.Tensor) -> bool:
         """Whether x [T, in] times a quantized weight runs through the quantized GEMM (fq_gemm:
         a block of rows dequantized at a time) rather than the whole weight dequantized first:
         T above the GEMV's range and up to BackendConfig.quant_gemm_max_tokens, fp32."""
-        return (self.quant_gemm_kernel and x.dim() == 2
-                and self.config.quant_gemv_max_tokens < x.shape[0] <= self.config.quant_gemm_max_tokens
-                and x.dtype is torch.float32 and x.stride()[1] == 1 and not torch.compiler.is_compiling())
+        return (self.quant_gemm_kernel and _quant_kernel_input(x)
+                and self.config.quant_gemv_max_tokens < x.shape[0] <= self.config.quant_gemm_max_tokens)
 
     def uses_lora_kernel(self, x: torch.Tensor) -> bool:
         """Whether a LoRA stack adds its deltas for input x with the C kernel."""
@@ -227,8 +225,13 @@ def _built_kernels() -> dict[str, bool]:
         "paged_decode_kernel": paged_decode.available(),
         "lora_kernel": lora_delta.available(),
         "quant_kernel": quant_gemv.available(),
-        "quant_gemm_kernel": quant_gemv.available() and quant_gemv.gemm_available(),
+        "quant_gemm_kernel": quant_gemv.gemm_available(),
     }
+
+
+def _quant_kernel_input(x: torch.Tensor) -> bool:
+    """Whether x can go to the quantized C kernels: [T, in] fp32 with unit column stride."""
+    return x.dim() == 2 and x.dtype is torch.float32 and x.stride()[1] == 1 and not torch.compiler.is_compiling()
 
 
 def _uses_onednn(dtype: torch.dtype, config: BackendConfig) -> bool:

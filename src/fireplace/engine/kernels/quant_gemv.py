@@ -7,8 +7,8 @@ x [M, K] fp32, qw a fireplace.engine.quantization.QuantizedWeight (int8 or int4)
 otherwise), one fp32 accumulation per output; for small M (it reuses each weight row for all M
 tokens from L1, but does no register blocking over tokens). Larger M: gemm_unchecked (fq_gemm,
 AVX-512 builds: a block of rows dequantized into L2, then a register-blocked GEMM over every
-token), or dequantize_unchecked + an fp32 GEMM. The library is compiled on first use (cpu_build); `available()` says
-whether that worked, `uses_avx2()` whether it got the fast path.
+token), or dequantize_unchecked + an fp32 GEMM. The library is compiled on first use
+(cpu_build); `available()` says whether that worked, `uses_avx2()` whether it got the fast path.
 """
 from __future__ import annotations
 
