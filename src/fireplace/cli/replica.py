@@ -37,6 +37,9 @@ def replica(
     secret = os.environ.get("FIREPLACE_REPLICA_SECRET", "")
     if len(secret) < 16:
         raise typer.BadParameter("FIREPLACE_REPLICA_SECRET (at least 16 characters) must be set")
+    if not device.startswith("cuda"):
+        from fireplace.engine import host_allocator
+        host_allocator.tune()  # before uvicorn starts threads (M_ARENA_MAX applies to new ones)
     watch_parent()
     template = open(chat_template_file).read() if chat_template_file else None
     config = ReplicaConfig(replica_id=replica_id, model=model, blob_url=blob_url, cache_dir=cache_dir, task=task,

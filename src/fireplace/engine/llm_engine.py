@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 import torch
 
+from fireplace.engine import host_allocator
 from fireplace.engine.backend import Backend
 from fireplace.engine.detokenizer import IncrementalDetokenizer
 from fireplace.engine.engine_config import EngineConfig
@@ -65,6 +66,8 @@ class LLMEngine:
         if config.num_threads and config.device == "cpu":
             torch.set_num_threads(config.num_threads)
         self.device = torch.device(config.device)
+        if self.device.type == "cpu":
+            host_allocator.tune()  # big activation buffers stay in the heap (see host_allocator)
         self.backend = Backend.select(self.device, config.torch_dtype, config.backend,  # kernels vs torch, once
                                       config.backend_config)
         # the model's dtype is the backend's: fp32 for a CPU bf16 model whose projections alone
