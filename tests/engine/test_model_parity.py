@@ -15,7 +15,7 @@ import torch
 from fireplace.engine.backend import Backend
 from fireplace.engine.backend_config import BackendConfig
 from fireplace.engine.kv_cache import KVCacheSpec
-from fireplace.engine.kernels import elementwise, small_gemm
+from fireplace.engine.kernels import elementwise, paged_prefill, small_gemm
 from fireplace.engine.loader import load_model
 
 from .helpers import (
@@ -61,6 +61,8 @@ def backend(request) -> Backend:
         require_kernel(small_gemm, "small-batch GEMM")
         chosen = Backend.select("cpu", torch.float32, "cpu-kernels")
         assert chosen.paged_decode_kernel and chosen.elementwise_kernels
+        # prefills through the C attention kernel wherever it builds (AVX-512), else SDPA
+        assert chosen.paged_prefill_kernel == paged_prefill.available()
         return chosen
     # per-part below fused_matmul_min_tokens; these tests' batches are all smaller than 1 << 30
     config = BackendConfig(fused_matmul_min_tokens=0 if matmul == "fused" else 1 << 30)

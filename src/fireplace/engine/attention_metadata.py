@@ -53,6 +53,8 @@ class AttentionMetadata:
     # C kernel path (else None): the decode sequences' tables [Bd, M] and context lengths [Bd], int32
     decode_block_tables: torch.Tensor | None = None
     decode_context_lens: torch.Tensor | None = None
+    # prefills run the C kernel (kernels/paged_prefill) where their dtypes allow, else SDPA
+    prefill_kernel: bool = False
 
 
 def build_attention_metadata(query_lens: Sequence[int], context_lens: Sequence[int], block_tables: torch.Tensor,
@@ -79,17 +81,20 @@ def build_attention_metadata(query_lens: Sequence[int], context_lens: Sequence[i
                 prefills.append(PrefillSeq(start, q_len, ctx_len, block_ids, mask))
         start += q_len
 
+    prefill_kernel = bool(prefills) and backend.paged_prefill_kernel and device.type == "cpu"
     if not decode_seqs:
-        return AttentionMetadata(start, None, False, [], prefills)
+        return AttentionMetadata(start, None, False, [], prefills, prefill_kernel=prefill_kernel)
     all_decode = len(decode_rows) == start
     rows = torch.tensor(decode_rows, dtype=torch.int64).to(device, non_blocking=True)
     if backend.paged_decode_kernel and device.type == "cpu":
         tables = block_tables if all_decode else block_tables.index_select(
             0, torch.tensor(decode_seqs, dtype=torch.int64))
         lens = torch.tensor([context_lens[i] for i in decode_seqs], dtype=torch.int32)
-        return AttentionMetadata(start, rows, all_decode, [], prefills, tables.to(torch.int32).contiguous(), lens)
+        return AttentionMetadata(start, rows, all_decode, [], prefills, tables.to(torch.int32).contiguous(), lens,
+                                 prefill_kernel=prefill_kernel)
     return AttentionMetadata(start, rows, all_decode,
-                             _decode_groups(context_lens, block_tables, block_size, decode_seqs, backend), prefills)
+                             _decode_groups(context_lens, block_tables, block_size, decode_seqs, backend), prefills,
+                             prefill_kernel=prefill_kernel)
 
 
 def _decode_groups(context_lens: Sequence[int], block_tables: torch.Tensor, block_size: int,

@@ -8,7 +8,8 @@ Nothing is switched globally: two engines in one process can run different backe
   cpu-kernels  CPU fp32  the C kernels of fireplace.engine.kernels where they apply: fused
                          RMSNorm (+ residual add), rotary, SiLU-and-multiply, projections of
                          decode-sized batches (small GEMM, AVX2 machines only), paged decode
-                         attention, the batched multi-LoRA delta; torch for the rest
+                         attention, causal prefill attention (AVX-512 machines only), the
+                         batched multi-LoRA delta; torch for the rest
   torch        CPU       torch ops only (bf16, FIREPLACE_CPU_KERNELS=0, no C compiler)
 On both CPU kinds the projections (fp32 or bf16) run oneDNN's linear on a pre-packed weight
 where torch has it (kernels/onednn_linear: 2-2.6x MKL's sgemm on this AMD machine), from
@@ -78,6 +79,7 @@ class Backend:
     elementwise_kernels: bool = False
     small_gemm_kernel: bool = False
     paged_decode_kernel: bool = False
+    paged_prefill_kernel: bool = False  # causal prefill attention (kernels/paged_prefill; AVX-512 builds only)
     lora_kernel: bool = False
     quant_kernel: bool = False  # quantized GEMV (kernels/quant_gemv; weight-only int8/int4)
     quant_gemm_kernel: bool = False  # its batch-sized GEMM (fq_gemm; AVX-512 builds only)
@@ -205,6 +207,7 @@ class Backend:
         onednn = "onednn-linear" + (f" in {str(self.matmul_dtype).removeprefix('torch.')}" if self.matmul_dtype else "")
         on = [name for name, used in ((onednn, self.onednn_kernel), ("elementwise", self.elementwise_kernels),
                                       ("small-gemm", self.small_gemm_kernel), ("paged-decode", self.paged_decode_kernel),
+                                      ("paged-prefill", self.paged_prefill_kernel),
                                       ("lora-delta", self.lora_kernel), ("quant-gemv", self.quant_kernel),
                                       ("quant-gemm", self.quant_gemm_kernel))
               if used]
@@ -216,13 +219,14 @@ class Backend:
 
 def _built_kernels() -> dict[str, bool]:
     """Which C kernels build and load here (each built at most once per process)."""
-    from fireplace.engine.kernels import elementwise, lora_delta, paged_decode, quant_gemv, small_gemm
+    from fireplace.engine.kernels import elementwise, lora_delta, paged_decode, paged_prefill, quant_gemv, small_gemm
 
     return {
         "elementwise_kernels": elementwise.available(),
         # without AVX2 the portable GEMM is correct but no faster than MKL: stay with torch
         "small_gemm_kernel": small_gemm.available() and small_gemm.uses_avx2(),
         "paged_decode_kernel": paged_decode.available(),
+        "paged_prefill_kernel": paged_prefill.available(),
         "lora_kernel": lora_delta.available(),
         "quant_kernel": quant_gemv.available(),
         "quant_gemm_kernel": quant_gemv.gemm_available(),
