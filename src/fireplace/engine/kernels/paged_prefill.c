@@ -147,9 +147,13 @@ static void run_item(const job_t *job, int64_t h, int64_t i0) {
     float m[QB], l[QB];
     const float *vrows[KB];
     for (int64_t r = 0; r < QB; r++) {
-        const float *src = job->q + (i0 + r) * job->q_stride + h * D;
-        for (int64_t d = 0; d < D; d++)
-            qs[r][d] = r < rows ? src[d] * job->scale : 0.0f;
+        if (r < rows) {
+            const float *src = job->q + (i0 + r) * job->q_stride + h * D;
+            for (int64_t d = 0; d < D; d++)
+                qs[r][d] = src[d] * job->scale;
+        } else {
+            memset(qs[r], 0, sizeof(float) * (size_t)D);
+        }
         m[r] = -INFINITY;
         l[r] = 0.0f;
     }

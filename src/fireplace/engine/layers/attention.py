@@ -9,10 +9,11 @@ runner built before the forward; see fireplace.engine.attention_metadata):
   tables: no gather, each cached byte read once. Otherwise (CUDA, torch backend) the groups of
   similar context length are gathered and attended with SDPA (layers/decode_gather.py).
 - prefill sequences (query_len > 1): one call each, of the C kernel (kernels/paged_prefill:
-  fp32 on AVX-512 CPUs; 1.5-2.8x SDPA on SmolLM2's shapes, bench/paged_prefill_kernel.py) or else SDPA. Without a cached prefix the new k/v
-  are used directly, causally; with one (chunked prefill, prefix cache) the sequence's blocks
-  are read from the pools, which already hold the chunk's own k/v after the prefix (the
-  kernel reads them in place through the block ids; SDPA gets them gathered, with a mask).
+  fp32 on AVX-512 CPUs; 1.5-2.8x SDPA on SmolLM2's shapes, bench/paged_prefill_kernel.py) or
+  else SDPA. Without a cached prefix the new k/v are used directly, causally; with one (chunked
+  prefill, prefix cache) the sequence's blocks are read from the pools, which already hold the
+  chunk's own k/v after the prefix (the kernel reads them in place through the block ids; SDPA
+  gets them gathered, with a mask).
 """
 from __future__ import annotations
 
