@@ -117,6 +117,24 @@ def require_kernel(kernel_module, what: str) -> None:
         pytest.skip(f"the C {what} is unavailable (no C compiler?)")
 
 
+def build_portable(source: Path, tmp_path: Path):
+    """A kernel's C source compiled for the baseline ISA (no -march=native: no AVX2 / AVX-512,
+    what an older CPU gets), loaded with ctypes. Skips without a C compiler (fails in CI)."""
+    import ctypes
+    import shutil
+    import subprocess
+
+    compiler = shutil.which(os.environ.get("CC", "gcc"))
+    if compiler is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("a C compiler is required in CI")
+        pytest.skip("no C compiler")
+    lib_path = tmp_path / f"{source.stem}_portable.so"
+    subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-fopenmp", "-o", str(lib_path), str(source), "-lm"],
+                   check=True, capture_output=True, timeout=120)
+    return ctypes.CDLL(str(lib_path))
+
+
 def require_cpu_kernel() -> None:
     """The paged decode attention kernel (see require_kernel)."""
     from fireplace.engine.kernels import paged_decode

@@ -1,16 +1,15 @@
 """kernels/paged_prefill: causal prefill attention equals torch's SDPA (the layer's other path)."""
 from __future__ import annotations
 
-import ctypes
 import os
-import shutil
-import subprocess
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fireplace.engine.kernels import paged_prefill as pp
+
+from .helpers import build_portable
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +91,6 @@ def test_bad_arguments_are_refused(kernel):
 
 def test_portable_build_says_unavailable(tmp_path):
     """Without AVX-512 the library builds a stub that says so (the layer then keeps SDPA)."""
-    compiler = shutil.which(os.environ.get("CC", "gcc"))
-    if compiler is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("a C compiler is required in CI")
-        pytest.skip("no C compiler")
-    lib_path = tmp_path / "paged_prefill_portable.so"
-    subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-fopenmp", "-o", str(lib_path), str(pp._SOURCE), "-lm"],
-                   check=True, capture_output=True, timeout=120)
-    lib = ctypes.CDLL(str(lib_path))
+    lib = build_portable(pp._SOURCE, tmp_path)
     pp._declare(lib)
     assert lib.fp_prefill_available() == 0

@@ -5,10 +5,7 @@ Without a C compiler the kernel tests skip, except in CI (CI=true), where they f
 """
 from __future__ import annotations
 
-import ctypes
 import os
-import shutil
-import subprocess
 import threading
 
 import pytest
@@ -19,7 +16,7 @@ from fireplace.engine.backend import Backend
 from fireplace.engine.kernels import quant_gemv as qg
 from fireplace.engine.layers.quantized_linear import quantized_linear
 
-from .helpers import require_kernel
+from .helpers import build_portable, require_kernel
 
 RTOL = 2e-5  # of the largest |y|: fp32 accumulation in another order than the fp64 reference
 
@@ -261,15 +258,7 @@ def test_disabled_by_env(monkeypatch):
 
 def test_portable_path_matches(kernel, monkeypatch, tmp_path):
     """The plain C fallback (baseline ISA: no AVX2/FMA) gives the same answers within rounding."""
-    compiler = shutil.which(os.environ.get("CC", "gcc"))
-    if compiler is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("a C compiler is required in CI")
-        pytest.skip("no C compiler")
-    lib_path = tmp_path / "quant_gemv_portable.so"
-    subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-fopenmp", "-o", str(lib_path), str(qg._SOURCE), "-lm"],
-                   check=True, capture_output=True, timeout=120)
-    lib = ctypes.CDLL(str(lib_path))
+    lib = build_portable(qg._SOURCE, tmp_path)
     qg._declare(lib)
     assert lib.fq_uses_avx2() == 0 and lib.fq_gemm_available() == 0  # the GEMM needs AVX-512
     monkeypatch.setattr(qg._kernels, "_lib", lib)

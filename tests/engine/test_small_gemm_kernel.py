@@ -7,8 +7,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import shutil
-import subprocess
 import threading
 
 import pytest
@@ -16,7 +14,7 @@ import torch
 
 from fireplace.engine.kernels import small_gemm as sg
 
-from .helpers import require_kernel
+from .helpers import build_portable, require_kernel
 
 RTOL = 1e-5  # of the largest |y|: fp32 accumulation over K <= 1536 stays well inside
 
@@ -300,15 +298,7 @@ def test_disabled_by_env(monkeypatch):
 def test_portable_path_matches(kernel, tmp_path):
     """The plain C fallback (built for the baseline ISA, i.e. without AVX2/FMA on x86-64) gives
     the same answers; it is what a CPU without AVX2 gets from -march=native."""
-    compiler = shutil.which(os.environ.get("CC", "gcc"))
-    if compiler is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("a C compiler is required in CI")
-        pytest.skip("no C compiler")
-    lib_path = tmp_path / "small_gemm_portable.so"
-    subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-fopenmp", "-o", str(lib_path), str(sg._SOURCE), "-lm"],
-                   check=True, capture_output=True, timeout=120)
-    lib = ctypes.CDLL(str(lib_path))
+    lib = build_portable(sg._SOURCE, tmp_path)
     assert lib.fp_linear_uses_avx2() == 0
     fn = lib.fp_linear
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
