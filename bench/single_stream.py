@@ -6,7 +6,9 @@ For fp32, int8, int4 (EngineConfig.quantization) and the bundled GGUF's own Q4_1
     5, at the engine's thread count) and the time to read the weights once in each format;
   - per-token decode time (the engine's step loop, prefill excluded) against that read time;
   - perplexity on tests/data/perplexity.txt (the engine's prompt logprobs) and greedy-token
-    agreement with fp32 over 20 prompts (16 new tokens each, batched);
+    agreement with fp32 over 20 prompts (16 new tokens each, batched); both again with at most
+    8 tokens per step ("small_steps": the text in chunks of 8, 8 prompts at a time), the path of
+    a decode step with few users, where the quantized kernels round activations to int8;
   - os.getloadavg() before and after each phase: the machine is shared, so read the figures
     with the load next to them.
   - the peer: llama.cpp (bench/.venv-llamacpp, `make bench-peers`) on the same GGUF, same
@@ -31,6 +33,7 @@ from pathlib import Path
 import torch
 
 from fireplace.catalog.smollm2 import ensure_smollm2, find_smollm2_gguf
+from fireplace.engine.backend_config import BackendConfig
 from fireplace.engine.engine_config import EngineConfig
 from fireplace.engine.llm_engine import LLMEngine
 from fireplace.engine.sampling_params import SamplingParams
@@ -40,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from tests.engine.smollm2_prompts import PROMPTS  # noqa: E402
 
 TEXT = ROOT / "tests" / "data" / "perplexity.txt"
+SMALL_STEP_TOKENS = BackendConfig().quant_gemv_max_tokens  # the largest step the quantized GEMV takes
 
 
 def load() -> list[float]:
@@ -58,11 +62,15 @@ def read_bandwidth_gbs(threads: int) -> float:
     return x.numel() * 4 / best / 1e9
 
 
-def engine_for(precision: str, model_dir: str, threads: int) -> LLMEngine:
+def engine_for(precision: str, model_dir: str, threads: int, small_steps: bool = False) -> LLMEngine:
+    """small_steps: at most SMALL_STEP_TOKENS tokens per step (prompts in chunks of that many),
+    so that every projection takes the path of a decode step with few users: for int8 / int4 /
+    GGUF the quantized GEMV, which rounds activations to int8 (BackendConfig.quant_activations)."""
     extra = {"fp32": {}, "int8": {"quantization": "int8"}, "int4": {"quantization": "int4"},
              "gguf": {"gguf_file": str(find_smollm2_gguf())}}[precision]
-    return LLMEngine(EngineConfig(model=model_dir, num_threads=threads, max_num_seqs=len(PROMPTS),
-                                  kv_cache_bytes=128 << 20, **extra))
+    limits = (dict(max_num_seqs=SMALL_STEP_TOKENS, max_num_batched_tokens=SMALL_STEP_TOKENS) if small_steps
+              else dict(max_num_seqs=len(PROMPTS)))
+    return LLMEngine(EngineConfig(model=model_dir, num_threads=threads, kv_cache_bytes=128 << 20, **limits, **extra))
 
 
 def weight_bytes(engine: LLMEngine) -> int:
@@ -174,18 +182,26 @@ def main() -> None:
         if reference is None:
             reference = tokens
         row["greedy_vs_first_row"] = agreement(reference, tokens)
+        del engine
+        # the same in steps of few tokens: the quality a single user's decode steps have
+        small = engine_for(precision, model_dir, args.threads, small_steps=True)
+        row["perplexity_small_steps"] = perplexity(small, text_ids)
+        row["greedy_small_steps_vs_first_row"] = agreement(reference, greedy(small, args.agreement_tokens))
+        del small
         row["loadavg"].append(load())
         result["rows"][precision] = row
         s = row["single_stream"]
         print(f"{precision}: {s['tok_s']:.1f} tok/s ({s['decode_ms_mean']:.1f} ms/token, weights "
               f"{row['weight_bytes'] / 1e6:.0f} MB = {row['weight_read_ms']:.1f} ms to read, "
-              f"x{row['per_token_vs_weight_read']:.2f}), ppl {row['perplexity']:.3f}, "
-              f"agreement {row['greedy_vs_first_row']['token_agreement']:.3f}, load {row['loadavg']}", flush=True)
-        del engine
+              f"x{row['per_token_vs_weight_read']:.2f}), ppl {row['perplexity']:.3f} "
+              f"(small steps {row['perplexity_small_steps']:.3f}), agreement "
+              f"{row['greedy_vs_first_row']['token_agreement']:.3f} (small steps "
+              f"{row['greedy_small_steps_vs_first_row']['token_agreement']:.3f}), load {row['loadavg']}", flush=True)
     fp32 = result["rows"].get("fp32")
     if fp32:
         for row in result["rows"].values():
             row["perplexity_vs_fp32"] = row["perplexity"] / fp32["perplexity"] - 1
+            row["perplexity_small_steps_vs_fp32"] = row["perplexity_small_steps"] / fp32["perplexity"] - 1
             row["speedup_vs_fp32"] = row["single_stream"]["tok_s"] / fp32["single_stream"]["tok_s"]
     result["peer"] = llama_cpp_peer(text_ids[:args.prompt_tokens], args)
     ours = result["rows"].get("gguf")

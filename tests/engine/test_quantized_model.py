@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fireplace.engine.backend import Backend
+from fireplace.engine.backend_config import BackendConfig
 from fireplace.engine.kv_cache import KVCacheSpec
 from fireplace.engine.loader import load_model
 from fireplace.engine.lora import AdapterManager, LoRABatch
@@ -52,9 +53,11 @@ def dequantized_reference(hf, scheme: str, group: int):
 
 @pytest.fixture(params=["cpu-kernels", "torch"])
 def backend(request) -> Backend:
+    """cpu-kernels with fp32 activations: only summation order differs from the reference (int8
+    activations, the default for int4 weights, round x as well: test_int8_activations_stay_close)."""
     if request.param == "cpu-kernels":
         require_cpu_kernel()
-        chosen = Backend.select("cpu", torch.float32, "cpu-kernels")
+        chosen = Backend.select("cpu", torch.float32, "cpu-kernels", BackendConfig(quant_activations="fp32"))
         assert chosen.quant_kernel, "the quantized GEMV must build where the other kernels do"
         return chosen
     return Backend.select("cpu", torch.float32, "torch")
@@ -96,6 +99,44 @@ def test_logits_match_the_dequantized_reference(checkpoint, backend, scheme, gro
         farthest_from_fp32 = max(farthest_from_fp32, (decode[i] - hf_logits(hf, prompt)[n]).abs().max().item())
         row += n
     assert farthest_from_fp32 > 10 * ATOL  # quantization did change the model
+
+
+@pytest.mark.parametrize("scheme,group", SCHEMES, ids=lambda v: str(v))
+def test_int8_activations_stay_close_to_the_dequantized_reference(checkpoint, scheme, group):
+    """quant_activations "int8" (the default for int4 weights): decode steps of at most
+    quant_gemv_max_tokens tokens round each token's activations to int8 per block of 32 in every
+    quantized projection. Its logits stay
+    within a small fraction of their range of the reference's (a bound, not rounding): about as
+    far as int8 weights move them from the unquantized model, half or less of what int4 weights
+    do; prefill (dequantize + GEMM) reads x unrounded and is unchanged."""
+    require_cpu_kernel()
+    hf, path = checkpoint
+    ref = dequantized_reference(hf, scheme, group)
+    backend = Backend.select("cpu", torch.float32, "cpu-kernels", BackendConfig(quant_activations="int8"))
+    model, config = load_model(path, dtype=torch.float32, backend=backend)
+    quantize_model(model, scheme, group)
+    prompts = _prompts(3, (6, 9, 4, 12))
+    caches = KVCacheSpec.for_model(config, BLOCK_SIZE, torch.float32).allocate(64)
+    paged = PagedSequences(64, BLOCK_SIZE, backend=backend)
+    seqs = [Sequence(p[:-1]) for p in prompts]
+    with torch.inference_mode():
+        ctx = paged.step([(s, len(s.token_ids)) for s in seqs], all_logits=True)
+        prefill = model.compute_logits(model(ctx, caches)[ctx.logits_indices])
+        for s, p in zip(seqs, prompts):
+            s.token_ids.append(p[-1])
+        ctx = paged.step([(s, 1) for s in seqs])  # 4 tokens: the quantized GEMV
+        decode = model.compute_logits(model(ctx, caches)[ctx.logits_indices])
+    row, worst, worst_fp32 = 0, 0.0, 0.0
+    for i, prompt in enumerate(prompts):
+        want, n = hf_logits(ref, prompt), len(prompt) - 1
+        torch.testing.assert_close(prefill[row:row + n], want[:n], atol=ATOL, rtol=0, msg=f"prefill {i}")
+        spread = (want[n].max() - want[n].min()).item()
+        worst = max(worst, (decode[i] - want[n]).abs().max().item() / spread)
+        worst_fp32 = max(worst_fp32, (hf_logits(hf, prompt)[n] - want[n]).abs().max().item() / spread)
+        row += n
+    assert 10 * ATOL < worst < 0.02, worst  # the rounding is there, and small
+    # of the order of what int8 weights cost (here 0.009 vs 0.009 of the spread), below int4's
+    assert worst < 2 * worst_fp32 if scheme == "int8" else worst < worst_fp32 / 2
 
 
 @pytest.mark.parametrize("scheme,group", [("int8", 32), ("int4", 32)], ids=lambda v: str(v))
@@ -161,7 +202,8 @@ def test_engine_config_refuses_what_it_cannot_serve(overrides, match):
 
 def test_engine_serves_a_quantized_base_with_lora_in_one_batch(checkpoint, tmp_path):
     """EngineConfig.quantization through LLMEngine: the base is quantized after load, LoRA
-    addons run on it in the same batch, and greedy outputs are what the model-level path gives."""
+    addons run on it in the same batch, and greedy outputs are what the model-level path gives
+    (fp32 activations, so that the reference is exact up to rounding)."""
     from transformers import AutoTokenizer
 
     from fireplace.catalog.smollm2 import ensure_smollm2
@@ -177,7 +219,9 @@ def test_engine_serves_a_quantized_base_with_lora_in_one_batch(checkpoint, tmp_p
     outs = {}
     for quantization in (None, "int4"):
         engine = LLMEngine(EngineConfig(model=str(path), num_kv_blocks=32, block_size=4, enable_lora=True,
-                                        max_loras=2, quantization=quantization), tokenizer=tokenizer)
+                                        max_loras=2, quantization=quantization,
+                                        backend_config=BackendConfig(quant_activations="fp32")),
+                           tokenizer=tokenizer)
         engine.load_adapter("addon", tmp_path / "addon")
         assert (engine.quantization is None) == (quantization is None)
         outs[quantization] = [o.outputs[0].token_ids for o in

@@ -53,6 +53,11 @@ against transformers; a greedy or seeded choice can flip only between near-tied 
     differently from the whole prompt's; the KV written, and every later logit, follow;
   - on the torch and cuda backends, where every matmul is a library call sized by the batch and
     decode attention pads each group to the longest context in it.
+Quantized weights: the quantized GEMV computes each token alone too (same bits at any batch of
+up to BackendConfig.quant_gemv_max_tokens tokens); larger batches dequantize the weight for the
+fp32 path, which reads x unrounded, so where the GEMV rounds activations to int8
+(BackendConfig.quant_activations; by default for 4-bit weights) a token's logits there differ
+from the GEMV's by that rounding, not only by float rounding.
 """
 from __future__ import annotations
 
@@ -82,7 +87,7 @@ class Backend:
     paged_prefill_kernel: bool = False  # causal prefill attention (kernels/paged_prefill; AVX-512 builds only)
     lora_kernel: bool = False
     quant_kernel: bool = False  # quantized GEMV (kernels/quant_gemv; weight-only int8/int4)
-    quant_gemm_kernel: bool = False  # its batch-sized GEMM (fq_gemm; AVX-512 builds only)
+    quant_gemm_kernel: bool = False  # its batch-sized GEMM (fq_gemm; AVX2 / AVX-512 builds)
     onednn_kernel: bool = False  # oneDNN's packed-weight linear (kernels/onednn_linear; CPU fp32/bf16)
     # the dtype oneDNN's projections compute in when not `dtype`: bf16 for a model asked for in
     # bf16 on a CPU with bf16 instructions, whose activations, KV and kernels stay fp32
@@ -208,7 +213,8 @@ class Backend:
         on = [name for name, used in ((onednn, self.onednn_kernel), ("elementwise", self.elementwise_kernels),
                                       ("small-gemm", self.small_gemm_kernel), ("paged-decode", self.paged_decode_kernel),
                                       ("paged-prefill", self.paged_prefill_kernel),
-                                      ("lora-delta", self.lora_kernel), ("quant-gemv", self.quant_kernel),
+                                      ("lora-delta", self.lora_kernel),
+                                      (f"quant-gemv ({self.config.quant_activations} activations)", self.quant_kernel),
                                       ("quant-gemm", self.quant_gemm_kernel))
               if used]
         if self.kind != "cpu-kernels":
@@ -241,7 +247,7 @@ def _quant_kernel_input(x: torch.Tensor) -> bool:
 def _uses_onednn(dtype: torch.dtype, config: BackendConfig) -> bool:
     from fireplace.engine.kernels import onednn_linear
     wanted = config.onednn_min_tokens > 0 or config.onednn_lm_head_min_tokens > 0
-    return wanted and dtype in onednn_linear.DTYPES and onednn_linear.available()
+    return wanted and onednn_linear.supports(dtype)
 
 
 def _bf16_projections(config: BackendConfig) -> bool:

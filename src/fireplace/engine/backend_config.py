@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+QUANT_ACTIVATIONS = ("auto", "int8", "fp32")  # BackendConfig.quant_activations (kernels/quant_gemv.c)
+
 
 @dataclass(frozen=True, kw_only=True)
 class BackendConfig:
@@ -45,13 +47,25 @@ class BackendConfig:
     # ms per matrix GEMV vs GEMM: fused gate/up int8 0.29 vs 0.46 at 5 tokens, 0.48 vs 0.50 at
     # 8, 0.99 vs 0.50 at 16.
     quant_gemv_max_tokens: int = 8
+    # ... reading the activations as "int8" (each token's x rounded to int8 per block of 32,
+    # then integer dot products, as llama.cpp's Q8 kernels do) or "fp32" (x as it is); "auto":
+    # int8 for 4-bit weights, fp32 for int8 weights. Unlike the other switches this one changes
+    # results beyond rounding: the activations' rounding (half a step of amax / 127 per value)
+    # costs perplexity. bench/single_stream.py, SmolLM2, batch 1, 2 threads (Zen 3 VM): 4-bit
+    # decode 8.2 -> 6.7 ms a token, perplexity +1.5% over fp32 in steps of <= 8 tokens instead
+    # of +0%; int8 weights are memory-bound there (9.1 ms either way) and would go from +0.4%
+    # to +1.1%, so auto keeps their activations fp32.
+    quant_activations: str = "auto"
     # ... larger ones up to this many the quantized GEMM (dequantizes a block of rows at a time
-    # into L2, AVX-512 GEMM over it; AVX-512 builds only); larger batches and builds without
-    # AVX-512 dequantize the whole weight (C loops) for the fp32 path (oneDNN's linear on it).
-    # Same bench, GEMM vs dequantize + oneDNN: gate/up 0.50 vs 0.78 ms at 16 tokens, 1.38 vs
-    # 1.62 at 64, 5.08 vs 5.53 at 256; down_proj (K = 1536) 0.77 vs 0.95 at 64, 2.71 vs 2.49 at
-    # 256. 0 turns the GEMM off.
-    quant_gemm_max_tokens: int = 256
+    # into L2, then an AVX2 / AVX-512 GEMM over it); larger batches, and builds without AVX2,
+    # dequantize the whole weight (C loops) for the fp32 path (oneDNN's linear on it).
+    # bench/quant_gemm_kernel.py, GEMM vs dequantize + oneDNN vs fp32 oneDNN, ms per matrix:
+    # AVX2 (Zen 3 VM) gate/up int4 1.82 vs 2.27 vs 1.86 at 64 tokens, 5.78 vs 6.76 vs 6.19 at
+    # 256, 20.5 vs 24.9 vs 22.8 at 1024, 41.9 vs 47.9 vs 45.3 at 2048; down_proj (K = 1536)
+    # int4 0.78 vs 1.44 at 64, 11.4 vs 12.6 at 1024, but 25.9 vs 22.8 at 2048. AVX-512 (Zen 5):
+    # gate/up 1.38 vs 1.62 at 64, 5.08 vs 5.53 at 256; down_proj 0.77 vs 0.95 at 64, 2.71 vs
+    # 2.49 at 256. 0 turns the GEMM off.
+    quant_gemm_max_tokens: int = 1024
 
     # LoRA torch path (no C kernel: CUDA, bf16, or no compiler): a LoRABatch applies the deltas
     # "dense" (every token through every active adapter, masked) while its runs of same-adapter
@@ -67,8 +81,19 @@ class BackendConfig:
     # ... but a group holds at least this many sequences (fewer are not worth a call).
     min_decode_group: int = 8
 
+    def activations_for(self, scheme: str) -> str:
+        """How the quantized GEMV reads x for weights quantized as `scheme` (int8 | int4)."""
+        if self.quant_activations != "auto":
+            return self.quant_activations
+        return "int8" if scheme == "int4" else "fp32"
+
     def __post_init__(self) -> None:
+        if self.quant_activations not in QUANT_ACTIVATIONS:
+            raise ValueError(f"BackendConfig.quant_activations must be one of {', '.join(QUANT_ACTIVATIONS)}, "
+                             f"got {self.quant_activations!r}")
         for f in fields(self):
+            if f.name == "quant_activations":
+                continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"BackendConfig.{f.name} must be an integer, got {value!r}")

@@ -5,10 +5,12 @@
     FP32 (extension)        float32                             float32
     BF16                    bfloat16                            bfloat16
     FP16                    refused (CUDA only)                 float16
-    INT8 (extension)        float32 activations, int8 weights   refused (CPU kernels only)
-                            in groups of 32 (lm_head int8)
-    INT4 (extension)        float32 activations, 4-bit weights  refused
-                            in groups of 32 (lm_head int8)
+    INT8 (extension)        int8 weights in groups of 32        refused (CPU kernels only)
+                            (lm_head int8)
+    INT4 (extension)        4-bit weights in groups of 32       refused
+                            (lm_head int8)
+    (activations float32, except INT4's in decode steps of up to 8 tokens, which its
+    quantized kernels round to int8 per 32 values: BackendConfig.quant_activations)
     FP8*, NF4, FP4*         refused: not implemented here
 
 `replica_precision(precision, cuda)` gives the replica's flags, or raises InvalidArgument

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
+from fireplace.engine.backend_config import BackendConfig
 from fireplace.engine.kernels import elementwise, paged_decode, quant_gemv, small_gemm
 from fireplace.engine.kernels.cpu_build import KernelLibrary
 
@@ -61,15 +62,19 @@ def available() -> bool:
                                               for m in (elementwise, paged_decode, quant_gemv, small_gemm))
 
 
-def kernel_table() -> Kernels:
-    """The function pointers decode_stack.c calls (available() must be true)."""
+def kernel_table(config: BackendConfig | None = None) -> Kernels:
+    """The function pointers decode_stack.c calls (available() must be true): for quantized
+    projections the GEMV that reads activations as config.activations_for(scheme) says."""
     def address(lib, name: str) -> int:
         return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
 
     ew, pd, qg, sg = (m._kernels.get() for m in (elementwise, paged_decode, quant_gemv, small_gemm))
+    config = config if config is not None else BackendConfig()
+    suffix = {scheme: "_q8" if config.activations_for(scheme) == "int8" else "" for scheme in ("int8", "int4")}
     return Kernels(address(ew, "fp_rms_norm"), address(ew, "fp_add_rms_norm"), address(ew, "fp_rotary"),
                    address(ew, "fp_silu_mul"), address(pd, "fp_paged_decode_attention"),
-                   address(qg, "fq_linear_int8"), address(qg, "fq_linear_int4"), address(sg, "fp_linear"))
+                   address(qg, "fq_linear_int8" + suffix["int8"]), address(qg, "fq_linear_int4" + suffix["int4"]),
+                   address(sg, "fp_linear"))
 
 
 def run(kernels: Kernels, layers, num_layers: int, step: Step) -> None:

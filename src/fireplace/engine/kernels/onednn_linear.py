@@ -59,6 +59,21 @@ def available() -> bool:
 
 
 @functools.cache
+def supports(dtype: torch.dtype) -> bool:
+    """Whether `pack` / `linear` run here in dtype: fp32 where available(); bf16 also needs a CPU
+    oneDNN has a bf16 path for (AVX512BW/VL/DQ or AVX-NE-CONVERT: emulated, not necessarily
+    fast, see bf16_is_native); on an AVX2-only CPU its weight reorder refuses bf16."""
+    if dtype not in DTYPES or not available():
+        return False
+    if dtype is torch.float32:
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (RuntimeError, AttributeError):
+        return False
+
+
+@functools.cache
 def bf16_is_native() -> bool:
     """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX), without which
     oneDNN emulates bf16 and a bf16 product is slower than fp32 (Linux: /proc/cpuinfo)."""

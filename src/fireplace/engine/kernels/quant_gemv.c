@@ -1,7 +1,8 @@
 /*
  * Weight-only quantized linear layer on CPU. For small batches (the GEMV below) the weight is
- * read in its quantized form and dequantized in registers, never written out as fp32; for
- * batch-sized M, fq_gemm at the end of this file dequantizes a block of rows at a time.
+ * read in its quantized form and dequantized in registers, never written out as fp32 (or, in
+ * the fq_linear_*_q8 twins further down, multiplied in integers with activations rounded to
+ * int8); for batch-sized M, fq_gemm at the end of this file dequantizes a block of rows at a time.
  *
  *   x      [M, K]     fp32, row stride ldx >= K, unit column stride (M: tokens of the step)
  *   q      int8:  [N, K] int8, row-major            w[n, k] = q[n, k] * scale[n, k / G]
@@ -243,23 +244,24 @@ static inline __attribute__((always_inline)) void tile_int4(const job_t *j, int6
             j->y[(m0 + t) * j->ldy + n + r] = hsum(acc[r][t]) + (bias ? bias[n + r] : 0.0f);
 }
 
-/* Rows in blocks of NR_MAX (then one at a time), tokens in tiles of MT (then one). */
-#define ROWS_BY_TILES(tile)                                                                      \
+/* Rows [n0, n1) in blocks of NR_MAX (then one at a time), tokens in tiles of MT (then one);
+   tile(arg, n, m, rows, tokens, n1); j->M the token count. */
+#define ROWS_BY_TILES_OF(tile, arg)                                                              \
     do {                                                                                         \
         int64_t n = n0;                                                                          \
         for (; n + NR_MAX <= n1; n += NR_MAX) {                                                  \
             int64_t m = 0;                                                                       \
-            for (; m + MT <= j->M; m += MT) tile(j, n, m, NR_MAX, MT, n1);                           \
-            if (m < j->M) tile(j, n, m, NR_MAX, 1, n1);                                              \
+            for (; m + MT <= j->M; m += MT) tile(arg, n, m, NR_MAX, MT, n1);                     \
+            if (m < j->M) tile(arg, n, m, NR_MAX, 1, n1);                                        \
         }                                                                                        \
         for (; n < n1; n++) {                                                                    \
             int64_t m = 0;                                                                       \
-            for (; m + MT <= j->M; m += MT) tile(j, n, m, 1, MT, n1);                                \
-            if (m < j->M) tile(j, n, m, 1, 1, n1);                                                   \
+            for (; m + MT <= j->M; m += MT) tile(arg, n, m, 1, MT, n1);                          \
+            if (m < j->M) tile(arg, n, m, 1, 1, n1);                                             \
         }                                                                                        \
     } while (0)
 
-static void rows_int4(const job_t *j, int64_t n0, int64_t n1) { ROWS_BY_TILES(tile_int4); }
+static void rows_int4(const job_t *j, int64_t n0, int64_t n1) { ROWS_BY_TILES_OF(tile_int4, j); }
 
 #else /* portable: the same sums, one output at a time */
 
@@ -305,6 +307,208 @@ static void rows_int4(const job_t *j, int64_t n0, int64_t n1) {
 }
 #endif
 
+/* ---- int8 activations: integer dot products per block of 32 ---------------------------------
+ *
+ * fq_linear_int8_q8 / fq_linear_int4_q8: the same products with each token's x first quantized
+ * to int8 in blocks of QB = 32 values (the scheme of llama.cpp's Q8 dot products): per block b
+ *   xs[b] = amax|x[32 b .. 32 b + 32)| / 127,  xq[k] = round_half_even(x[k] * (1 / xs[b]))  (0 when amax = 0)
+ * and then, with the group g of block b (G a multiple of QB),
+ *   int8  y[m, n] = sum_b (scale[n, g] * xs[b]) * sum_{k in b} q[n, k] * xq[k]
+ *   int4  y[m, n] = sum_b (scale[n, g] * xs[b]) * sum_{k in b} nib(n, k) * xq[k]
+ *                 + sum_g min[n, g] * sum_{k in g} x[k]           (x itself, not xq: exact)
+ * The inner sums are exact integers (vpmaddubsw: u8 x s8 pairs into int16, which cannot
+ * saturate: int8 |q| <= 128 against |xq| <= 127 gives at most 2 * 128 * 127 = 32512, int4 15 *
+ * 127 * 2; vpmaddwd then adds pairs into int32); each block adds one fp32 FMA. Why: the fp32
+ * path spends ~19 instructions per 32 int4 weights (shuffle, mask, convert, two FMAs per 8) and
+ * runs out of issue slots before the memory does (int4 ~16 GB/s of a 35 GB/s read bandwidth on a
+ * Zen 3); here it is ~10 (int8 ~8). What it costs is the activations' rounding: at most half a
+ * step of xs per value, the error llama.cpp accepts; bench/single_stream.py states the
+ * perplexity of each precision. The fp32 entry points above stay exact up to rounding.
+ *
+ * The quantized tokens live in one scratch buffer per call (malloc: M * K bytes and K / 32
+ * floats per token, plus K / G group sums for int4), written before the threads split the rows.
+ * Sizes the scheme cannot take (K or G not a multiple of QB) run the fp32-activation path: the
+ * result is then that path's. Same tiling, prefetch and threading as above; every output is one
+ * fixed sequence of operations, so a token's outputs are the same bits at any M. */
+#define QB 32
+#ifndef Q8_PF_ROWS
+#define Q8_PF_ROWS 16
+#endif
+
+typedef struct {
+    const job_t *j;
+    const int8_t *xq;  /* [M, K] */
+    const float *xs;   /* [M, K / QB] */
+    const float *xg;   /* [M, K / G] (int4) */
+} q8job_t;
+
+/* xq, xs (and xg when not NULL) of the M tokens of x. */
+static void quantize_tokens(const job_t *j, int8_t *xq, float *xs, float *xg) {
+    const int64_t K = j->K, nb = K / QB, ng = K / j->G;
+    for (int64_t m = 0; m < j->M; m++) {
+        const float *x = j->x + m * j->ldx;
+        int8_t *q = xq + m * K;
+        for (int64_t b = 0; b < nb; b++) {
+            const float *v = x + b * QB;
+            float amax = 0.0f;
+#if FQ_USE_AVX2
+            const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+            __m256 mx = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+            for (int i = 0; i < QB; i += 8) {
+                const __m256 vi = _mm256_loadu_ps(v + i);
+                mx = _mm256_max_ps(mx, _mm256_and_ps(vi, absmask));
+                nan = _mm256_or_ps(nan, _mm256_cmp_ps(vi, vi, _CMP_UNORD_Q)); /* max_ps drops NaNs */
+            }
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+            amax = _mm256_movemask_ps(nan) ? NAN : _mm_cvtss_f32(m4);
+#else
+            for (int i = 0; i < QB; i++) amax = (fabsf(v[i]) > amax || isnan(v[i])) ? fabsf(v[i]) : amax;
+#endif
+            /* a NaN (or inf) value makes xs NaN (inf), so the block's products are NaN, as in fp32 */
+            const float d = amax / 127.0f, id = amax != 0.0f ? 1.0f / d : 0.0f;
+            xs[m * nb + b] = d;
+#if FQ_USE_AVX2
+            const __m256 vid = _mm256_set1_ps(id);
+            __m256i i32[4];
+            for (int i = 0; i < 4; i++)
+                i32[i] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(v + 8 * i), vid),
+                                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            /* packs interleave the 128-bit lanes; the permute puts the 32 values back in order */
+            const __m256i p16 = _mm256_packs_epi16(_mm256_packs_epi32(i32[0], i32[1]), _mm256_packs_epi32(i32[2], i32[3]));
+            _mm256_storeu_si256((__m256i *)(q + b * QB),
+                                _mm256_permutevar8x32_epi32(p16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+#else
+            for (int i = 0; i < QB; i++) q[b * QB + i] = (int8_t)nearbyintf(v[i] * id);
+#endif
+        }
+        if (xg)
+            for (int64_t g = 0; g < ng; g++) {
+                float s = 0.0f;
+                for (int64_t k = g * j->G; k < (g + 1) * j->G; k++) s += x[k];
+                xg[m * ng + g] = s;
+            }
+    }
+}
+
+#if FQ_USE_AVX2
+/* One block's exact integer dot product, as 8 int32 lanes converted to fp32: w unsigned bytes
+   (int4 nibbles, or |q| for int8), xs signed bytes (for int8 x with q's sign). */
+static inline __m256 dot_block(__m256i w, __m256i x) {
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)));
+}
+
+/* y[m0 .. m0 + NT, n .. n + NR) (NT a compile-time 1 or 2), int4 when is_int4 else int8. */
+static inline __attribute__((always_inline)) void tile_q8(const q8job_t *qj, int64_t n, int64_t m0, const int NR,
+                                                          const int NT, const int64_t n_end, const int is_int4) {
+    const job_t *j = qj->j;
+    const int64_t K = j->K, G = j->G, ngroups = K / G, nb = K / QB, row_bytes = is_int4 ? K / 2 : K;
+    const uint8_t *q = (const uint8_t *)j->q + n * row_bytes;
+    const float *sc = j->scale + n * ngroups, *mn = is_int4 ? j->min + n * ngroups : NULL;
+    const int8_t *xq0 = qj->xq + m0 * K, *xq1 = qj->xq + (m0 + (NT > 1)) * K;
+    const float *xs0 = qj->xs + m0 * nb, *xs1 = qj->xs + (m0 + (NT > 1)) * nb;
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[NR_MAX][MT];
+    for (int r = 0; r < NR; r++)
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm256_setzero_ps();
+    const int64_t line = is_int4 ? 4 : 2, per_group = G / QB; /* blocks per 64-byte line of a row, per group */
+    int64_t g = 0, left = per_group; /* block b's group, and its blocks from b on */
+    for (int64_t b = 0; b < nb; b++) {
+        if (m0 == 0 && b % line == 0 && n + NR + NR <= n_end) /* the next rows, one line at a time */
+            for (int r = 0; r < NR; r++)
+                _mm_prefetch((const char *)(q + (NR + r) * row_bytes + (is_int4 ? b * QB / 2 : b * QB)),
+                             _MM_HINT_T0);
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq0 + b * QB));
+        const __m256i x1 = NT > 1 ? _mm256_loadu_si256((const __m256i *)(xq1 + b * QB)) : x0;
+        for (int r = 0; r < NR; r++) {
+            const float s = sc[r * ngroups + g];
+            if (is_int4) {
+                /* 16 bytes: weights 0..15 in the low nibbles, 16..31 in the high ones */
+                const __m128i raw = _mm_loadu_si128((const __m128i *)(q + r * row_bytes + b * QB / 2));
+                const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low4);
+                acc[r][0] = _mm256_fmadd_ps(dot_block(w, x0), _mm256_set1_ps(s * xs0[b]), acc[r][0]);
+                if (NT > 1) acc[r][1] = _mm256_fmadd_ps(dot_block(w, x1), _mm256_set1_ps(s * xs1[b]), acc[r][1]);
+            } else {
+                const __m256i w = _mm256_loadu_si256((const __m256i *)(q + r * row_bytes + b * QB));
+                const __m256i aw = _mm256_sign_epi8(w, w); /* |q| as unsigned bytes (-128 -> 128) */
+                acc[r][0] = _mm256_fmadd_ps(dot_block(aw, _mm256_sign_epi8(x0, w)), _mm256_set1_ps(s * xs0[b]),
+                                            acc[r][0]);
+                if (NT > 1)
+                    acc[r][1] = _mm256_fmadd_ps(dot_block(aw, _mm256_sign_epi8(x1, w)),
+                                                _mm256_set1_ps(s * xs1[b]), acc[r][1]);
+            }
+        }
+        if (--left == 0) {
+            g++;
+            left = per_group;
+        }
+    }
+    const float *bias = j->bias;
+    for (int r = 0; r < NR; r++)
+        for (int t = 0; t < NT; t++) {
+            __m256 sum = acc[r][t];
+            float tail = 0.0f;
+            if (is_int4) { /* the min term, a dot product over the groups: 8 lanes, then a scalar tail */
+                const float *xg = qj->xg + (m0 + t) * ngroups, *mr = mn + r * ngroups;
+                int64_t g = 0;
+                for (; g + 8 <= ngroups; g += 8) sum = _mm256_fmadd_ps(_mm256_loadu_ps(mr + g), _mm256_loadu_ps(xg + g), sum);
+                for (; g < ngroups; g++) tail = fmaf(mr[g], xg[g], tail);
+            }
+            j->y[(m0 + t) * j->ldy + n + r] = hsum(sum) + tail + (bias ? bias[n + r] : 0.0f);
+        }
+}
+
+static inline void tile_q8_int8(const q8job_t *qj, int64_t n, int64_t m0, const int NR, const int NT,
+                                const int64_t n_end) {
+    tile_q8(qj, n, m0, NR, NT, n_end, 0);
+}
+static inline void tile_q8_int4(const q8job_t *qj, int64_t n, int64_t m0, const int NR, const int NT,
+                                const int64_t n_end) {
+    tile_q8(qj, n, m0, NR, NT, n_end, 1);
+}
+static void rows_q8_int8(const q8job_t *qj, int64_t n0, int64_t n1) {
+    const job_t *j = qj->j;
+    ROWS_BY_TILES_OF(tile_q8_int8, qj);
+}
+static void rows_q8_int4(const q8job_t *qj, int64_t n0, int64_t n1) {
+    const job_t *j = qj->j;
+    ROWS_BY_TILES_OF(tile_q8_int4, qj);
+}
+
+#else /* portable: the same sums, one output at a time */
+
+static void rows_q8(const q8job_t *qj, int64_t n0, int64_t n1, int is_int4) {
+    const job_t *j = qj->j;
+    const int64_t K = j->K, G = j->G, ngroups = K / G, nb = K / QB;
+    for (int64_t n = n0; n < n1; n++)
+        for (int64_t m = 0; m < j->M; m++) {
+            const int8_t *xq = qj->xq + m * K;
+            float v = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                int32_t dot = 0;
+                for (int i = 0; i < QB; i++) {
+                    const int64_t k = b * QB + i;
+                    int32_t w;
+                    if (is_int4) {
+                        const uint8_t byte = ((const uint8_t *)j->q)[n * (K / 2) + b * (QB / 2) + i % 16];
+                        w = i < 16 ? (byte & 0x0F) : (byte >> 4);
+                    } else {
+                        w = ((const int8_t *)j->q)[n * K + k];
+                    }
+                    dot += w * xq[k];
+                }
+                v = fmaf((float)dot, j->scale[n * ngroups + b * QB / G] * qj->xs[m * nb + b], v);
+            }
+            if (is_int4)
+                for (int64_t g = 0; g < ngroups; g++) v = fmaf(j->min[n * ngroups + g], qj->xg[m * ngroups + g], v);
+            j->y[m * j->ldy + n] = v + (j->bias ? j->bias[n] : 0.0f);
+        }
+}
+static void rows_q8_int8(const q8job_t *qj, int64_t n0, int64_t n1) { rows_q8(qj, n0, n1, 0); }
+static void rows_q8_int4(const q8job_t *qj, int64_t n0, int64_t n1) { rows_q8(qj, n0, n1, 1); }
+#endif
+
 /* ---- entry points ------------------------------------------------------------------------- */
 
 int fq_uses_avx2(void) { return FQ_USE_AVX2; }
@@ -346,6 +550,55 @@ int fq_linear_int4(const float *x, int64_t ldx, const uint8_t *q, const float *s
     return run(&job, 1, nthreads);
 }
 
+/* The int8-activation products (section above): quantize the tokens, then split the rows. Sizes
+   the scheme cannot take, or a failed allocation, run the fp32-activation path instead. */
+static int run_q8(const job_t *job, int is_int4, int nthreads) {
+    if (job->M < 0 || job->K < 1 || job->N < 0 || job->G < 1 || job->K % job->G != 0 || job->ldx < job->K ||
+        job->ldy < job->N || (is_int4 && job->G % 32 != 0))
+        return FQ_ERR_ARGS;
+    if (job->M == 0 || job->N == 0)
+        return FQ_OK;
+    if (job->K % QB != 0 || job->G % QB != 0)
+        return run(job, is_int4, nthreads);
+    const int64_t M = job->M, K = job->K;
+    const int64_t xs_floats = M * (K / QB), xg_floats = is_int4 ? M * (K / job->G) : 0;
+    float *floats = malloc((size_t)(xs_floats + xg_floats) * sizeof(float) + (size_t)(M * K));
+    if (!floats)
+        return run(job, is_int4, nthreads);
+    int8_t *xq = (int8_t *)(floats + xs_floats + xg_floats);
+    quantize_tokens(job, xq, floats, is_int4 ? floats + xs_floats : NULL);
+    const q8job_t qj = {job, xq, floats, is_int4 ? floats + xs_floats : NULL};
+    int64_t n = nthreads < 1 ? 1 : (nthreads > MAX_THREADS ? MAX_THREADS : nthreads);
+    const int64_t by_work = (job->N * job->K) / WORK_PER_THREAD;
+    if (n > by_work) n = by_work < 1 ? 1 : by_work;
+    if (n > job->N) n = job->N;
+    if (n <= 1) {
+        (is_int4 ? rows_q8_int4 : rows_q8_int8)(&qj, 0, job->N);
+    } else {
+#pragma omp parallel num_threads((int)n)
+        {
+            THREAD_IDS(tid, nt);
+            (is_int4 ? rows_q8_int4 : rows_q8_int8)(&qj, job->N * tid / nt, job->N * (tid + 1) / nt);
+        }
+    }
+    free(floats);
+    return FQ_OK;
+}
+
+/* fq_linear_int8 with x quantized to int8 per block of 32 (same arguments and codes). */
+int fq_linear_int8_q8(const float *x, int64_t ldx, const int8_t *q, const float *scale, int64_t G, const float *bias,
+                      float *y, int64_t ldy, int64_t M, int64_t K, int64_t N, int nthreads) {
+    const job_t job = {x, ldx, q, scale, NULL, G, bias, y, ldy, M, K, N};
+    return run_q8(&job, 0, nthreads);
+}
+
+/* fq_linear_int4 with x quantized to int8 per block of 32 (same arguments and codes). */
+int fq_linear_int4_q8(const float *x, int64_t ldx, const uint8_t *q, const float *scale, const float *min, int64_t G,
+                      const float *bias, float *y, int64_t ldy, int64_t M, int64_t K, int64_t N, int nthreads) {
+    const job_t job = {x, ldx, q, scale, min, G, bias, y, ldy, M, K, N};
+    return run_q8(&job, 1, nthreads);
+}
+
 /* Rows [n0, n1) of dequantize(q) into out (row stride ldo): the values rows_int8 / rows_int4
    compute in registers (int4: one FMA, nib * scale + min, rounded once). */
 static void dequant_rows(const void *q, const float *scale, const float *min, int64_t G, int is_int4,
@@ -376,7 +629,7 @@ static void dequant_rows(const void *q, const float *scale, const float *min, in
 }
 
 /* out [N, K] fp32 (row stride ldo >= K) = dequantize(q), for an fp32 GEMM after it where
-   fq_gemm is not built (no AVX-512). is_int4 picks the format; min is ignored for int8.
+   fq_gemm is not built (no AVX2) or not chosen (batches past quant_gemm_max_tokens). is_int4 picks the format; min is ignored for int8.
    0 or FQ_ERR_ARGS. */
 int fq_dequantize(const void *q, const float *scale, const float *min, int64_t G, int is_int4, float *out,
                   int64_t ldo, int64_t K, int64_t N, int nthreads) {
@@ -390,36 +643,57 @@ int fq_dequantize(const void *q, const float *scale, const float *min, int64_t G
     return FQ_OK;
 }
 
-/* ---- batch-sized M: fq_gemm, dequantize a block of rows, then an AVX-512 GEMM over it -------
+/* ---- batch-sized M: fq_gemm, dequantize a block of rows, then a SIMD GEMM over it -----------
  *
  * For M above the GEMV's range (quant_gemv_max_tokens: a decode step of many sequences, a
  * prefill chunk). The GEMV re-dequantizes each weight for every tile of MT tokens; here each
  * thread dequantizes a block of NB weight rows once (dequant_rows, into its part of the
- * caller's workspace: NB x K fp32, L2-resident) and multiplies it with every token:
+ * caller's workspace: NB x K fp32, L2-resident) and multiplies it with every token. Vectors
+ * hold VW tokens: 16 (AVX-512) or 8 (AVX2), GEMM_MV = 4 or 2 of them a tile:
  *
- *   xp    x packed transposed once per call, in m-blocks of 64 tokens: xp[b][k][i] = x[64 b + i, k]
- *         (zeros past M; the last block 16 * MV wide, MV = ceil(rows / 16)), split over the threads
- *         by k, then a barrier;
- *   tile  y[64 b .. + 16 MV, n0 .. n0 + NR) in MV x NR AVX-512 accumulators (MV <= 4, NR <= 6:
- *         24 + 4 of the 32 zmm registers): per k, MV vector loads of xp and NR broadcasts of the
- *         dequantized w[n0 + r, k], MV x NR FMAs; the tile is written to y through a small
- *         buffer (its columns are y's rows), + bias.
+ *   xp    x packed transposed once per call, in m-blocks of GEMM_MB = VW * GEMM_MV tokens:
+ *         xp[b][k][i] = x[GEMM_MB b + i, k] (zeros past M; the last block VW * MV wide, MV =
+ *         ceil(rows / VW)), split over the threads by k, then a barrier;
+ *   tile  y[GEMM_MB b .. + VW MV, n0 .. n0 + NR) in MV x NR accumulators (NR <= 6; AVX-512 24 + 4
+ *         of the 32 zmm registers, AVX2 12 + 3 of the 16 ymm): per k, MV vector loads of xp and
+ *         NR broadcasts of the dequantized w[n0 + r, k], MV x NR FMAs; the tile is written to y
+ *         through a small buffer (its columns are y's rows), + bias.
  *
  * Each y element is one fp32 FMA chain over k in order (then + bias), as in the GEMV, but from
- * weights dequantized to fp32 first, so results agree with the GEMV's within rounding, not bit
- * for bit. Measured on SmolLM2's shapes (2 threads, AVX-512 Zen): the tile alone on fp32 weights
- * runs at 0.86-1.37x oneDNN's packed linear from 16 to 64 tokens, where the dequantize + oneDNN
- * path it replaces spent ~25% more than oneDNN on fp32 (the dense weight reordered per call).
+ * weights dequantized to fp32 first (x read unrounded), so results agree with the fp32 GEMV's
+ * within rounding, not bit for bit. Measured on SmolLM2's shapes (2 threads, AVX-512 Zen): the
+ * tile alone on fp32 weights runs at 0.86-1.37x oneDNN's packed linear from 16 to 64 tokens,
+ * where the dequantize + oneDNN path it replaces spent ~25% more than oneDNN on fp32 (the
+ * dense weight reordered per call, and the whole fp32 matrix written and read again).
  *
  * Threads: static split of the 6-row groups; each thread walks its rows in blocks of NB rows,
  * and for each block every m-block. Workspace (the caller's, fq_gemm_workspace_floats floats):
  * xp, then one NB x K block per thread, each 64-byte aligned.
  */
-#if defined(__AVX512F__)
-#define FQ_USE_AVX512 1
+#if defined(__AVX512F__) || FQ_USE_AVX2
+#define FQ_USE_GEMM 1
 #define GEMM_NR 6
-#define GEMM_MB 64                   /* tokens per m-block */
 #define GEMM_BLOCK_FLOATS (48 << 10) /* a thread's dequantized block: NB x K <= 192 KB */
+#if defined(__AVX512F__)
+typedef __m512 vec_t;                /* 16 tokens a vector, up to 4 (+ 6 rows: 24 + 4 of 32 zmm) */
+#define VW 16
+#define GEMM_MV 4
+#define VZERO _mm512_setzero_ps
+#define VLOAD _mm512_loadu_ps
+#define VSTORE _mm512_storeu_ps
+#define VSET1 _mm512_set1_ps
+#define VFMA _mm512_fmadd_ps
+#else
+typedef __m256 vec_t;                /* 8 tokens a vector, up to 2 (+ 6 rows: 12 + 3 of 16 ymm) */
+#define VW 8
+#define GEMM_MV 2
+#define VZERO _mm256_setzero_ps
+#define VLOAD _mm256_loadu_ps
+#define VSTORE _mm256_storeu_ps
+#define VSET1 _mm256_set1_ps
+#define VFMA _mm256_fmadd_ps
+#endif
+#define GEMM_MB (VW * GEMM_MV) /* tokens per m-block */
 
 static int64_t gemm_block_rows(int64_t K) {
     int64_t nb = GEMM_BLOCK_FLOATS / K / GEMM_NR * GEMM_NR;
@@ -431,41 +705,44 @@ static int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; 
 #define DEF_TILE(MV, NR)                                                                         \
     static void tile_##MV##_##NR(const float *xp, const float *w, int64_t K, const float *bias,  \
                                  float *y, int64_t ldy, int64_t rows) {                          \
-        __m512 acc[NR][MV];                                                                      \
+        vec_t acc[NR][MV];                                                                       \
         for (int r = 0; r < NR; r++)                                                             \
-            for (int v = 0; v < MV; v++) acc[r][v] = _mm512_setzero_ps();                        \
+            for (int v = 0; v < MV; v++) acc[r][v] = VZERO();                                    \
         for (int64_t k = 0; k < K; k++) {                                                        \
-            __m512 xv[MV];                                                                       \
-            for (int v = 0; v < MV; v++) xv[v] = _mm512_loadu_ps(xp + k * 16 * MV + 16 * v);     \
+            vec_t xv[MV];                                                                        \
+            for (int v = 0; v < MV; v++) xv[v] = VLOAD(xp + k * VW * MV + VW * v);               \
             for (int r = 0; r < NR; r++) {                                                       \
-                const __m512 b = _mm512_set1_ps(w[r * K + k]);                                   \
-                for (int v = 0; v < MV; v++) acc[r][v] = _mm512_fmadd_ps(b, xv[v], acc[r][v]);   \
+                const vec_t b = VSET1(w[r * K + k]);                                             \
+                for (int v = 0; v < MV; v++) acc[r][v] = VFMA(b, xv[v], acc[r][v]);              \
             }                                                                                    \
         }                                                                                        \
-        float out[NR][16 * MV];                                                                  \
+        float out[NR][VW * MV];                                                                  \
         for (int r = 0; r < NR; r++)                                                             \
-            for (int v = 0; v < MV; v++) _mm512_storeu_ps(&out[r][16 * v], acc[r][v]);           \
+            for (int v = 0; v < MV; v++) VSTORE(&out[r][VW * v], acc[r][v]);                     \
         for (int64_t i = 0; i < rows; i++)                                                       \
             for (int r = 0; r < NR; r++) y[i * ldy + r] = out[r][i] + (bias ? bias[r] : 0.0f);   \
     }
 #define DEF_TILES(MV) DEF_TILE(MV, 1) DEF_TILE(MV, 2) DEF_TILE(MV, 3) DEF_TILE(MV, 4) DEF_TILE(MV, 5) DEF_TILE(MV, 6)
-DEF_TILES(1)
-DEF_TILES(2)
-DEF_TILES(3)
-DEF_TILES(4)
-
 typedef void (*tile_fn)(const float *, const float *, int64_t, const float *, float *, int64_t, int64_t);
 #define TILE_ROW(MV) {tile_##MV##_1, tile_##MV##_2, tile_##MV##_3, tile_##MV##_4, tile_##MV##_5, tile_##MV##_6}
-static const tile_fn TILES[4][GEMM_NR] = {TILE_ROW(1), TILE_ROW(2), TILE_ROW(3), TILE_ROW(4)};
+DEF_TILES(1)
+DEF_TILES(2)
+#if GEMM_MV == 4
+DEF_TILES(3)
+DEF_TILES(4)
+static const tile_fn TILES[GEMM_MV][GEMM_NR] = {TILE_ROW(1), TILE_ROW(2), TILE_ROW(3), TILE_ROW(4)};
 #else
-#define FQ_USE_AVX512 0
+static const tile_fn TILES[GEMM_MV][GEMM_NR] = {TILE_ROW(1), TILE_ROW(2)};
+#endif
+#else
+#define FQ_USE_GEMM 0
 #endif
 
-int fq_gemm_available(void) { return FQ_USE_AVX512; }
+int fq_gemm_available(void) { return FQ_USE_GEMM; }
 
-/* Floats of workspace fq_gemm needs for these sizes and thread count (0 without AVX-512). */
+/* Floats of workspace fq_gemm needs for these sizes and thread count (0 without AVX2). */
 int64_t fq_gemm_workspace_floats(int64_t M, int64_t K, int nthreads) {
-#if FQ_USE_AVX512
+#if FQ_USE_GEMM
     const int64_t threads = nthreads < 1 ? 1 : (nthreads > MAX_THREADS ? MAX_THREADS : nthreads);
     return round_up(round_up(M, 16) * K, 16) + threads * round_up(gemm_block_rows(K) * K, 16);
 #else
@@ -476,13 +753,13 @@ int64_t fq_gemm_workspace_floats(int64_t M, int64_t K, int nthreads) {
 
 /* y = x @ dequantize(q)^T + bias for any M (int4 when is_int4; min ignored for int8), using
    `work` (>= fq_gemm_workspace_floats(M, K, nthreads) floats, 64-byte aligned). 0, FQ_ERR_ARGS,
-   or FQ_ERR_UNSUPPORTED (built without AVX-512: use fq_dequantize + an fp32 GEMM). */
+   or FQ_ERR_UNSUPPORTED (built without AVX2: use fq_dequantize + an fp32 GEMM). */
 int fq_gemm(const float *x, int64_t ldx, const void *q, const float *scale, const float *min, int64_t G,
             int is_int4, const float *bias, float *y, int64_t ldy, int64_t M, int64_t K, int64_t N,
             float *work, int64_t work_floats, int nthreads) {
     if (M < 0 || K < 1 || N < 0 || G < 1 || K % G != 0 || ldx < K || ldy < N || (is_int4 && G % 32 != 0))
         return FQ_ERR_ARGS;
-#if FQ_USE_AVX512
+#if FQ_USE_GEMM
     int64_t n = nthreads < 1 ? 1 : (nthreads > MAX_THREADS ? MAX_THREADS : nthreads);
     if (work_floats < fq_gemm_workspace_floats(M, K, (int)n) || ((uintptr_t)work & 63) != 0)
         return FQ_ERR_ARGS;
@@ -501,7 +778,7 @@ int fq_gemm(const float *x, int64_t ldx, const void *q, const float *scale, cons
         const int64_t k0 = K * tid / nt, k1 = K * (tid + 1) / nt;
         for (int64_t b = 0; b < blocks; b++) {
             const int64_t m0 = b * GEMM_MB, rows = M - m0 < GEMM_MB ? M - m0 : GEMM_MB;
-            const int64_t width = round_up(rows, 16);
+            const int64_t width = round_up(rows, VW);
             float *xb = xp + m0 * K;
             for (int64_t k = k0; k < k1; k++) {
                 float *dst = xb + k * width;
@@ -518,7 +795,7 @@ int fq_gemm(const float *x, int64_t ldx, const void *q, const float *scale, cons
             dequant_rows(q, scale, min, G, is_int4, wblock, K, K, nb0, nb1);
             for (int64_t b = 0; b < blocks; b++) {
                 const int64_t m0 = b * GEMM_MB, rows = M - m0 < GEMM_MB ? M - m0 : GEMM_MB;
-                const tile_fn *row = TILES[(rows + 15) / 16 - 1];
+                const tile_fn *row = TILES[(rows + VW - 1) / VW - 1];
                 for (int64_t g = nb0; g < nb1; g += GEMM_NR) {
                     const int64_t nr = nb1 - g < GEMM_NR ? nb1 - g : GEMM_NR;
                     row[nr - 1](xp + m0 * K, wblock + (g - nb0) * K, K, bias ? bias + g : NULL,

@@ -3,12 +3,15 @@
     y = linear(x, qw, bias=None, out=None)
 
 x [M, K] fp32, qw a fireplace.engine.quantization.QuantizedWeight (int8 or int4) of shape
-[N, K], bias [N] -> y [M, N] fp32. Dequantizes in registers (AVX2 + FMA; a portable path
-otherwise), one fp32 accumulation per output; for small M (it reuses each weight row for all M
-tokens from L1, but does no register blocking over tokens). Larger M: gemm_unchecked (fq_gemm,
-AVX-512 builds: a block of rows dequantized into L2, then a register-blocked GEMM over every
-token), or dequantize_unchecked + an fp32 GEMM. The library is compiled on first use
-(cpu_build); `available()` says whether that worked, `uses_avx2()` whether it got the fast path.
+[N, K], bias [N] -> y [M, N] fp32. For small M: dequantizes in registers (AVX2 + FMA; a
+portable path otherwise), one fp32 accumulation per output, reusing each weight row for all M
+tokens from L1 without register blocking over tokens; or, with activations="int8" (the
+backend's default for 4-bit weights: BackendConfig.quant_activations), rounds x to int8 per
+block of 32 and takes integer dot products per block (faster, not exact: quantize_activations
+states the rounding). Larger M: gemm_unchecked (fq_gemm, AVX2 or AVX-512 builds: a block of
+rows dequantized into L2, then a register-blocked GEMM over every token), or
+dequantize_unchecked + an fp32 GEMM. The library is compiled on first use (cpu_build);
+`available()` says whether that worked, `uses_avx2()` whether it got the fast path.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from fireplace.engine.backend_config import QUANT_ACTIVATIONS
 from fireplace.engine.kernels.arg_checks import check_tensor, thread_count
 from fireplace.engine.kernels.cpu_build import KernelLibrary
 from fireplace.engine.quantization import QuantizedWeight
@@ -33,6 +37,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.fq_linear_int4.argtypes = [c_ptr, c_i64, c_ptr, c_ptr, c_ptr, c_i64, c_ptr,  # x, ldx, q, scale, min, G, bias
                                    c_ptr, c_i64, c_i64, c_i64, c_i64, ctypes.c_int]
     lib.fq_linear_int4.restype = ctypes.c_int
+    for name in ("fq_linear_int8", "fq_linear_int4"):  # the int8-activation twins, same arguments
+        twin = getattr(lib, name + "_q8")
+        twin.argtypes, twin.restype = getattr(lib, name).argtypes, ctypes.c_int
     lib.fq_dequantize.argtypes = [c_ptr, c_ptr, c_ptr, c_i64, ctypes.c_int,  # q, scale, min, G, is_int4
                                   c_ptr, c_i64, c_i64, c_i64, ctypes.c_int]  # out, ldo, K, N, threads
     lib.fq_dequantize.restype = ctypes.c_int
@@ -49,6 +56,8 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 
 _kernels = KernelLibrary(_SOURCE, "quant_gemv", _declare)
+ACTIVATIONS = tuple(a for a in QUANT_ACTIVATIONS if a != "auto")  # how the GEMV reads x
+ACTIVATION_BLOCK = 32
 _workspace = threading.local()  # .buffer: fp32 storage fq_gemm works in, per calling thread, kept
 
 
@@ -64,8 +73,8 @@ def uses_avx2() -> bool:
 
 
 def gemm_available() -> bool:
-    """Whether the batch-sized kernel (fq_gemm: dequantize a block of rows, AVX-512 GEMM over
-    it) is built here; without AVX-512 larger batches dequantize the whole weight instead."""
+    """Whether the batch-sized kernel (fq_gemm: dequantize a block of rows, an AVX2 or AVX-512
+    GEMM over it) is built here; without it larger batches dequantize the whole weight instead."""
     lib = _kernels.get()
     return lib is not None and bool(lib.fq_gemm_available())
 
@@ -94,14 +103,18 @@ def gemm_unchecked(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | No
                        qw.in_features, qw.out_features, buffer.data_ptr(), buffer.numel(), threads)
     if code != 0:
         raise ValueError("invalid sizes or strides passed to the quantized GEMM kernel"
-                         if code == 1 else "the quantized GEMM kernel is not built here (no AVX-512)")
+                         if code == 1 else "the quantized GEMM kernel is not built here (no AVX2)")
     return out
 
 
 def linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = None,
-           out: torch.Tensor | None = None, num_threads: int | None = None) -> torch.Tensor:
+           out: torch.Tensor | None = None, num_threads: int | None = None,
+           activations: str = "fp32") -> torch.Tensor:
     """x [M, K] fp32 (unit column stride, rows apart), qw [N, K] on the CPU, bias [N] fp32 or
-    None -> y [M, N] fp32 (into `out` when given: [M, N], unit column stride).
+    None -> y [M, N] fp32 (into `out` when given: [M, N], unit column stride). activations
+    "fp32" reads x as it is; "int8" first rounds each token's x to int8 in blocks of 32
+    (quant_gemv.c: integer dot products, faster, not exact; `quantize_activations` gives the
+    values it uses), except where K or the group size is not a multiple of 32.
     Raises TypeError / ValueError for bad arguments, RuntimeError when the kernel is unavailable."""
     if not isinstance(qw, QuantizedWeight):
         raise TypeError(f"qw must be a QuantizedWeight, got {type(qw).__name__}")
@@ -123,15 +136,19 @@ def linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = Non
             raise ValueError(f"out {tuple(out.shape)} must have shape {(x.shape[0], qw.out_features)}")
         if (out.shape[1] > 1 and out.stride(1) != 1) or (out.shape[0] > 1 and out.stride(0) < out.shape[1]):
             raise ValueError(f"out needs unit column stride and non-overlapping rows, got strides {out.stride()}")
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {', '.join(ACTIVATIONS)}, got {activations!r}")
     num_threads = thread_count(num_threads)
     if not available():
         raise RuntimeError("quantized GEMV CPU kernel is unavailable (see available())")
-    return linear_unchecked(x, qw, bias, out, num_threads)
+    return linear_unchecked(x, qw, bias, out, num_threads, activations)
 
 
 def linear_unchecked(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = None,
-                     out: torch.Tensor | None = None, num_threads: int | None = None) -> torch.Tensor:
-    """linear without the argument checks (the decode hot path): the caller guarantees them."""
+                     out: torch.Tensor | None = None, num_threads: int | None = None,
+                     activations: str = "fp32") -> torch.Tensor:
+    """linear without the argument checks (the decode hot path): the caller guarantees them,
+    and that `activations` is one of ACTIVATIONS."""
     num_tokens = x.shape[0]
     if out is None:
         out = torch.empty((num_tokens, qw.out_features), dtype=torch.float32)
@@ -140,17 +157,30 @@ def linear_unchecked(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | 
     lib = _kernels.get()
     ldx = x.stride()[0] if num_tokens > 1 else qw.in_features  # a 1-row view may report any stride
     ldy = out.stride()[0] if num_tokens > 1 else qw.out_features
+    int8_x = activations == "int8"
     if qw.scheme == "int8":
-        code = lib.fq_linear_int8(x.data_ptr(), ldx, qw.qweight.data_ptr(), qw.scale.data_ptr(),
-                                  qw.group_size, bias_ptr, out.data_ptr(), ldy, num_tokens,
-                                  qw.in_features, qw.out_features, threads)
+        kernel = lib.fq_linear_int8_q8 if int8_x else lib.fq_linear_int8
+        code = kernel(x.data_ptr(), ldx, qw.qweight.data_ptr(), qw.scale.data_ptr(), qw.group_size, bias_ptr,
+                      out.data_ptr(), ldy, num_tokens, qw.in_features, qw.out_features, threads)
     else:
-        code = lib.fq_linear_int4(x.data_ptr(), ldx, qw.qweight.data_ptr(), qw.scale.data_ptr(),
-                                  qw.min.data_ptr(), qw.group_size, bias_ptr, out.data_ptr(), ldy,
-                                  num_tokens, qw.in_features, qw.out_features, threads)
+        kernel = lib.fq_linear_int4_q8 if int8_x else lib.fq_linear_int4
+        code = kernel(x.data_ptr(), ldx, qw.qweight.data_ptr(), qw.scale.data_ptr(), qw.min.data_ptr(),
+                      qw.group_size, bias_ptr, out.data_ptr(), ldy, num_tokens, qw.in_features,
+                      qw.out_features, threads)
     if code != 0:
         raise ValueError("invalid sizes or strides passed to the quantized GEMV kernel")
     return out
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int8 activations the "int8" GEMV computes with, in torch (its reference): x [M, K]
+    fp32, K a multiple of 32 -> (xq int8 [M, K], xs fp32 [M, K / 32]) with x ~ xq * xs per block:
+    xs = amax / 127, xq = round_half_even(x * (1 / xs)) (0 for an all-zero block)."""
+    blocks = x.reshape(x.shape[0], -1, ACTIVATION_BLOCK)
+    xs = blocks.abs().amax(dim=2) / 127.0
+    inverse = torch.where(xs != 0, 1.0 / xs, torch.zeros_like(xs))
+    xq = torch.round(blocks * inverse.unsqueeze(2)).to(torch.int8)
+    return xq.reshape(x.shape), xs
 
 
 def dequantize_unchecked(qw: QuantizedWeight, out: torch.Tensor | None = None,

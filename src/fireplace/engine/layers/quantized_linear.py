@@ -3,13 +3,14 @@
     y = quantized_linear(x, qw, bias, backend)      x [T, in] fp32 -> y [T, out] fp32
 
 Which code runs is the Backend's choice (uses_quant_kernel, uses_quant_gemm): small batches on
-the cpu-kernels backend read the weight as stored through the quantized GEMV (kernels/quant_gemv);
-decode-step-sized ones (up to quant_gemm_max_tokens, AVX-512 builds) through its GEMM, which
-dequantizes a block of rows at a time into L2 and multiplies it with every token; larger batches
-dequantize the whole weight with the C loops into a per-thread scratch matrix and run the fp32
-path (oneDNN's linear on it, else our small GEMM or MKL); without the C kernels (torch backend)
-the weight is dequantized by torch ops. LoRA deltas are added on top by
-the Linear, unchanged (they read x, not the base weight).
+the cpu-kernels backend read the weight as stored through the quantized GEMV (kernels/quant_gemv;
+activations as BackendConfig.quant_activations says); decode-step-sized ones (up to
+quant_gemm_max_tokens, AVX2 / AVX-512 builds) through its GEMM, which dequantizes a block of
+rows at a time into L2 and multiplies it with every token; larger batches dequantize the whole
+weight with the C loops into a per-thread scratch matrix and run the fp32 path (oneDNN's linear
+on it, else our small GEMM or MKL); without the C kernels (torch backend) the weight is
+dequantized by torch ops. LoRA deltas are added on top by the Linear, unchanged (they read x,
+not the base weight).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ _scratch = threading.local()  # .buffer: fp32 storage reused for dequantized wei
 def quantized_linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None,
                      backend: Backend) -> torch.Tensor:
     if backend.uses_quant_kernel(x):
-        return quant_gemv.linear_unchecked(x, qw, bias)
+        return quant_gemv.linear_unchecked(x, qw, bias, activations=backend.config.activations_for(qw.scheme))
     if backend.uses_quant_gemm(x):
         return quant_gemv.gemm_unchecked(x, qw, bias)
     if backend.quant_kernel and x.is_cpu:

@@ -117,7 +117,7 @@ class FastDecode:
         # the module path takes these kernels only up to these batch sizes
         self.max_tokens = min([backend.small_gemm_max_tokens] * (decode_stack.FP32 in kinds)
                               + [backend.config.quant_gemv_max_tokens] * bool(quantized))
-        self.kernels = decode_stack.kernel_table()
+        self.kernels = decode_stack.kernel_table(backend.config)
         self.final_norm, self.final_eps = model.norm.weight, model.norm.eps
         self._sizes = (hidden, q_size, q_size + 2 * kv_size, inter)
         self._step_fields = dict(num_heads=first.num_heads, num_kv_heads=first.num_kv_heads, head_dim=first.head_dim,
