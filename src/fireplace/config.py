@@ -1,4 +1,7 @@
-"""Settings, from the environment (FIREPLACE_*) and CLI flags. Unknown keys are refused.
+"""Settings, from the environment (FIREPLACE_*) and CLI flags. Unknown keyword arguments are
+refused, and so are unknown FIREPLACE_LIMIT_* and FIREPLACE_SERVING_* variables (those two
+prefixes belong to Limits and ServingSettings alone, so a typo there is an error at start that
+names the variable, not a silently ignored limit).
 
 Data directory layout (FIREPLACE_HOME, default ~/.fireplace):
     fireplace.db      SQLite metadata database (when FIREPLACE_DATABASE_URL is unset)
@@ -7,10 +10,27 @@ Data directory layout (FIREPLACE_HOME, default ~/.fireplace):
 """
 from __future__ import annotations
 
+import difflib
+import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _refuse_unknown_variables(settings: BaseSettings) -> None:
+    """Raise ValueError for environment variables under the class's own prefix that name no
+    field (matched case-insensitively, as pydantic-settings reads them)."""
+    prefix = settings.model_config["env_prefix"]
+    known = {name.upper() for name in type(settings).model_fields}
+    unknown = sorted(key for key in os.environ
+                     if key.upper().startswith(prefix) and key.upper()[len(prefix):] not in known)
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key.upper()[len(prefix):], sorted(known), n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+        raise ValueError(f"unknown setting {key}{hint}; the {prefix}* settings are "
+                         f"{', '.join(prefix + name for name in sorted(known))}")
 
 
 class Limits(BaseSettings):
@@ -28,6 +48,11 @@ class Limits(BaseSettings):
     max_signups_per_hour: int = 10            # open sign-up (--allow-signup), per client address
     purge_interval_s: float = 60.0            # background purge of deployments past purgeTime
 
+    @model_validator(mode="after")
+    def _no_unknown_variables(self) -> Limits:
+        _refuse_unknown_variables(self)
+        return self
+
 
 class ServingSettings(BaseSettings):
     """The data plane in `fireplace serve`: controller, local executor, replicas."""
@@ -44,6 +69,11 @@ class ServingSettings(BaseSettings):
     max_replica_failures: int = 3             # failed starts in a row before the deployment is FAILED
     reconcile_interval_s: float = 1.0         # controller tick
     lease_ttl_s: float = 15.0                 # another server takes over after this long without renewal
+
+    @model_validator(mode="after")
+    def _no_unknown_variables(self) -> ServingSettings:
+        _refuse_unknown_variables(self)
+        return self
 
     def replica_slots(self) -> int:
         if self.local_replica_slots is not None:
@@ -95,3 +125,22 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+class SettingsError(ValueError):
+    """An invalid or unknown setting in the environment or the flags (the message says which)."""
+
+
+def load_settings(*, local_replica_slots: int | None = None, **overrides) -> Settings:
+    """Settings from the environment and a command's flags, for `fireplace serve` / `controller`:
+    raises SettingsError with the first problem on one line (the commands print it and exit 2)."""
+    from pydantic import ValidationError
+
+    try:
+        if local_replica_slots is not None:
+            overrides["serving"] = ServingSettings(local_replica_slots=local_replica_slots)
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise SettingsError(f"{where + ': ' if where else ''}{first['msg'].removeprefix('Value error, ')}") from None

@@ -115,10 +115,12 @@ def test_gguf_q8_0_values_including_minus_128(kernel):
     assert_matches(q8(x, qw), reference_q8(x, qw, None))
 
 
-@pytest.mark.parametrize("scheme,k,group", [("int8", 37, 37), ("int8", 64, 16), ("int4", 96, 32)])
+@pytest.mark.parametrize("scheme,k,group", [("int8", 37, 37), ("int8", 64, 16), ("int4", 96, 32), ("int4", 96, 96),
+                                            ("int4", 160, 32)])
 def test_sizes_the_scheme_cannot_take_run_the_fp32_path(kernel, scheme, k, group):
-    """K or G not a multiple of 32: the fp32-activation result, bit for bit (int4 always takes it:
-    its groups are multiples of 32, so it is the int8 sizes that fall back)."""
+    """K or G not a multiple of 32: the fp32-activation result, bit for bit (int4 always takes the
+    int8 path: its groups are multiples of 32; here with an odd number of blocks, 3 and 5, which
+    the kernel's two-blocks-at-a-time loop ends with one alone, in a group of 3 blocks too)."""
     g = torch.Generator().manual_seed(k)
     w = torch.randn(5, k, generator=g)
     qw = Q.quantize_int8(w, group) if scheme == "int8" else Q.quantize(w, "int4", group)

@@ -134,8 +134,9 @@ def test_int8_activations_stay_close_to_the_dequantized_reference(checkpoint, sc
         worst = max(worst, (decode[i] - want[n]).abs().max().item() / spread)
         worst_fp32 = max(worst_fp32, (hf_logits(hf, prompt)[n] - want[n]).abs().max().item() / spread)
         row += n
-    assert 10 * ATOL < worst < 0.02, worst  # the rounding is there, and small
-    # of the order of what int8 weights cost (here 0.009 vs 0.009 of the spread), below int4's
+    # the rounding is there, and small: here 0.009 (int8), 0.021 and 0.015 (int4 in groups of 32, 64)
+    assert 10 * ATOL < worst < 0.03, worst
+    # of the order of what int8 weights cost (0.009 of the spread), a fifth of int4's (0.11, 0.13)
     assert worst < 2 * worst_fp32 if scheme == "int8" else worst < worst_fp32 / 2
 
 

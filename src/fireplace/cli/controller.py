@@ -22,16 +22,18 @@ def controller(
     import signal
     import threading
 
-    from fireplace.config import ServingSettings, Settings
+    from fireplace.config import SettingsError, load_settings
     from fireplace.db.engine import make_engine, make_session_factory
     from fireplace.db.migrate import upgrade
     from fireplace.orchestration.controller import Controller
     from fireplace.storage import BlobStore
 
     overrides = {"home": data_dir} if data_dir else {}
-    if local_replica_slots is not None:
-        overrides["serving"] = ServingSettings(local_replica_slots=local_replica_slots)
-    settings = Settings(**overrides)
+    try:
+        settings = load_settings(local_replica_slots=local_replica_slots, **overrides)
+    except SettingsError as exc:
+        typer.echo(f"fireplace controller: {exc}", err=True)
+        raise typer.Exit(2) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)

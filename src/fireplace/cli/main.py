@@ -52,14 +52,15 @@ def serve(
     import uvicorn
 
     from fireplace.api.app import create_app
-    from fireplace.config import Settings
+    from fireplace.config import SettingsError, load_settings
 
     overrides = {k: v for k, v in {"host": host, "port": port, "home": data_dir,
                                     "allow_signup": allow_signup}.items() if v is not None}
-    if local_replica_slots is not None:
-        from fireplace.config import ServingSettings
-        overrides["serving"] = ServingSettings(local_replica_slots=local_replica_slots)
-    settings = Settings(**overrides)
+    try:
+        settings = load_settings(local_replica_slots=local_replica_slots, **overrides)
+    except SettingsError as exc:
+        typer.echo(f"fireplace serve: {exc}", err=True)
+        raise typer.Exit(2) from None
     application = create_app(settings)
     uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level,
                 access_log=False, timeout_graceful_shutdown=10)

@@ -51,6 +51,7 @@
 #include <stdint.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -321,7 +322,8 @@ static void rows_int4(const job_t *j, int64_t n0, int64_t n1) {
  * 127 * 2; vpmaddwd then adds pairs into int32); each block adds one fp32 FMA. Why: the fp32
  * path spends ~19 instructions per 32 int4 weights (shuffle, mask, convert, two FMAs per 8) and
  * runs out of issue slots before the memory does (int4 ~16 GB/s of a 35 GB/s read bandwidth on a
- * Zen 3); here it is ~10 (int8 ~8). What it costs is the activations' rounding: at most half a
+ * Zen 3); here int4 takes ~11 per 64 (two blocks at a time, tile_q4_pairs), int8 ~8 per 32.
+ * What it costs is the activations' rounding: at most half a
  * step of xs per value, the error llama.cpp accepts; bench/single_stream.py states the
  * perplexity of each precision. The fp32 entry points above stay exact up to rounding.
  *
@@ -342,8 +344,10 @@ typedef struct {
     const float *xg;   /* [M, K / G] (int4) */
 } q8job_t;
 
-/* xq, xs (and xg when not NULL) of the M tokens of x. */
-static void quantize_tokens(const job_t *j, int8_t *xq, float *xs, float *xg) {
+/* xq, xs (and xg when not NULL) of the M tokens of x. pairs: each two blocks b, b + 1 (b even)
+   stored interleaved for tile_q4_pairs, as [b 0..15 | b+1 0..15 | b 16..31 | b+1 16..31] (the
+   order of the nibbles of 32 int4 bytes split into low and high halves); an odd last block as is. */
+static void quantize_tokens(const job_t *j, int8_t *xq, float *xs, float *xg, int pairs) {
     const int64_t K = j->K, nb = K / QB, ng = K / j->G;
     for (int64_t m = 0; m < j->M; m++) {
         const float *x = j->x + m * j->ldx;
@@ -383,6 +387,15 @@ static void quantize_tokens(const job_t *j, int8_t *xq, float *xs, float *xg) {
             for (int i = 0; i < QB; i++) q[b * QB + i] = (int8_t)nearbyintf(v[i] * id);
 #endif
         }
+        if (pairs)
+            for (int64_t b = 0; b + 2 <= nb; b += 2) {
+                int8_t tmp[2 * QB];
+                memcpy(tmp, q + b * QB, sizeof tmp);
+                memcpy(q + b * QB, tmp, 16);                 /* b 0..15 */
+                memcpy(q + b * QB + 16, tmp + QB, 16);       /* b+1 0..15 */
+                memcpy(q + b * QB + 32, tmp + 16, 16);       /* b 16..31 */
+                memcpy(q + b * QB + 48, tmp + QB + 16, 16);  /* b+1 16..31 */
+            }
         if (xg)
             for (int64_t g = 0; g < ng; g++) {
                 float s = 0.0f;
@@ -399,45 +412,33 @@ static inline __m256 dot_block(__m256i w, __m256i x) {
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)));
 }
 
-/* y[m0 .. m0 + NT, n .. n + NR) (NT a compile-time 1 or 2), int4 when is_int4 else int8. */
-static inline __attribute__((always_inline)) void tile_q8(const q8job_t *qj, int64_t n, int64_t m0, const int NR,
-                                                          const int NT, const int64_t n_end, const int is_int4) {
+/* y[m0 .. m0 + NT, n .. n + NR) for int8 weights (NT a compile-time 1 or 2): per block, |q| and
+   x with q's sign (vpsignb), so that the unsigned x signed product of vpmaddubsw is q * x. */
+static inline __attribute__((always_inline)) void tile_q8_int8(const q8job_t *qj, int64_t n, int64_t m0,
+                                                               const int NR, const int NT, const int64_t n_end) {
     const job_t *j = qj->j;
-    const int64_t K = j->K, G = j->G, ngroups = K / G, nb = K / QB, row_bytes = is_int4 ? K / 2 : K;
-    const uint8_t *q = (const uint8_t *)j->q + n * row_bytes;
-    const float *sc = j->scale + n * ngroups, *mn = is_int4 ? j->min + n * ngroups : NULL;
+    const int64_t K = j->K, G = j->G, ngroups = K / G, nb = K / QB, per_group = G / QB;
+    const int8_t *q = (const int8_t *)j->q + n * K;
+    const float *sc = j->scale + n * ngroups;
     const int8_t *xq0 = qj->xq + m0 * K, *xq1 = qj->xq + (m0 + (NT > 1)) * K;
     const float *xs0 = qj->xs + m0 * nb, *xs1 = qj->xs + (m0 + (NT > 1)) * nb;
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
     __m256 acc[NR_MAX][MT];
     for (int r = 0; r < NR; r++)
         for (int t = 0; t < NT; t++) acc[r][t] = _mm256_setzero_ps();
-    const int64_t line = is_int4 ? 4 : 2, per_group = G / QB; /* blocks per 64-byte line of a row, per group */
     int64_t g = 0, left = per_group; /* block b's group, and its blocks from b on */
     for (int64_t b = 0; b < nb; b++) {
-        if (m0 == 0 && b % line == 0 && n + NR + NR <= n_end) /* the next rows, one line at a time */
-            for (int r = 0; r < NR; r++)
-                _mm_prefetch((const char *)(q + (NR + r) * row_bytes + (is_int4 ? b * QB / 2 : b * QB)),
-                             _MM_HINT_T0);
+        if (m0 == 0 && (b & 1) == 0 && n + NR + NR <= n_end) /* the next rows, one line per 2 blocks */
+            for (int r = 0; r < NR; r++) _mm_prefetch((const char *)(q + (NR + r) * K + b * QB), _MM_HINT_T0);
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq0 + b * QB));
         const __m256i x1 = NT > 1 ? _mm256_loadu_si256((const __m256i *)(xq1 + b * QB)) : x0;
         for (int r = 0; r < NR; r++) {
             const float s = sc[r * ngroups + g];
-            if (is_int4) {
-                /* 16 bytes: weights 0..15 in the low nibbles, 16..31 in the high ones */
-                const __m128i raw = _mm_loadu_si128((const __m128i *)(q + r * row_bytes + b * QB / 2));
-                const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low4);
-                acc[r][0] = _mm256_fmadd_ps(dot_block(w, x0), _mm256_set1_ps(s * xs0[b]), acc[r][0]);
-                if (NT > 1) acc[r][1] = _mm256_fmadd_ps(dot_block(w, x1), _mm256_set1_ps(s * xs1[b]), acc[r][1]);
-            } else {
-                const __m256i w = _mm256_loadu_si256((const __m256i *)(q + r * row_bytes + b * QB));
-                const __m256i aw = _mm256_sign_epi8(w, w); /* |q| as unsigned bytes (-128 -> 128) */
-                acc[r][0] = _mm256_fmadd_ps(dot_block(aw, _mm256_sign_epi8(x0, w)), _mm256_set1_ps(s * xs0[b]),
-                                            acc[r][0]);
-                if (NT > 1)
-                    acc[r][1] = _mm256_fmadd_ps(dot_block(aw, _mm256_sign_epi8(x1, w)),
-                                                _mm256_set1_ps(s * xs1[b]), acc[r][1]);
-            }
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(q + r * K + b * QB));
+            const __m256i aw = _mm256_sign_epi8(w, w); /* |q| as unsigned bytes (-128 -> 128) */
+            acc[r][0] = _mm256_fmadd_ps(dot_block(aw, _mm256_sign_epi8(x0, w)), _mm256_set1_ps(s * xs0[b]), acc[r][0]);
+            if (NT > 1)
+                acc[r][1] = _mm256_fmadd_ps(dot_block(aw, _mm256_sign_epi8(x1, w)), _mm256_set1_ps(s * xs1[b]),
+                                            acc[r][1]);
         }
         if (--left == 0) {
             g++;
@@ -446,34 +447,83 @@ static inline __attribute__((always_inline)) void tile_q8(const q8job_t *qj, int
     }
     const float *bias = j->bias;
     for (int r = 0; r < NR; r++)
+        for (int t = 0; t < NT; t++) j->y[(m0 + t) * j->ldy + n + r] = hsum(acc[r][t]) + (bias ? bias[n + r] : 0.0f);
+}
+
+/* int4 two blocks at a time: a row's 32 bytes for blocks b, b + 1 give, masked and shifted,
+   all 64 nibbles in two vectors whose byte order is the pair layout of quantize_tokens, so one
+   pair costs 2 vpmaddubsw + an int16 add (<= 2 * 3810: no overflow) + 1 vpmaddwd + 1 convert
+   + 1 FMA, lanes 0-3 for block b, 4-7 for b + 1 (their scales in the matching halves of the
+   multiplier): ~11 instructions per 64 weights against ~18 one block at a time. Same sums as
+   tile_q8's int4 path, in another order; an odd last block goes the single-block way. */
+static inline __attribute__((always_inline)) void tile_q4_pairs(const q8job_t *qj, int64_t n, int64_t m0,
+                                                                const int NR, const int NT, const int64_t n_end) {
+    const job_t *j = qj->j;
+    const int64_t K = j->K, G = j->G, ngroups = K / G, nb = K / QB, row_bytes = K / 2, per_group = G / QB;
+    const uint8_t *q = (const uint8_t *)j->q + n * row_bytes;
+    const float *sc = j->scale + n * ngroups, *mn = j->min + n * ngroups;
+    const int8_t *xq0 = qj->xq + m0 * K, *xq1 = qj->xq + (m0 + (NT > 1)) * K;
+    const float *xs0 = qj->xs + m0 * nb, *xs1 = qj->xs + (m0 + (NT > 1)) * nb;
+    const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 acc[NR_MAX][MT];
+    for (int r = 0; r < NR; r++)
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        if (m0 == 0 && (b & 3) == 0 && n + NR + NR <= n_end) /* the next rows, one line per 4 blocks */
+            for (int r = 0; r < NR; r++) _mm_prefetch((const char *)(q + (NR + r) * row_bytes + b * 16), _MM_HINT_T0);
+        const int64_t g0 = per_group == 1 ? b : b / per_group, g1 = per_group == 1 ? b + 1 : (b + 1) / per_group;
+        const __m256i xa0 = _mm256_loadu_si256((const __m256i *)(xq0 + b * QB));
+        const __m256i xb0 = _mm256_loadu_si256((const __m256i *)(xq0 + b * QB + 32));
+        const __m256i xa1 = NT > 1 ? _mm256_loadu_si256((const __m256i *)(xq1 + b * QB)) : xa0;
+        const __m256i xb1 = NT > 1 ? _mm256_loadu_si256((const __m256i *)(xq1 + b * QB + 32)) : xb0;
+        const __m256 d0 = _mm256_set_m128(_mm_set1_ps(xs0[b + 1]), _mm_set1_ps(xs0[b]));
+        const __m256 d1 = NT > 1 ? _mm256_set_m128(_mm_set1_ps(xs1[b + 1]), _mm_set1_ps(xs1[b])) : d0;
+        for (int r = 0; r < NR; r++) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(q + r * row_bytes + b * 16));
+            const __m256i lo = _mm256_and_si256(raw, low4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+            const __m256 s = _mm256_set_m128(_mm_set1_ps(sc[r * ngroups + g1]), _mm_set1_ps(sc[r * ngroups + g0]));
+            __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa0), _mm256_maddubs_epi16(hi, xb0));
+            acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), _mm256_mul_ps(s, d0), acc[r][0]);
+            if (NT > 1) {
+                p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa1), _mm256_maddubs_epi16(hi, xb1));
+                acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), _mm256_mul_ps(s, d1),
+                                            acc[r][1]);
+            }
+        }
+    }
+    if (b < nb) { /* an odd last block, stored as is */
+        const int64_t g = b / per_group;
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq0 + b * QB));
+        const __m256i x1 = NT > 1 ? _mm256_loadu_si256((const __m256i *)(xq1 + b * QB)) : x0;
+        for (int r = 0; r < NR; r++) {
+            const float s = sc[r * ngroups + g];
+            const __m128i raw = _mm_loadu_si128((const __m128i *)(q + r * row_bytes + b * QB / 2));
+            const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low4);
+            acc[r][0] = _mm256_fmadd_ps(dot_block(w, x0), _mm256_set1_ps(s * xs0[b]), acc[r][0]);
+            if (NT > 1) acc[r][1] = _mm256_fmadd_ps(dot_block(w, x1), _mm256_set1_ps(s * xs1[b]), acc[r][1]);
+        }
+    }
+    const float *bias = j->bias;
+    for (int r = 0; r < NR; r++)
         for (int t = 0; t < NT; t++) {
             __m256 sum = acc[r][t];
             float tail = 0.0f;
-            if (is_int4) { /* the min term, a dot product over the groups: 8 lanes, then a scalar tail */
-                const float *xg = qj->xg + (m0 + t) * ngroups, *mr = mn + r * ngroups;
-                int64_t g = 0;
-                for (; g + 8 <= ngroups; g += 8) sum = _mm256_fmadd_ps(_mm256_loadu_ps(mr + g), _mm256_loadu_ps(xg + g), sum);
-                for (; g < ngroups; g++) tail = fmaf(mr[g], xg[g], tail);
-            }
+            const float *xg = qj->xg + (m0 + t) * ngroups, *mr = mn + r * ngroups;
+            int64_t g = 0;
+            for (; g + 8 <= ngroups; g += 8) sum = _mm256_fmadd_ps(_mm256_loadu_ps(mr + g), _mm256_loadu_ps(xg + g), sum);
+            for (; g < ngroups; g++) tail = fmaf(mr[g], xg[g], tail);
             j->y[(m0 + t) * j->ldy + n + r] = hsum(sum) + tail + (bias ? bias[n + r] : 0.0f);
         }
 }
 
-static inline void tile_q8_int8(const q8job_t *qj, int64_t n, int64_t m0, const int NR, const int NT,
-                                const int64_t n_end) {
-    tile_q8(qj, n, m0, NR, NT, n_end, 0);
-}
-static inline void tile_q8_int4(const q8job_t *qj, int64_t n, int64_t m0, const int NR, const int NT,
-                                const int64_t n_end) {
-    tile_q8(qj, n, m0, NR, NT, n_end, 1);
-}
 static void rows_q8_int8(const q8job_t *qj, int64_t n0, int64_t n1) {
     const job_t *j = qj->j;
     ROWS_BY_TILES_OF(tile_q8_int8, qj);
 }
 static void rows_q8_int4(const q8job_t *qj, int64_t n0, int64_t n1) {
     const job_t *j = qj->j;
-    ROWS_BY_TILES_OF(tile_q8_int4, qj);
+    ROWS_BY_TILES_OF(tile_q4_pairs, qj);
 }
 
 #else /* portable: the same sums, one output at a time */
@@ -566,7 +616,7 @@ static int run_q8(const job_t *job, int is_int4, int nthreads) {
     if (!floats)
         return run(job, is_int4, nthreads);
     int8_t *xq = (int8_t *)(floats + xs_floats + xg_floats);
-    quantize_tokens(job, xq, floats, is_int4 ? floats + xs_floats : NULL);
+    quantize_tokens(job, xq, floats, is_int4 ? floats + xs_floats : NULL, is_int4 && FQ_USE_AVX2);
     const q8job_t qj = {job, xq, floats, is_int4 ? floats + xs_floats : NULL};
     int64_t n = nthreads < 1 ? 1 : (nthreads > MAX_THREADS ? MAX_THREADS : nthreads);
     const int64_t by_work = (job->N * job->K) / WORK_PER_THREAD;
