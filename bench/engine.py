@@ -106,7 +106,7 @@ def matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> dict[st
 
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     calls = {"matmul": lambda: a @ b}
-    if onednn_linear.available():
+    if onednn_linear.supports(dtype):  # bf16: not on AVX2-only CPUs
         packed = onednn_linear.pack(b)
         calls["onednn_linear"] = lambda: onednn_linear.linear(a, packed)
     rates = {}

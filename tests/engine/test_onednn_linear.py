@@ -47,8 +47,23 @@ def _backend(**config) -> Backend:
     return Backend.select("cpu", torch.float32, "auto", BackendConfig(**config))
 
 
-def test_thresholds_choose_the_path():
+def test_the_defaults_follow_the_cpu(monkeypatch):
+    """oneDNN takes the projections from 24 tokens on where it runs AVX-512 code; on AVX2 CPUs
+    our small GEMM keeps them (up to 4096 tokens) and oneDNN only the lm_head."""
+    for capability, onednn, small in (("AVX512", 24, 256), ("AVX2", 0, 4096)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        config = BackendConfig()
+        assert (config.onednn_min_tokens, config.small_gemm_max_tokens) == (onednn, small)
+        assert BackendConfig(onednn_min_tokens=5, small_gemm_max_tokens=7).onednn_min_tokens == 5  # explicit wins
+    monkeypatch.undo()
     backend = _backend()
+    assert backend.onednn_kernel and backend.uses_onednn(torch.zeros(1, 8), lm_head=True)
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        assert not backend.uses_onednn(torch.zeros(2048, 8)) and backend.small_gemm_max_tokens == 4096
+
+
+def test_thresholds_choose_the_path():
+    backend = _backend(onednn_min_tokens=24, small_gemm_max_tokens=256)  # the AVX-512 defaults
     assert backend.onednn_kernel
     least = backend.config.onednn_min_tokens
     assert not backend.uses_onednn(torch.zeros(least - 1, 8))
@@ -93,7 +108,11 @@ def test_a_layer_repacks_after_its_weight_is_written():
 
 def test_a_loaded_model_is_prepacked_once_and_computes_the_same(tmp_path):
     make_hf_checkpoint("llama", tmp_path / "base", seed=5)
-    model, config = load_model(tmp_path / "base", dtype=torch.float32, backend=_backend())
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):  # defaults: the lm_head alone
+        model, _ = load_model(tmp_path / "base", dtype=torch.float32, backend=_backend())
+        assert prepack_weights(model) == 1 and model.model.layers[0].mlp.gate_up.packed.key is None
+    model, config = load_model(tmp_path / "base", dtype=torch.float32,
+                               backend=_backend(onednn_min_tokens=24, small_gemm_max_tokens=256))
     fused = [model.model.layers[0].self_attn.qkv, model.model.layers[0].mlp.gate_up]
     standalone = [model.model.layers[0].self_attn.o_proj, model.lm_head]
     assert all(layer.packed.key is None for layer in fused + standalone)

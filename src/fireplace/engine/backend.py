@@ -12,8 +12,9 @@ Nothing is switched globally: two engines in one process can run different backe
                          batched multi-LoRA delta; torch for the rest
   torch        CPU       torch ops only (bf16, FIREPLACE_CPU_KERNELS=0, no C compiler)
 On both CPU kinds the projections (fp32 or bf16) run oneDNN's linear on a pre-packed weight
-where torch has it (kernels/onednn_linear: 2-2.6x MKL's sgemm on this AMD machine), from
-BackendConfig.onednn_min_tokens tokens on; below that, or without it, the paths above.
+where torch has it (kernels/onednn_linear: 2-2.6x MKL's sgemm on an AVX-512 AMD machine), from
+BackendConfig.onednn_min_tokens tokens on (by default only on AVX-512 CPUs: on AVX2 ones our
+small GEMM beats it at every batch size); below that, or without it, the paths above.
 A model asked for in bf16 on a CPU with bf16 instructions (AVX512-BF16 / AMX) gets "auto" ->
 cpu-kernels in fp32 with `matmul_dtype` bf16: activations, norms, attention, KV cache and LoRA
 stay fp32 on our kernels, and only oneDNN's projections compute in bf16 (2x its fp32 rate here;
@@ -44,8 +45,9 @@ the sampled token then follows (the sampler's seeded draw does not depend on the
 
 It does not hold, and results differ by rounding only (the parity tests bound that at 1e-4
 against transformers; a greedy or seeded choice can flip only between near-tied tokens):
-  - in steps of more tokens than that, where oneDNN (from onednn_min_tokens tokens, default
-    24) or MKL (past small_gemm_max_tokens with oneDNN off) computes the projections: their
+  - in steps of more tokens than that, where oneDNN (from onednn_min_tokens tokens: 24 by
+    default on AVX-512 CPUs, off on AVX2 ones) or MKL (past small_gemm_max_tokens with oneDNN
+    off; 4096 by default on AVX2 CPUs) computes the projections: their
     blocking, hence rounding, depends on the number of rows (oneDNN's for K = 1536, say), and
     FusedLinear switches from per-part to one fused matmul at fused_matmul_min_tokens on MKL;
   - across prefill chunkings: the scheduler splits a prompt by the token budget left by the
