@@ -139,3 +139,10 @@ def require_cpu_kernel() -> None:
     """The paged decode attention kernel (see require_kernel)."""
     from fireplace.engine.kernels import paged_decode
     require_kernel(paged_decode, "paged decode kernel")
+
+
+def assert_matches(out: torch.Tensor, expected: torch.Tensor, rtol: float = 2e-5) -> None:
+    """out within rtol of the largest |expected| (at least 1) of an fp64 reference: what fp32
+    accumulation in another order than the reference's leaves (the quantized kernels' tests)."""
+    scale = max(expected.abs().max().item(), 1.0) if expected.numel() else 1.0
+    torch.testing.assert_close(out.double(), expected, atol=rtol * scale, rtol=0)

@@ -20,10 +20,7 @@ from fireplace.engine.backend_config import BackendConfig
 from fireplace.engine.kernels import quant_gemv as qg
 from fireplace.engine.layers.quantized_linear import quantized_linear
 
-from .helpers import build_portable, require_kernel
-
-RTOL = 2e-5  # of the largest |y|: fp32 accumulation in another order than the fp64 reference
-
+from .helpers import assert_matches, build_portable, require_kernel
 
 @pytest.fixture(scope="module")
 def kernel():
@@ -52,11 +49,6 @@ def reference_q8(x: torch.Tensor, qw: Q.QuantizedWeight, bias: torch.Tensor | No
 def unrounded(x: torch.Tensor, qw: Q.QuantizedWeight, bias: torch.Tensor | None) -> torch.Tensor:
     y = x.double() @ Q.dequantize(qw).double().T
     return y if bias is None else y + bias.double()
-
-
-def assert_matches(out: torch.Tensor, expected: torch.Tensor) -> None:
-    scale = max(expected.abs().max().item(), 1.0) if expected.numel() else 1.0
-    torch.testing.assert_close(out.double(), expected, atol=RTOL * scale, rtol=0)
 
 
 def make(scheme: str, n: int, k: int, group: int = 32, seed: int = 0) -> Q.QuantizedWeight:

@@ -563,16 +563,26 @@ static void rows_q8_int4(const q8job_t *qj, int64_t n0, int64_t n1) { rows_q8(qj
 
 int fq_uses_avx2(void) { return FQ_USE_AVX2; }
 
-static int run(const job_t *job, int is_int4, int nthreads) {
-    if (job->M < 0 || job->K < 1 || job->N < 0 || job->G < 1 || job->K % job->G != 0 || job->ldx < job->K ||
-        job->ldy < job->N || (is_int4 && job->G % 32 != 0))
-        return FQ_ERR_ARGS;
-    if (job->M == 0 || job->N == 0)
-        return FQ_OK;
+/* Whether the GEMV entry points must refuse these sizes (FQ_ERR_ARGS, y untouched). */
+static int bad_args(const job_t *job, int is_int4) {
+    return job->M < 0 || job->K < 1 || job->N < 0 || job->G < 1 || job->K % job->G != 0 || job->ldx < job->K ||
+           job->ldy < job->N || (is_int4 && job->G % 32 != 0);
+}
+
+/* Threads for a GEMV call: the caller's count, fewer for small matrices, at most one per row. */
+static int64_t team_size(const job_t *job, int nthreads) {
     int64_t n = nthreads < 1 ? 1 : (nthreads > MAX_THREADS ? MAX_THREADS : nthreads);
     const int64_t by_work = (job->N * job->K) / WORK_PER_THREAD;
     if (n > by_work) n = by_work < 1 ? 1 : by_work;
-    if (n > job->N) n = job->N;
+    return n > job->N ? job->N : n;
+}
+
+static int run(const job_t *job, int is_int4, int nthreads) {
+    if (bad_args(job, is_int4))
+        return FQ_ERR_ARGS;
+    if (job->M == 0 || job->N == 0)
+        return FQ_OK;
+    const int64_t n = team_size(job, nthreads);
     if (n <= 1) {
         (is_int4 ? rows_int4 : rows_int8)(job, 0, job->N);
         return FQ_OK;
@@ -603,8 +613,7 @@ int fq_linear_int4(const float *x, int64_t ldx, const uint8_t *q, const float *s
 /* The int8-activation products (section above): quantize the tokens, then split the rows. Sizes
    the scheme cannot take, or a failed allocation, run the fp32-activation path instead. */
 static int run_q8(const job_t *job, int is_int4, int nthreads) {
-    if (job->M < 0 || job->K < 1 || job->N < 0 || job->G < 1 || job->K % job->G != 0 || job->ldx < job->K ||
-        job->ldy < job->N || (is_int4 && job->G % 32 != 0))
+    if (bad_args(job, is_int4))
         return FQ_ERR_ARGS;
     if (job->M == 0 || job->N == 0)
         return FQ_OK;
@@ -618,10 +627,7 @@ static int run_q8(const job_t *job, int is_int4, int nthreads) {
     int8_t *xq = (int8_t *)(floats + xs_floats + xg_floats);
     quantize_tokens(job, xq, floats, is_int4 ? floats + xs_floats : NULL, is_int4 && FQ_USE_AVX2);
     const q8job_t qj = {job, xq, floats, is_int4 ? floats + xs_floats : NULL};
-    int64_t n = nthreads < 1 ? 1 : (nthreads > MAX_THREADS ? MAX_THREADS : nthreads);
-    const int64_t by_work = (job->N * job->K) / WORK_PER_THREAD;
-    if (n > by_work) n = by_work < 1 ? 1 : by_work;
-    if (n > job->N) n = job->N;
+    const int64_t n = team_size(job, nthreads);
     if (n <= 1) {
         (is_int4 ? rows_q8_int4 : rows_q8_int8)(&qj, 0, job->N);
     } else {
