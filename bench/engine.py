@@ -58,7 +58,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(BENCH))
 
-from peers import transformers_peer  # noqa: E402
+from peers import llamacpp_launch, transformers_peer  # noqa: E402
 from peers.vllm_peer import PeerUnavailable, VLLMPeer  # noqa: E402
 
 from fireplace.catalog.smollm2 import ensure_smollm2, find_smollm2_gguf  # noqa: E402
@@ -229,20 +229,19 @@ def vllm_run(peer: VLLMPeer, prompts, max_tokens: int, adapters=None) -> dict:
 def llamacpp_batch(warm, runs: list[tuple[list[list[int]], int]]) -> dict:
     """Runs bench/peers/llamacpp_batch_peer.py on the bundled GGUF: its own warm-up on `warm`,
     then each (prompts, max_tokens) in order; {"runs": [...], ...} or {"error": why}."""
-    import subprocess
-    python = BENCH / ".venv-llamacpp" / "bin" / "python"
-    if not python.exists():
+    if not llamacpp_launch.PYTHON.exists():
         return {"error": "llama.cpp batch row not run: bench/.venv-llamacpp is missing (make bench-peers)"}
     job = {"warm": warm, "runs": [{"prompts": p, "max_tokens": m} for p, m in runs]}
     before = load()
-    proc = subprocess.run([str(python), str(BENCH / "peers" / "llamacpp_batch_peer.py"), str(find_smollm2_gguf()),
-                           "--threads", str(torch.get_num_threads())],
-                          input=json.dumps(job), capture_output=True, text=True, timeout=3600)
+    proc, note = llamacpp_launch.run_peer("llamacpp_batch_peer.py", [
+        str(find_smollm2_gguf()), "--threads", str(torch.get_num_threads())], stdin=json.dumps(job))
     if proc.returncode != 0:
         return {"error": f"llama.cpp batch peer exited with {proc.returncode}: {proc.stderr[-500:]}"}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     for run in out["runs"]:
         run.update(loadavg_before=before, loadavg_after=load())
+    if note:
+        out["note"] = note
     return out
 
 

@@ -25,7 +25,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,8 @@ from fireplace.engine.sampling_params import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from peers import llamacpp_launch  # noqa: E402
 from tests.engine.smollm2_prompts import PROMPTS  # noqa: E402
 
 TEXT = ROOT / "tests" / "data" / "perplexity.txt"
@@ -130,18 +131,18 @@ def agreement(ref: list[list[int]], got: list[list[int]]) -> dict:
 
 
 def llama_cpp_peer(prompt: list[int], args) -> dict:
-    python = ROOT / "bench" / ".venv-llamacpp" / "bin" / "python"
-    if not python.exists():
+    if not llamacpp_launch.PYTHON.exists():
         return {"error": "llama.cpp not run: bench/.venv-llamacpp is missing (make bench-peers)"}
     before = load()
-    proc = subprocess.run([str(python), str(ROOT / "bench" / "peers" / "llamacpp_peer.py"), str(find_smollm2_gguf()),
-                           "--tokens", ",".join(map(str, prompt)), "--new-tokens", str(args.new_tokens),
-                           "--threads", str(args.threads), "--repeats", str(args.repeats)],
-                          capture_output=True, text=True, timeout=1800)
+    proc, note = llamacpp_launch.run_peer("llamacpp_peer.py", [
+        str(find_smollm2_gguf()), "--tokens", ",".join(map(str, prompt)), "--new-tokens", str(args.new_tokens),
+        "--threads", str(args.threads), "--repeats", str(args.repeats)], timeout=1800)
     if proc.returncode != 0:
         return {"error": f"llama.cpp peer exited with {proc.returncode}: {proc.stderr[-500:]}"}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["loadavg"] = [before, load()]
+    if note:
+        out["note"] = note
     return out
 
 

@@ -29,13 +29,15 @@ import time
 
 
 class BatchedLlama:
-    def __init__(self, gguf: str, n_ctx: int, n_seq: int, n_batch: int, n_ubatch: int, threads: int):
+    def __init__(self, gguf: str, n_ctx: int, n_seq: int, n_batch: int, n_ubatch: int, threads: int,
+                 extra_bufts: bool = True):
         import llama_cpp as L
         self.L = L
         self._quiet = L.llama_log_callback(lambda level, text, data: None)  # kept: C holds the pointer
         L.llama_log_set(self._quiet, None)
         L.llama_backend_init()
         model_params = L.llama_model_default_params()
+        model_params.use_extra_bufts = extra_bufts  # off: see llamacpp_launch.py
         self.model = L.llama_model_load_from_file(gguf.encode(), model_params)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {gguf}")
@@ -54,7 +56,7 @@ class BatchedLlama:
         self.n_batch = n_batch
         self.batch = L.llama_batch_init(max(n_batch, n_seq), 0, 1)
         self.settings = {"n_ctx": n_ctx, "n_seq_max": n_seq, "n_batch": n_batch, "n_ubatch": n_ubatch,
-                         "threads": threads, "kv_unified": False, "flash_attn": "llama.cpp default",
+                         "threads": threads, "use_extra_bufts": extra_bufts, "kv_unified": False, "flash_attn": "llama.cpp default",
                          "type_k/type_v": "llama.cpp default (f16)"}
 
     def _decode(self, entries: list[tuple[int, int, int, bool]]):
@@ -101,6 +103,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n-batch", type=int, default=2048, help="tokens per llama_decode in prefill (ours: 2048)")
     p.add_argument("--n-ubatch", type=int, default=512)
+    p.add_argument("--no-extra-bufts", action="store_true", help="no AMX / repacked weight buffers")
     args = p.parse_args()
     job = json.load(sys.stdin)
     import llama_cpp
@@ -110,7 +113,8 @@ def main() -> None:
     n_seq = max(len(prompts) for prompts in all_prompts)
     max_new = max([r["max_tokens"] for r in job["runs"]] + [16])
     n_ctx = n_seq * (longest + max_new + 8)  # each sequence's slice fits its prompt and output
-    llm = BatchedLlama(args.gguf, n_ctx, n_seq, args.n_batch, args.n_ubatch, args.threads)
+    llm = BatchedLlama(args.gguf, n_ctx, n_seq, args.n_batch, args.n_ubatch, args.threads,
+                       extra_bufts=not args.no_extra_bufts)
     llm.generate(job["warm"], 16)   # its own prompts: pages the weights in, sizes the buffers
     runs = [llm.generate(r["prompts"], r["max_tokens"]) for r in job["runs"]]
     if not job.get("tokens"):

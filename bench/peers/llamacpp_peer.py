@@ -43,16 +43,27 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--no-extra-bufts", action="store_true", help="no AMX / repacked weight buffers")
     args = p.parse_args()
     import llama_cpp
 
     prompt = [int(t) for t in args.tokens.split(",")]
+    if args.no_extra_bufts:  # Llama() takes no such argument: its default params, changed (llamacpp_launch.py)
+        import llama_cpp.llama_cpp as low  # the module Llama() reads its defaults from
+        defaults = low.llama_model_default_params
+
+        def without_extra_bufts():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+        low.llama_model_default_params = without_extra_bufts
     llm = llama_cpp.Llama(model_path=args.gguf, n_ctx=len(prompt) + args.new_tokens + 8, n_threads=args.threads,
                           n_threads_batch=args.threads, n_batch=512, logits_all=True, verbose=False)
     run_once(llm, prompt, 4)   # warm-up: its own short run (page in the weights)
     runs = [run_once(llm, prompt, args.new_tokens) for _ in range(args.repeats)]
     best = min(runs, key=lambda r: r["decode_ms_mean"])
     print(json.dumps({"llama_cpp_python": llama_cpp.__version__, "threads": args.threads,
+                      "use_extra_bufts": not args.no_extra_bufts,
                       **{k: v for k, v in best.items() if k != "tokens"},
                       "tok_s": 1e3 / best["decode_ms_mean"], "tokens": best["tokens"],
                       "runs": [{k: v for k, v in r.items() if k != "tokens"} for r in runs]}))

@@ -117,9 +117,10 @@ def require_kernel(kernel_module, what: str) -> None:
         pytest.skip(f"the C {what} is unavailable (no C compiler?)")
 
 
-def build_portable(source: Path, tmp_path: Path):
+def build_portable(source: Path, tmp_path: Path, flags: tuple[str, ...] = ()):
     """A kernel's C source compiled for the baseline ISA (no -march=native: no AVX2 / AVX-512,
-    what an older CPU gets), loaded with ctypes. Skips without a C compiler (fails in CI)."""
+    what an older CPU gets) or for the ISA that `flags` name (e.g. -march=haswell: AVX2 + FMA,
+    no AVX-512), loaded with ctypes. Skips without a C compiler (fails in CI)."""
     import ctypes
     import shutil
     import subprocess
@@ -129,8 +130,8 @@ def build_portable(source: Path, tmp_path: Path):
         if os.environ.get("CI") == "true":
             pytest.fail("a C compiler is required in CI")
         pytest.skip("no C compiler")
-    lib_path = tmp_path / f"{source.stem}_portable.so"
-    subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-fopenmp", "-o", str(lib_path), str(source), "-lm"],
+    lib_path = tmp_path / f"{source.stem}_{'_'.join(f.strip('-') for f in flags) or 'portable'}.so"
+    subprocess.run([compiler, "-O2", *flags, "-shared", "-fPIC", "-fopenmp", "-o", str(lib_path), str(source), "-lm"],
                    check=True, capture_output=True, timeout=120)
     return ctypes.CDLL(str(lib_path))
 

@@ -10,6 +10,7 @@ tests skip, except in CI (CI=true), where they fail.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,6 +88,18 @@ def test_matches_the_int8_activation_reference(kernel, scheme, group, m, k, n):
     exact = unrounded(x, qw, bias)
     error = (out.double() - exact).abs().max().item() / exact.abs().max().item()
     assert 0 < error < 0.02  # ... and it is really there (the fp32 path would be ~1e-7)
+
+
+@pytest.mark.parametrize("m,k,n,group", [(1, 160, 5, 32), (2, 224, 19, 32), (3, 192, 8, 64), (1, 576, 40, 64),
+                                         (2, 576, 11, 32)])
+def test_block_counts_that_do_not_fill_four_block_loads(kernel, m, k, n, group):
+    """K / 32 blocks of 5, 7, 6 and 18: what an AVX-512 CPU's four-blocks-a-load int4 tile
+    leaves (a pair, an odd block, both) takes the 256-bit steps into the same sums."""
+    g = torch.Generator().manual_seed(k + n)
+    qw, x, bias = make("int4", n, k, group, seed=n), torch.randn(m, k, generator=g), torch.randn(n, generator=g)
+    out = q8(x, qw, bias)
+    assert_matches(out, reference_q8(x, qw, bias))
+    assert torch.equal(q8(x[:1], qw, bias)[0], out[0])
 
 
 def test_per_channel_int8_like_the_lm_head(kernel):
@@ -179,6 +192,31 @@ def test_portable_path_matches(kernel, monkeypatch, tmp_path):
         qw, x, bias = make(scheme, n, k, group), torch.randn(m, k, generator=g), torch.randn(n, generator=g)
         for threads in (1, 2):
             assert_matches(q8(x, qw, bias, num_threads=threads), reference_q8(x, qw, bias))
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"), reason="needs an AVX2 CPU")
+def test_avx2_path_matches_on_any_avx2_cpu(kernel, monkeypatch, tmp_path):
+    """The 256-bit path (int4 two blocks a load, tile_q4_pairs), which an AVX-512 VNNI CPU's
+    native build replaces with four blocks a load: built for Haswell (AVX2 + FMA only), and,
+    where the CPU has them, with 256-bit VNNI dot products; each matches the reference, and a
+    token's outputs are the same bits at any M."""
+    variants = [("-march=haswell",)]
+    if "avx_vnni" in Path("/proc/cpuinfo").read_text():
+        variants.append(("-march=haswell", "-mavxvnni"))
+    g = torch.Generator().manual_seed(8)
+    for flags in variants:
+        lib = build_portable(qg._SOURCE, tmp_path, flags)
+        qg._declare(lib)
+        assert lib.fq_uses_avx2() == 1
+        monkeypatch.setattr(qg._kernels, "_lib", lib)
+        monkeypatch.setattr(qg._kernels, "_loaded", True)
+        for scheme, m, k, n, group in [("int4", 3, 576, 9, 32), ("int4", 2, 96, 7, 32), ("int4", 5, 256, 33, 128),
+                                        ("int4", 1, 1536, 6, 64), ("int8", 3, 576, 5, 32)]:
+            qw, x, bias = make(scheme, n, k, group), torch.randn(m, k, generator=g), torch.randn(n, generator=g)
+            for threads in (1, 2):
+                out = q8(x, qw, bias, num_threads=threads)
+                assert_matches(out, reference_q8(x, qw, bias))
+                assert torch.equal(q8(x[-1:], qw, bias, num_threads=threads)[0], out[-1])
 
 
 # --- the layer: the backend's config decides -----------------------------------------------------------

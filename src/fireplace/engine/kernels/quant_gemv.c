@@ -61,6 +61,19 @@
 #else
 #define FQ_USE_AVX2 0
 #endif
+/* AVX-512 with VNNI (vpdpbusd): the int8-activation int4 GEMV takes four blocks per 64-byte
+   load (tile_q4_quads); 256-bit vpdpbusd (AVX512-VL or AVX-VNNI) replaces vpmaddubsw + vpmaddwd
+   in the 256-bit steps. The integer sums are the same either way (exact, see below). */
+#if FQ_USE_AVX2 && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define FQ_USE_VNNI512 1
+#else
+#define FQ_USE_VNNI512 0
+#endif
+#if FQ_USE_AVX2 && ((defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__))
+#define FQ_USE_VNNI256 1
+#else
+#define FQ_USE_VNNI256 0
+#endif
 
 /* Return codes, mirrored in quant_gemv.py. */
 enum { FQ_OK = 0, FQ_ERR_ARGS = 1, FQ_ERR_UNSUPPORTED = 2 };
@@ -344,10 +357,25 @@ typedef struct {
     const float *xg;   /* [M, K / G] (int4) */
 } q8job_t;
 
-/* xq, xs (and xg when not NULL) of the M tokens of x. pairs: each two blocks b, b + 1 (b even)
-   stored interleaved for tile_q4_pairs, as [b 0..15 | b+1 0..15 | b 16..31 | b+1 16..31] (the
-   order of the nibbles of 32 int4 bytes split into low and high halves); an odd last block as is. */
-static void quantize_tokens(const job_t *j, int8_t *xq, float *xs, float *xg, int pairs) {
+/* Each run of P blocks of a token's xq (P = 4 from b = 0 while 4 fit, then 2, then 1) stored
+   interleaved as [low halves of its P blocks in order | their high halves], i.e. for a pair
+   [b 0..15 | b+1 0..15 | b 16..31 | b+1 16..31]: the order of the nibbles of the run's int4
+   bytes split into low and high halves (tile_q4_pairs with P = 2, tile_q4_quads with P = 4). */
+static void interleave_blocks(int8_t *q, int64_t nb, int P) {
+    int64_t b = 0;
+    for (int p = P; p >= 2; p /= 2)
+        for (; b + p <= nb; b += p) {
+            int8_t tmp[4 * QB];
+            memcpy(tmp, q + b * QB, (size_t)p * QB);
+            for (int i = 0; i < p; i++) {
+                memcpy(q + b * QB + 16 * i, tmp + i * QB, 16);
+                memcpy(q + b * QB + 16 * (p + i), tmp + i * QB + 16, 16);
+            }
+        }
+}
+
+/* xq, xs (and xg when not NULL) of the M tokens of x; P > 1: xq interleaved as above. */
+static void quantize_tokens(const job_t *j, int8_t *xq, float *xs, float *xg, int P) {
     const int64_t K = j->K, nb = K / QB, ng = K / j->G;
     for (int64_t m = 0; m < j->M; m++) {
         const float *x = j->x + m * j->ldx;
@@ -387,15 +415,7 @@ static void quantize_tokens(const job_t *j, int8_t *xq, float *xs, float *xg, in
             for (int i = 0; i < QB; i++) q[b * QB + i] = (int8_t)nearbyintf(v[i] * id);
 #endif
         }
-        if (pairs)
-            for (int64_t b = 0; b + 2 <= nb; b += 2) {
-                int8_t tmp[2 * QB];
-                memcpy(tmp, q + b * QB, sizeof tmp);
-                memcpy(q + b * QB, tmp, 16);                 /* b 0..15 */
-                memcpy(q + b * QB + 16, tmp + QB, 16);       /* b+1 0..15 */
-                memcpy(q + b * QB + 32, tmp + 16, 16);       /* b 16..31 */
-                memcpy(q + b * QB + 48, tmp + QB + 16, 16);  /* b+1 16..31 */
-            }
+        if (P > 1) interleave_blocks(q, nb, P);
         if (xg)
             for (int64_t g = 0; g < ng; g++) {
                 float s = 0.0f;
@@ -406,10 +426,30 @@ static void quantize_tokens(const job_t *j, int8_t *xq, float *xs, float *xg, in
 }
 
 #if FQ_USE_AVX2
+/* sum of the 4 u8 x s8 products of each dword lane, as int32 (exact: see the bounds above) */
+static inline __m256i dot_lanes(__m256i w, __m256i x) {
+#if FQ_USE_VNNI256 && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x);
+#elif FQ_USE_VNNI256
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
+#endif
+}
+
 /* One block's exact integer dot product, as 8 int32 lanes converted to fp32: w unsigned bytes
    (int4 nibbles, or |q| for int8), xs signed bytes (for int8 x with q's sign). */
-static inline __m256 dot_block(__m256i w, __m256i x) {
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)));
+static inline __m256 dot_block(__m256i w, __m256i x) { return _mm256_cvtepi32_ps(dot_lanes(w, x)); }
+
+/* The two dot products of a pair (lo x xa + hi x xb per lane) as fp32; vpmaddubsw's int16 sums
+   of the two halves cannot overflow (<= 2 * 3810). */
+static inline __m256 dot_pair(__m256i lo, __m256i hi, __m256i xa, __m256i xb) {
+#if FQ_USE_VNNI256
+    return _mm256_cvtepi32_ps(_mm256_add_epi32(dot_lanes(lo, xa), dot_lanes(hi, xb)));
+#else
+    const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa), _mm256_maddubs_epi16(hi, xb));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+#endif
 }
 
 /* y[m0 .. m0 + NT, n .. n + NR) for int8 weights (NT a compile-time 1 or 2): per block, |q| and
@@ -450,72 +490,160 @@ static inline __attribute__((always_inline)) void tile_q8_int8(const q8job_t *qj
         for (int t = 0; t < NT; t++) j->y[(m0 + t) * j->ldy + n + r] = hsum(acc[r][t]) + (bias ? bias[n + r] : 0.0f);
 }
 
-/* int4 two blocks at a time: a row's 32 bytes for blocks b, b + 1 give, masked and shifted,
-   all 64 nibbles in two vectors whose byte order is the pair layout of quantize_tokens, so one
-   pair costs 2 vpmaddubsw + an int16 add (<= 2 * 3810: no overflow) + 1 vpmaddwd + 1 convert
-   + 1 FMA, lanes 0-3 for block b, 4-7 for b + 1 (their scales in the matching halves of the
-   multiplier): ~11 instructions per 64 weights against ~18 one block at a time. Same sums as
-   tile_q8's int4 path, in another order; an odd last block goes the single-block way. */
-static inline __attribute__((always_inline)) void tile_q4_pairs(const q8job_t *qj, int64_t n, int64_t m0,
-                                                                const int NR, const int NT, const int64_t n_end) {
+/* The int4 int8-activation tiles (tile_q4_pairs, tile_q4_quads) share what one tile reads,
+   the steps over a pair or a single block into 256-bit accumulators, and the store. */
+typedef struct {
+    const uint8_t *q;           /* the tile's first row */
+    const float *sc, *mn;       /* its scales and mins, [NR, ngroups] rows apart */
+    const int8_t *xq0, *xq1;    /* the tile's tokens (xq1 = xq0 at NT = 1) */
+    const float *xs0, *xs1;
+    int64_t row_bytes, ngroups, per_group, nb;
+} q4tile_t;
+
+static inline q4tile_t q4_tile(const q8job_t *qj, int64_t n, int64_t m0, const int NT) {
     const job_t *j = qj->j;
-    const int64_t K = j->K, G = j->G, ngroups = K / G, nb = K / QB, row_bytes = K / 2, per_group = G / QB;
-    const uint8_t *q = (const uint8_t *)j->q + n * row_bytes;
-    const float *sc = j->scale + n * ngroups, *mn = j->min + n * ngroups;
-    const int8_t *xq0 = qj->xq + m0 * K, *xq1 = qj->xq + (m0 + (NT > 1)) * K;
-    const float *xs0 = qj->xs + m0 * nb, *xs1 = qj->xs + (m0 + (NT > 1)) * nb;
-    const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    __m256 acc[NR_MAX][MT];
-    for (int r = 0; r < NR; r++)
-        for (int t = 0; t < NT; t++) acc[r][t] = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        if (m0 == 0 && (b & 3) == 0 && n + NR + NR <= n_end) /* the next rows, one line per 4 blocks */
-            for (int r = 0; r < NR; r++) _mm_prefetch((const char *)(q + (NR + r) * row_bytes + b * 16), _MM_HINT_T0);
-        const int64_t g0 = per_group == 1 ? b : b / per_group, g1 = per_group == 1 ? b + 1 : (b + 1) / per_group;
-        const __m256i xa0 = _mm256_loadu_si256((const __m256i *)(xq0 + b * QB));
-        const __m256i xb0 = _mm256_loadu_si256((const __m256i *)(xq0 + b * QB + 32));
-        const __m256i xa1 = NT > 1 ? _mm256_loadu_si256((const __m256i *)(xq1 + b * QB)) : xa0;
-        const __m256i xb1 = NT > 1 ? _mm256_loadu_si256((const __m256i *)(xq1 + b * QB + 32)) : xb0;
-        const __m256 d0 = _mm256_set_m128(_mm_set1_ps(xs0[b + 1]), _mm_set1_ps(xs0[b]));
-        const __m256 d1 = NT > 1 ? _mm256_set_m128(_mm_set1_ps(xs1[b + 1]), _mm_set1_ps(xs1[b])) : d0;
-        for (int r = 0; r < NR; r++) {
-            const __m256i raw = _mm256_loadu_si256((const __m256i *)(q + r * row_bytes + b * 16));
-            const __m256i lo = _mm256_and_si256(raw, low4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
-            const __m256 s = _mm256_set_m128(_mm_set1_ps(sc[r * ngroups + g1]), _mm_set1_ps(sc[r * ngroups + g0]));
-            __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa0), _mm256_maddubs_epi16(hi, xb0));
-            acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), _mm256_mul_ps(s, d0), acc[r][0]);
-            if (NT > 1) {
-                p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa1), _mm256_maddubs_epi16(hi, xb1));
-                acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), _mm256_mul_ps(s, d1),
-                                            acc[r][1]);
-            }
-        }
+    const int64_t K = j->K, ngroups = K / j->G, nb = K / QB;
+    const q4tile_t t = {(const uint8_t *)j->q + n * (K / 2), j->scale + n * ngroups, j->min + n * ngroups,
+                        qj->xq + m0 * K, qj->xq + (m0 + (NT > 1)) * K, qj->xs + m0 * nb,
+                        qj->xs + (m0 + (NT > 1)) * nb, K / 2, ngroups, j->G / QB, nb};
+    return t;
+}
+
+/* Blocks b, b + 1: the rows' 32 bytes give, masked and shifted, all 64 nibbles in two vectors
+   whose byte order is the pair layout of interleave_blocks, so one pair costs two dot products
+   + 1 convert + 1 FMA, lanes 0-3 for block b, 4-7 for b + 1 (their scales in the matching
+   halves of the multiplier): ~11 instructions per 64 weights against ~18 a block at a time. */
+static inline __attribute__((always_inline)) void q4_pair_step(const q4tile_t *t, int64_t b, const int NR,
+                                                               const int NT, __m256 acc[NR_MAX][MT]) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const int64_t g0 = b / t->per_group, g1 = (b + 1) / t->per_group;
+    const __m256i xa0 = _mm256_loadu_si256((const __m256i *)(t->xq0 + b * QB));
+    const __m256i xb0 = _mm256_loadu_si256((const __m256i *)(t->xq0 + b * QB + 32));
+    const __m256i xa1 = NT > 1 ? _mm256_loadu_si256((const __m256i *)(t->xq1 + b * QB)) : xa0;
+    const __m256i xb1 = NT > 1 ? _mm256_loadu_si256((const __m256i *)(t->xq1 + b * QB + 32)) : xb0;
+    const __m256 d0 = _mm256_set_m128(_mm_set1_ps(t->xs0[b + 1]), _mm_set1_ps(t->xs0[b]));
+    const __m256 d1 = NT > 1 ? _mm256_set_m128(_mm_set1_ps(t->xs1[b + 1]), _mm_set1_ps(t->xs1[b])) : d0;
+    for (int r = 0; r < NR; r++) {
+        const __m256i raw = _mm256_loadu_si256((const __m256i *)(t->q + r * t->row_bytes + b * 16));
+        const __m256i lo = _mm256_and_si256(raw, low4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+        const float *sr = t->sc + r * t->ngroups;
+        const __m256 s = _mm256_set_m128(_mm_set1_ps(sr[g1]), _mm_set1_ps(sr[g0]));
+        acc[r][0] = _mm256_fmadd_ps(dot_pair(lo, hi, xa0, xb0), _mm256_mul_ps(s, d0), acc[r][0]);
+        if (NT > 1) acc[r][1] = _mm256_fmadd_ps(dot_pair(lo, hi, xa1, xb1), _mm256_mul_ps(s, d1), acc[r][1]);
     }
-    if (b < nb) { /* an odd last block, stored as is */
-        const int64_t g = b / per_group;
-        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq0 + b * QB));
-        const __m256i x1 = NT > 1 ? _mm256_loadu_si256((const __m256i *)(xq1 + b * QB)) : x0;
-        for (int r = 0; r < NR; r++) {
-            const float s = sc[r * ngroups + g];
-            const __m128i raw = _mm_loadu_si128((const __m128i *)(q + r * row_bytes + b * QB / 2));
-            const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low4);
-            acc[r][0] = _mm256_fmadd_ps(dot_block(w, x0), _mm256_set1_ps(s * xs0[b]), acc[r][0]);
-            if (NT > 1) acc[r][1] = _mm256_fmadd_ps(dot_block(w, x1), _mm256_set1_ps(s * xs1[b]), acc[r][1]);
-        }
+}
+
+/* Block b alone (the odd last block, stored as is). */
+static inline __attribute__((always_inline)) void q4_single_step(const q4tile_t *t, int64_t b, const int NR,
+                                                                 const int NT, __m256 acc[NR_MAX][MT]) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const int64_t g = b / t->per_group;
+    const __m256i x0 = _mm256_loadu_si256((const __m256i *)(t->xq0 + b * QB));
+    const __m256i x1 = NT > 1 ? _mm256_loadu_si256((const __m256i *)(t->xq1 + b * QB)) : x0;
+    for (int r = 0; r < NR; r++) {
+        const float s = t->sc[r * t->ngroups + g];
+        const __m128i raw = _mm_loadu_si128((const __m128i *)(t->q + r * t->row_bytes + b * QB / 2));
+        const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low4);
+        acc[r][0] = _mm256_fmadd_ps(dot_block(w, x0), _mm256_set1_ps(s * t->xs0[b]), acc[r][0]);
+        if (NT > 1) acc[r][1] = _mm256_fmadd_ps(dot_block(w, x1), _mm256_set1_ps(s * t->xs1[b]), acc[r][1]);
     }
-    const float *bias = j->bias;
+}
+
+/* y = the accumulators' sums + sum_g min * xg + bias. */
+static inline __attribute__((always_inline)) void q4_store(const q8job_t *qj, const q4tile_t *t, int64_t n,
+                                                           int64_t m0, const int NR, const int NT,
+                                                           __m256 acc[NR_MAX][MT]) {
+    const job_t *j = qj->j;
+    const int64_t ngroups = t->ngroups;
     for (int r = 0; r < NR; r++)
-        for (int t = 0; t < NT; t++) {
-            __m256 sum = acc[r][t];
+        for (int k = 0; k < NT; k++) {
+            __m256 sum = acc[r][k];
             float tail = 0.0f;
-            const float *xg = qj->xg + (m0 + t) * ngroups, *mr = mn + r * ngroups;
+            const float *xg = qj->xg + (m0 + k) * ngroups, *mr = t->mn + r * ngroups;
             int64_t g = 0;
             for (; g + 8 <= ngroups; g += 8) sum = _mm256_fmadd_ps(_mm256_loadu_ps(mr + g), _mm256_loadu_ps(xg + g), sum);
             for (; g < ngroups; g++) tail = fmaf(mr[g], xg[g], tail);
-            j->y[(m0 + t) * j->ldy + n + r] = hsum(sum) + tail + (bias ? bias[n + r] : 0.0f);
+            j->y[(m0 + k) * j->ldy + n + r] = hsum(sum) + tail + (j->bias ? j->bias[n + r] : 0.0f);
         }
 }
+
+/* int4 two blocks at a time (the AVX2 layout P = 2), then an odd last block. */
+static inline __attribute__((always_inline)) void tile_q4_pairs(const q8job_t *qj, int64_t n, int64_t m0,
+                                                                const int NR, const int NT, const int64_t n_end) {
+    const q4tile_t t = q4_tile(qj, n, m0, NT);
+    __m256 acc[NR_MAX][MT];
+    for (int r = 0; r < NR; r++)
+        for (int k = 0; k < NT; k++) acc[r][k] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= t.nb; b += 2) {
+        if (m0 == 0 && (b & 3) == 0 && n + NR + NR <= n_end) /* the next rows, one line per 4 blocks */
+            for (int r = 0; r < NR; r++)
+                _mm_prefetch((const char *)(t.q + (NR + r) * t.row_bytes + b * 16), _MM_HINT_T0);
+        q4_pair_step(&t, b, NR, NT, acc);
+    }
+    if (b < t.nb) q4_single_step(&t, b, NR, NT, acc);
+    q4_store(qj, &t, n, m0, NR, NT, acc);
+}
+
+#if FQ_USE_VNNI512
+/* int4 four blocks at a time (layout P = 4): a row's 64 bytes for blocks b .. b + 3 masked and
+   shifted into two 512-bit vectors, two vpdpbusd into int32 lanes (lanes 4i .. 4i + 3 for block
+   b + i), one convert and one FMA with the four blocks' scale x xs spread over their lanes:
+   ~10 instructions per 128 weights. What is left after the quads (a pair, an odd block) takes
+   the 256-bit steps, into the same sums. */
+static inline __attribute__((always_inline)) void tile_q4_quads(const q8job_t *qj, int64_t n, int64_t m0,
+                                                                const int NR, const int NT, const int64_t n_end) {
+    const q4tile_t t = q4_tile(qj, n, m0, NT);
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    __m512 wide[NR_MAX][MT];
+    for (int r = 0; r < NR; r++)
+        for (int k = 0; k < NT; k++) wide[r][k] = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 4 <= t.nb; b += 4) {
+        if (m0 == 0 && n + NR + NR <= n_end) /* the next rows, one line per quad */
+            for (int r = 0; r < NR; r++)
+                _mm_prefetch((const char *)(t.q + (NR + r) * t.row_bytes + b * 16), _MM_HINT_T0);
+        const __m512i xa0 = _mm512_loadu_si512(t.xq0 + b * QB), xb0 = _mm512_loadu_si512(t.xq0 + b * QB + 64);
+        const __m512i xa1 = NT > 1 ? _mm512_loadu_si512(t.xq1 + b * QB) : xa0;
+        const __m512i xb1 = NT > 1 ? _mm512_loadu_si512(t.xq1 + b * QB + 64) : xb0;
+        const __m512 d0 = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(t.xs0 + b)));
+        const __m512 d1 =
+            NT > 1 ? _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(t.xs1 + b))) : d0;
+        for (int r = 0; r < NR; r++) {
+            const __m512i raw = _mm512_loadu_si512(t.q + r * t.row_bytes + b * 16);
+            const __m512i lo = _mm512_and_si512(raw, low4), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+            const float *sr = t.sc + r * t.ngroups;
+            const int64_t pg = t.per_group;
+            const __m128 s4 = pg == 1 ? _mm_loadu_ps(sr + b)
+                                      : _mm_setr_ps(sr[b / pg], sr[(b + 1) / pg], sr[(b + 2) / pg], sr[(b + 3) / pg]);
+            const __m512 s = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(s4));
+            const __m512i p0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xa0), hi, xb0);
+            wide[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(s, d0), wide[r][0]);
+            if (NT > 1) {
+                const __m512i p1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xa1), hi, xb1);
+                wide[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(s, d1), wide[r][1]);
+            }
+        }
+    }
+    __m256 acc[NR_MAX][MT];
+    for (int r = 0; r < NR; r++)
+        for (int k = 0; k < NT; k++)
+            acc[r][k] = _mm256_add_ps(_mm512_castps512_ps256(wide[r][k]),
+                                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(wide[r][k]), 1)));
+    if (b + 2 <= t.nb) {
+        q4_pair_step(&t, b, NR, NT, acc);
+        b += 2;
+    }
+    if (b < t.nb) q4_single_step(&t, b, NR, NT, acc);
+    q4_store(qj, &t, n, m0, NR, NT, acc);
+}
+#define TILE_Q4 tile_q4_quads
+#define Q4_INTERLEAVE 4
+#else
+#define TILE_Q4 tile_q4_pairs
+#define Q4_INTERLEAVE 2
+#endif
 
 static void rows_q8_int8(const q8job_t *qj, int64_t n0, int64_t n1) {
     const job_t *j = qj->j;
@@ -523,10 +651,11 @@ static void rows_q8_int8(const q8job_t *qj, int64_t n0, int64_t n1) {
 }
 static void rows_q8_int4(const q8job_t *qj, int64_t n0, int64_t n1) {
     const job_t *j = qj->j;
-    ROWS_BY_TILES_OF(tile_q4_pairs, qj);
+    ROWS_BY_TILES_OF(TILE_Q4, qj);
 }
 
 #else /* portable: the same sums, one output at a time */
+#define Q4_INTERLEAVE 1 /* xq as is */
 
 static void rows_q8(const q8job_t *qj, int64_t n0, int64_t n1, int is_int4) {
     const job_t *j = qj->j;
@@ -625,7 +754,7 @@ static int run_q8(const job_t *job, int is_int4, int nthreads) {
     if (!floats)
         return run(job, is_int4, nthreads);
     int8_t *xq = (int8_t *)(floats + xs_floats + xg_floats);
-    quantize_tokens(job, xq, floats, is_int4 ? floats + xs_floats : NULL, is_int4 && FQ_USE_AVX2);
+    quantize_tokens(job, xq, floats, is_int4 ? floats + xs_floats : NULL, is_int4 ? Q4_INTERLEAVE : 1);
     const q8job_t qj = {job, xq, floats, is_int4 ? floats + xs_floats : NULL};
     const int64_t n = team_size(job, nthreads);
     if (n <= 1) {
