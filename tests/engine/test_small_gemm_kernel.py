@@ -107,8 +107,22 @@ def test_rows_do_not_depend_on_the_batch(kernel):
     g = torch.Generator().manual_seed(11)
     x, w, bias = torch.randn(70, 576, generator=g), weight(192, 576), torch.randn(192, generator=g)
     full = sg.linear(x, w, bias)
-    for rows in [slice(0, 1), slice(5, 6), slice(64, 70), slice(3, 20), slice(69, 70)]:
+    for rows in [slice(0, 1), slice(5, 6), slice(64, 70), slice(3, 20), slice(69, 70),
+                 slice(10, 12), slice(20, 23), slice(30, 34), slice(40, 45)]:  # 1-4 tokens: the thin path
         assert torch.equal(sg.linear(x[rows], w, bias), full[rows])
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+@pytest.mark.parametrize("num_threads", [1, 2, 3, 4])
+def test_thin_path_threads_and_odd_rows(kernel, m, num_threads):
+    """1-4 tokens (the thin path, 8 weight rows at a time, split by weights read): any thread
+    count gives the same bits as the tile path, with N and K not multiples of 8."""
+    g = torch.Generator().manual_seed(m)
+    x, w, bias = torch.randn(20, 203, generator=g), weight(1501, 203), torch.randn(1501, generator=g)
+    wide = sg.linear(x, w, bias, num_threads=1)  # 20 tokens: the tile path
+    out = sg.linear(x[:m], w, bias, num_threads=num_threads)
+    assert torch.equal(out, wide[:m])
+    assert_matches(out, reference(x[:m], w, bias))
 
 
 def test_default_thread_count(kernel):
@@ -118,10 +132,11 @@ def test_default_thread_count(kernel):
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_strided_views(kernel, with_bias):
+@pytest.mark.parametrize("m", [37, 3])
+def test_strided_views(kernel, with_bias, m):
     """x a column slice of a wider tensor; out a column slice of a wider output (as the q, k, v
     parts of a fused projection's output are): nothing outside the view is written."""
-    m, k, n = 37, 576, 192
+    k, n = 576, 195
     g = torch.Generator().manual_seed(5)
     x_wide = torch.randn(m, k + 40, generator=g)
     x = x_wide[:, 24:24 + k]
