@@ -417,7 +417,7 @@ def main() -> None:
             print(peer_out["error"], flush=True)
         else:
             timed, prefill = peer_out["runs"]
-            results["llama_cpp"] = {k: peer_out[k] for k in ("llama_cpp_python", "settings")}
+            results["llama_cpp"] = {k: peer_out[k] for k in ("llama_cpp_python", "settings", "note") if k in peer_out}
             rows["llamacpp_gguf"] = finish_row({"system": "llama.cpp", "dtype": "float32", "weights": "gguf"},
                                                [timed], prefill, flops, matmul["float32"], n)
             show("llama.cpp, GGUF Q4_1", rows["llamacpp_gguf"])

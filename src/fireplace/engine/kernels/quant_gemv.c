@@ -335,7 +335,8 @@ static void rows_int4(const job_t *j, int64_t n0, int64_t n1) {
  * 127 * 2; vpmaddwd then adds pairs into int32); each block adds one fp32 FMA. Why: the fp32
  * path spends ~19 instructions per 32 int4 weights (shuffle, mask, convert, two FMAs per 8) and
  * runs out of issue slots before the memory does (int4 ~16 GB/s of a 35 GB/s read bandwidth on a
- * Zen 3); here int4 takes ~11 per 64 (two blocks at a time, tile_q4_pairs), int8 ~8 per 32.
+ * Zen 3); here int4 takes ~11 per 64 (two blocks at a time, tile_q4_pairs), int8 ~8 per 32;
+ * with AVX-512 VNNI int4 takes ~10 per 128 (four blocks at a time, tile_q4_quads).
  * What it costs is the activations' rounding: at most half a
  * step of xs per value, the error llama.cpp accepts; bench/single_stream.py states the
  * perplexity of each precision. The fp32 entry points above stay exact up to rounding.
