@@ -264,6 +264,35 @@ def test_portable_path_matches(kernel, monkeypatch, tmp_path):
         torch.testing.assert_close(qg.dequantize_unchecked(qw), Q.dequantize(qw), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("k, group", [(120, 24), (120, 40), (200, 200), (64, 16)])
+def test_int8_groups_that_leave_8_or_fewer_weights(kernel, k, group):
+    """Groups of 16 k at a time, then 8, then one by one: every remainder of the int8 path."""
+    g = torch.Generator().manual_seed(k + group)
+    qw, x, bias = make("int8", 9, k, group), torch.randn(3, k, generator=g), torch.randn(9, generator=g)
+    out = qg.linear(x, qw, bias)
+    assert_matches(out, reference(x, qw, bias))
+    assert torch.equal(qg.linear(x[1:2], qw, bias)[0], out[1])
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"), reason="needs an AVX2 CPU")
+def test_avx2_path_matches_on_any_avx2_cpu(kernel, monkeypatch, tmp_path):
+    """The 256-bit int8 path, which an AVX-512 CPU's native build runs 16 weights at a time,
+    built for Haswell (AVX2 + FMA only): it matches the reference, odd group sizes included."""
+    lib = build_portable(qg._SOURCE, tmp_path, ("-march=haswell",))
+    qg._declare(lib)
+    assert lib.fq_uses_avx2() == 1
+    monkeypatch.setattr(qg._kernels, "_lib", lib)
+    monkeypatch.setattr(qg._kernels, "_loaded", True)
+    g = torch.Generator().manual_seed(9)
+    for scheme, m, k, n, group in [("int8", 3, 37, 5, 37), ("int8", 5, 576, 64, 576), ("int8", 2, 576, 9, 32),
+                                   ("int8", 1, 120, 7, 24), ("int4", 6, 576, 33, 32)]:
+        qw, x, bias = make(scheme, n, k, group), torch.randn(m, k, generator=g), torch.randn(n, generator=g)
+        for threads in (1, 2):
+            out = qg.linear(x, qw, bias, num_threads=threads)
+            assert_matches(out, reference(x, qw, bias))
+            assert torch.equal(qg.linear(x[-1:], qw, bias, num_threads=threads)[0], out[-1])
+
+
 # --- the batch-sized GEMM ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
