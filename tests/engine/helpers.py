@@ -136,6 +136,17 @@ def build_portable(source: Path, tmp_path: Path, flags: tuple[str, ...] = ()):
     return ctypes.CDLL(str(lib_path))
 
 
+def use_quant_gemv_build(monkeypatch, tmp_path: Path, flags: tuple[str, ...] = ()):
+    """quant_gemv.c built by build_portable (baseline ISA, or the ISA `flags` name), declared and
+    put in place of the native library for the rest of the test; returns it."""
+    from fireplace.engine.kernels import quant_gemv
+    lib = build_portable(quant_gemv._SOURCE, tmp_path, flags)
+    quant_gemv._declare(lib)
+    monkeypatch.setattr(quant_gemv._kernels, "_lib", lib)
+    monkeypatch.setattr(quant_gemv._kernels, "_loaded", True)
+    return lib
+
+
 def require_cpu_kernel() -> None:
     """The paged decode attention kernel (see require_kernel)."""
     from fireplace.engine.kernels import paged_decode

@@ -21,7 +21,7 @@ from fireplace.engine.backend_config import BackendConfig
 from fireplace.engine.kernels import quant_gemv as qg
 from fireplace.engine.layers.quantized_linear import quantized_linear
 
-from .helpers import assert_matches, build_portable, require_kernel
+from .helpers import assert_matches, require_kernel, use_quant_gemv_build
 
 @pytest.fixture(scope="module")
 def kernel():
@@ -182,11 +182,8 @@ def test_bad_activations_argument(kernel):
 
 def test_portable_path_matches(kernel, monkeypatch, tmp_path):
     """The plain C fallback (no AVX2) computes the same integer sums and scales."""
-    lib = build_portable(qg._SOURCE, tmp_path)
-    qg._declare(lib)
+    lib = use_quant_gemv_build(monkeypatch, tmp_path)
     assert lib.fq_uses_avx2() == 0
-    monkeypatch.setattr(qg._kernels, "_lib", lib)
-    monkeypatch.setattr(qg._kernels, "_loaded", True)
     g = torch.Generator().manual_seed(6)
     for scheme, m, k, n, group in [("int8", 3, 576, 5, 32), ("int4", 2, 96, 7, 32), ("int4", 5, 256, 33, 128)]:
         qw, x, bias = make(scheme, n, k, group), torch.randn(m, k, generator=g), torch.randn(n, generator=g)
@@ -205,11 +202,8 @@ def test_avx2_path_matches_on_any_avx2_cpu(kernel, monkeypatch, tmp_path):
         variants.append(("-march=haswell", "-mavxvnni"))
     g = torch.Generator().manual_seed(8)
     for flags in variants:
-        lib = build_portable(qg._SOURCE, tmp_path, flags)
-        qg._declare(lib)
+        lib = use_quant_gemv_build(monkeypatch, tmp_path, flags)
         assert lib.fq_uses_avx2() == 1
-        monkeypatch.setattr(qg._kernels, "_lib", lib)
-        monkeypatch.setattr(qg._kernels, "_loaded", True)
         for scheme, m, k, n, group in [("int4", 3, 576, 9, 32), ("int4", 2, 96, 7, 32), ("int4", 5, 256, 33, 128),
                                         ("int4", 1, 1536, 6, 64), ("int8", 3, 576, 5, 32)]:
             qw, x, bias = make(scheme, n, k, group), torch.randn(m, k, generator=g), torch.randn(n, generator=g)

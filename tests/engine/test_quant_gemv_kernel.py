@@ -17,7 +17,7 @@ from fireplace.engine.backend_config import BackendConfig
 from fireplace.engine.kernels import quant_gemv as qg
 from fireplace.engine.layers.quantized_linear import quantized_linear
 
-from .helpers import assert_matches, build_portable, require_kernel
+from .helpers import assert_matches, require_kernel, use_quant_gemv_build
 
 @pytest.fixture(scope="module")
 def kernel():
@@ -251,11 +251,8 @@ def test_disabled_by_env(monkeypatch):
 
 def test_portable_path_matches(kernel, monkeypatch, tmp_path):
     """The plain C fallback (baseline ISA: no AVX2/FMA) gives the same answers within rounding."""
-    lib = build_portable(qg._SOURCE, tmp_path)
-    qg._declare(lib)
+    lib = use_quant_gemv_build(monkeypatch, tmp_path)
     assert lib.fq_uses_avx2() == 0 and lib.fq_gemm_available() == 0  # the GEMM needs AVX2
-    monkeypatch.setattr(qg._kernels, "_lib", lib)
-    monkeypatch.setattr(qg._kernels, "_loaded", True)
     g = torch.Generator().manual_seed(6)
     for scheme, m, k, n in [("int8", 3, 37, 5), ("int8", 5, 576, 64), ("int4", 2, 96, 7), ("int4", 6, 576, 33)]:
         qw, x, bias = make(scheme, n, k), torch.randn(m, k, generator=g), torch.randn(n, generator=g)
@@ -278,11 +275,8 @@ def test_int8_groups_that_leave_8_or_fewer_weights(kernel, k, group):
 def test_avx2_path_matches_on_any_avx2_cpu(kernel, monkeypatch, tmp_path):
     """The 256-bit int8 path, which an AVX-512 CPU's native build runs 16 weights at a time,
     built for Haswell (AVX2 + FMA only): it matches the reference, odd group sizes included."""
-    lib = build_portable(qg._SOURCE, tmp_path, ("-march=haswell",))
-    qg._declare(lib)
+    lib = use_quant_gemv_build(monkeypatch, tmp_path, ("-march=haswell",))
     assert lib.fq_uses_avx2() == 1
-    monkeypatch.setattr(qg._kernels, "_lib", lib)
-    monkeypatch.setattr(qg._kernels, "_loaded", True)
     g = torch.Generator().manual_seed(9)
     for scheme, m, k, n, group in [("int8", 3, 37, 5, 37), ("int8", 5, 576, 64, 576), ("int8", 2, 576, 9, 32),
                                    ("int8", 1, 120, 7, 24), ("int4", 6, 576, 33, 32)]:

@@ -427,6 +427,21 @@ static void run_share(const job_t *job, int64_t t, int64_t nt) {
 #endif
 }
 
+/* Threads for a call: the caller's count, fewer for small products (the tile path by
+   multiply-adds, the thin one by weights read), at most one per weight group (6 rows; 8 thin). */
+static int64_t team_size(int64_t M, int64_t K, int64_t N, int nthreads, int thin) {
+    const int64_t most = thin ? K * N / THIN_WEIGHTS_PER_THREAD : M * K * N / WORK_PER_THREAD;
+    const int64_t units = thin ? (N + 7) / 8 : (N + NR - 1) / NR;
+    int64_t n = nthreads;
+    if (n > most)
+        n = most;
+    if (n > units)
+        n = units;
+    if (n > MAX_THREADS)
+        n = MAX_THREADS;
+    return n < 1 ? 1 : n;
+}
+
 /* 1 when this build uses the AVX2/FMA kernel, 0 for the portable (slow) path. */
 int fp_linear_uses_avx2(void) { return FP_USE_AVX2; }
 
@@ -442,39 +457,22 @@ int fp_linear(const float *x, int64_t ldx, const float *w, const float *bias, fl
     if (M == 0 || N == 0)
         return FP_OK;
 
-    const int64_t groups = (N + NR - 1) / NR;
-    int64_t n = nthreads;
-    const int64_t work = M * K * N; /* multiply-adds */
-    if (n > work / WORK_PER_THREAD)
-        n = work / WORK_PER_THREAD;
-    if (n > groups)
-        n = groups;
-#if FP_USE_AVX2
-    if (M <= THIN_MAX_M) { /* the thin path: by weights read, at most one thread per 8 rows */
-        n = nthreads;
-        if (n > K * N / THIN_WEIGHTS_PER_THREAD)
-            n = K * N / THIN_WEIGHTS_PER_THREAD;
-        if (n > (N + 7) / 8)
-            n = (N + 7) / 8;
-    }
-#endif
-    if (n > MAX_THREADS)
-        n = MAX_THREADS;
-    if (n < 1)
-        n = 1;
+    const int thin = FP_USE_AVX2 && M <= THIN_MAX_M;
+    const int64_t n = team_size(M, K, N, nthreads, thin);
 
-#if FP_USE_AVX2
-    const int64_t blocks = (M + MR - 1) / MR;
-    /* At least one float even for K == 0, so that NULL always means no memory. */
-    const size_t need = M <= THIN_MAX_M ? 1 : (size_t)(blocks * MR * K) + 1; /* thin: x read as is */
-    void *own = NULL; /* a buffer for this call only, when x is too large to keep */
-    if (need > KEEP_FLOATS && posix_memalign(&own, 64, need * sizeof(float)) != 0)
-        own = NULL;
-    float *xp = need > KEEP_FLOATS ? own : thread_buffer(need);
-    if (xp == NULL)
-        return FP_ERR_NO_MEMORY;
-#else
     float *xp = NULL;
+    void *own = NULL; /* a buffer for this call only, when x is too large to keep */
+#if FP_USE_AVX2
+    if (!thin) { /* the thin path reads x as it is */
+        const int64_t blocks = (M + MR - 1) / MR;
+        /* At least one float even for K == 0, so that NULL always means no memory. */
+        const size_t need = (size_t)(blocks * MR * K) + 1;
+        if (need > KEEP_FLOATS && posix_memalign(&own, 64, need * sizeof(float)) != 0)
+            own = NULL;
+        xp = need > KEEP_FLOATS ? own : thread_buffer(need);
+        if (xp == NULL)
+            return FP_ERR_NO_MEMORY;
+    }
 #endif
 
     const job_t job = {x, ldx, w, bias, y, ldy, M, K, N, xp};
@@ -490,8 +488,6 @@ int fp_linear(const float *x, int64_t ldx, const float *w, const float *bias, fl
 #endif
         }
     }
-#if FP_USE_AVX2
     free(own);
-#endif
     return FP_OK;
 }
