@@ -71,6 +71,8 @@ def test_bf16_on_a_cpu_with_bf16_instructions_is_fp32_with_bf16_projections():
     backend = Backend.select("cpu", torch.bfloat16)
     assert backend.kind == "cpu-kernels" and backend.dtype is torch.float32
     assert backend.matmul_dtype is torch.bfloat16 and "onednn-linear in bfloat16" in backend.describe()
+    assert backend.kv_dtype is torch.bfloat16  # the KV cache in the model's dtype
+    assert Backend.select("cpu", torch.float32).kv_dtype is torch.float32
     assert Backend.select("cpu", torch.bfloat16, "torch").dtype is torch.bfloat16  # whole model in bf16
     # a projection computes in bf16: its result equals the bf16 product, not the fp32 one
     layer = Linear(64, 32, backend=backend)

@@ -119,7 +119,7 @@ def test_prefix_cache_hits_reuse_kv_and_keep_outputs(setup):
 @pytest.mark.parametrize("backend", ["auto", "torch"])
 def test_bfloat16_engine_runs_close_to_float32(setup, backend):
     """auto: fp32 model whose projections compute in bf16 (where the CPU has bf16 instructions;
-    prompts of 24+ tokens reach oneDNN); torch: the whole model in bf16."""
+    prompts of 24+ tokens reach oneDNN) over a bf16 KV cache; torch: the whole model in bf16."""
     root, base, adapters, tokenizer = setup
     prompts = [[3, 1, 4, 1, 5, 9, 2, 6] * 4, [2, 7, 1, 8] * 7]
     params = SamplingParams(temperature=0, max_tokens=1, logprobs=1, ignore_eos=True)
@@ -130,5 +130,6 @@ def test_bfloat16_engine_runs_close_to_float32(setup, backend):
         assert backend == "auto" and bf16.model.dtype == torch.float32 and bf16.backend.matmul_dtype == torch.bfloat16
     else:
         assert bf16.model.dtype == torch.bfloat16
+    assert bf16.runner.kv_caches[0][0].dtype is torch.bfloat16
     for a, b in zip(fp32.generate(prompts, params), bf16.generate(prompts, params)):
         assert abs(a.outputs[0].logprobs[0].logprob - b.outputs[0].logprobs[0].logprob) < 0.1

@@ -150,3 +150,19 @@ def test_prompt_logprobs_match_transformers_and_echo_returns_the_prompt(engine, 
         assert abs(item.logprob - float(ref[pos - 1, ids[pos]])) < 1e-3
         assert len(item.top) == 2 and item.top[0][1] >= item.top[1][1]
     assert out.outputs[0].text.startswith(prompt)
+
+
+def test_bf16_engine_over_a_bf16_kv_cache_stays_close_to_fp32(engine, model_dir):
+    """CPU bf16 (bf16 projections and a bf16 KV cache where the CPU has bf16 instructions; else
+    the whole model in bf16): a prompt past the 64-token budget is prefilled in chunks, each
+    reading the KV cached by the earlier ones back from the pools; every prompt logprob stays
+    within bf16 rounding of the fp32 engine's."""
+    bf16 = LLMEngine(EngineConfig(model=str(model_dir), dtype="bfloat16", kv_cache_bytes=64 << 20,
+                                  max_num_batched_tokens=64, num_threads=2))
+    assert bf16.runner.kv_caches[0][0].dtype is torch.bfloat16
+    prompt = " ".join(PROMPTS)
+    params = SamplingParams(temperature=0, max_tokens=4, prompt_logprobs=1)
+    want, got = engine.generate([prompt], params)[0], bf16.generate([prompt], params)[0]
+    assert len(got.prompt_token_ids) > 100  # two chunks after the first
+    diffs = [abs(a.logprob - b.logprob) for a, b in zip(want.prompt_logprobs[1:], got.prompt_logprobs[1:])]
+    assert max(diffs) < 0.5 and sum(diffs) / len(diffs) < 0.05, (max(diffs), sum(diffs) / len(diffs))

@@ -66,11 +66,11 @@ def _q8_0(weight: torch.Tensor) -> QuantizedWeight:
     return QuantizedWeight("int8", weight.shape[0], weight.shape[1], 32, q.contiguous(), scale.contiguous())
 
 
-def _run(model, prompts: list[list[int]], steps: int, *, lora=None):
+def _run(model, prompts: list[list[int]], steps: int, *, lora=None, kv_dtype=torch.float32):
     """Prefill each prompt alone, then `steps` decode steps of all of them together (the same
     fixed tokens every time). Returns the logits of every decode step and the KV pools."""
     paged = PagedSequences(64, BLOCK_SIZE, seed=1, backend=model.backend)
-    caches = KVCacheSpec.for_model(model.config, BLOCK_SIZE, torch.float32).allocate(64)
+    caches = KVCacheSpec.for_model(model.config, BLOCK_SIZE, kv_dtype).allocate(64)
     seqs = [Sequence(list(p)) for p in prompts]
     out = []
     with torch.inference_mode():
@@ -99,6 +99,26 @@ def test_fast_path_is_bitwise_the_module_path(checkpoints, precision, arch, batc
     want, want_kv = _run(slow, PROMPTS[batch], steps=6)
     assert isinstance(fast.model._fast_decode, FastDecode)  # it was built, and served the steps
     assert slow.model._fast_decode is None
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    for (k1, v1), (k2, v2) in zip(got_kv, want_kv):
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_bf16_kv_pools_are_bitwise_the_module_path(checkpoints, monkeypatch, precision, batch):
+    """A bf16 model's KV cache (CPU bf16: fp32 activations, bf16 pools): the fast path rounds
+    k/v into the pools as write_kv does and attends over them as the module path does."""
+    backend = _kernel_backend()
+    fast, slow = (_model(checkpoints / "llama", backend, precision, fast=f) for f in (True, False))
+    calls = []
+    original = FastDecode.forward
+    monkeypatch.setattr(FastDecode, "forward", lambda self, *a: calls.append(a[0].shape[0]) or original(self, *a))
+    got, got_kv = _run(fast, PROMPTS[batch], steps=6, kv_dtype=torch.bfloat16)
+    assert calls == [batch] * 6  # every decode step took the fast path
+    want, want_kv = _run(slow, PROMPTS[batch], steps=6, kv_dtype=torch.bfloat16)
+    assert got_kv[0][0].dtype is torch.bfloat16
     for a, b in zip(got, want):
         assert torch.equal(a, b)
     for (k1, v1), (k2, v2) in zip(got_kv, want_kv):

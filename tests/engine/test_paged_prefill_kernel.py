@@ -48,19 +48,22 @@ def test_chunk_without_prefix_matches_sdpa(kernel, length, heads, kv_heads, dim)
         torch.testing.assert_close(got, reference(q, k, v, length), atol=2e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("pool_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("ctx_len,q_len,block_size", [(300, 77, 16), (64, 2, 16), (47, 47, 8), (513, 500, 32)])
-def test_chunk_after_a_cached_prefix_reads_the_pools(kernel, ctx_len, q_len, block_size):
-    """Keys through block ids in a shuffled order; the chunk's queries are the last q_len positions."""
+def test_chunk_after_a_cached_prefix_reads_the_pools(kernel, ctx_len, q_len, block_size, pool_dtype):
+    """Keys through block ids in a shuffled order; the chunk's queries are the last q_len positions.
+    bf16 pools (a bf16 model's KV cache) give SDPA's result on the same values widened to fp32."""
     gen = torch.Generator().manual_seed(ctx_len)
     num_blocks = 40
-    k_pool = torch.randn(num_blocks, block_size, 3, 64, generator=gen)
-    v_pool = torch.randn(num_blocks, block_size, 3, 64, generator=gen)
+    k_pool = torch.randn(num_blocks, block_size, 3, 64, generator=gen).to(pool_dtype)
+    v_pool = torch.randn(num_blocks, block_size, 3, 64, generator=gen).to(pool_dtype)
     ids = torch.randperm(num_blocks, generator=gen)[: -(-ctx_len // block_size)]
     q = torch.randn(q_len, 9, 64, generator=gen)
-    keys = k_pool[ids].flatten(0, 1)[:ctx_len]
-    values = v_pool[ids].flatten(0, 1)[:ctx_len]
-    got = pp.prefill_attention(q, k_pool, v_pool, 0.125, block_ids=ids, context_len=ctx_len)
-    torch.testing.assert_close(got, reference(q, keys, values, ctx_len), atol=2e-6, rtol=1e-5)
+    keys = k_pool[ids].flatten(0, 1)[:ctx_len].float()
+    values = v_pool[ids].flatten(0, 1)[:ctx_len].float()
+    for threads in (1, 2):
+        got = pp.prefill_attention(q, k_pool, v_pool, 0.125, block_ids=ids, context_len=ctx_len, num_threads=threads)
+        torch.testing.assert_close(got, reference(q, keys, values, ctx_len), atol=2e-6, rtol=1e-5)
 
 
 def test_large_scores_stay_finite(kernel):
@@ -86,7 +89,12 @@ def test_bad_arguments_are_refused(kernel):
         pp.prefill_attention(q, pool, pool, 0.125, block_ids=torch.tensor([7]), context_len=8)
     with pytest.raises(ValueError, match="context_len"):
         pp.prefill_attention(q, pool, pool, 0.125, block_ids=torch.tensor([0]), context_len=20)
+    with pytest.raises(ValueError, match="both be float32 or both bfloat16"):
+        pp.prefill_attention(q, pool, pool.to(torch.bfloat16), 0.125, block_ids=torch.tensor([0]), context_len=8)
+    with pytest.raises(ValueError, match="both be float32 or both bfloat16"):
+        pp.prefill_attention(q, pool.half(), pool.half(), 0.125, block_ids=torch.tensor([0]), context_len=8)
     assert not pp.supports(torch.randn(2, 4, 80), pool) and pp.supports(q, pool)
+    assert pp.supports(q, pool.to(torch.bfloat16)) and not pp.supports(q, pool.half())
 
 
 def test_portable_build_says_unavailable(tmp_path):

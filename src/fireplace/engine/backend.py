@@ -16,10 +16,12 @@ where torch has it (kernels/onednn_linear: 2-2.6x MKL's sgemm on an AVX-512 AMD 
 BackendConfig.onednn_min_tokens tokens on (by default only on AVX-512 CPUs: on AVX2 ones our
 small GEMM beats it at every batch size); below that, or without it, the paths above.
 A model asked for in bf16 on a CPU with bf16 instructions (AVX512-BF16 / AMX) gets "auto" ->
-cpu-kernels in fp32 with `matmul_dtype` bf16: activations, norms, attention, KV cache and LoRA
-stay fp32 on our kernels, and only oneDNN's projections compute in bf16 (2x its fp32 rate here;
-the weights are packed to bf16 from the fp32 parameters, which stay for the small-batch paths:
-1.5x an fp32 model's weight memory, and the KV cache is fp32). kind "torch" keeps the whole
+cpu-kernels in fp32 with `matmul_dtype` bf16: activations, norms, attention and LoRA stay fp32
+on our kernels, only oneDNN's projections compute in bf16 (2x its fp32 rate here; the weights
+are packed to bf16 from the fp32 parameters, which stay for the small-batch paths: 1.5x an fp32
+model's weight memory), and the KV cache is bf16 (`kv_dtype`: the model's dtype, as vLLM keeps
+it; k and v are rounded to bf16 when written and widened back exactly when the attention
+kernels read them, which halves the bytes a decode step reads). kind "torch" keeps the whole
 model in bf16 on torch ops instead (half the memory, about half the speed here).
   cuda         CUDA      torch ops, fused matmuls at every batch size, gather + SDPA decode
 
@@ -92,7 +94,7 @@ class Backend:
     quant_gemm_kernel: bool = False  # its batch-sized GEMM (fq_gemm; AVX2 / AVX-512 builds)
     onednn_kernel: bool = False  # oneDNN's packed-weight linear (kernels/onednn_linear; CPU fp32/bf16)
     # the dtype oneDNN's projections compute in when not `dtype`: bf16 for a model asked for in
-    # bf16 on a CPU with bf16 instructions, whose activations, KV and kernels stay fp32
+    # bf16 on a CPU with bf16 instructions, whose activations and kernels stay fp32 (KV: kv_dtype)
     matmul_dtype: torch.dtype | None = None
     reason: str = ""  # why this kind, for logs and errors ("" when asked for explicitly)
 
@@ -144,6 +146,12 @@ class Backend:
             raise ValueError(f"backend 'cpu-kernels' is unavailable: {reason}")
         logger.log(level, "CPU kernels not used (%s); the engine runs plain torch ops", reason)
         return cls("torch", device, dtype, config, reason=reason, onednn_kernel=onednn_kernel)
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """The KV cache's dtype: the model's (bf16 for a CPU bf16 model whose activations run
+        in fp32, see the top)."""
+        return torch.bfloat16 if self.matmul_dtype is torch.bfloat16 else self.dtype
 
     # -- what the layers ask ------------------------------------------------------------------
     def uses_elementwise_kernels(self, t: torch.Tensor) -> bool:

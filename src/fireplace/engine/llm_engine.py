@@ -84,7 +84,7 @@ class LLMEngine:
             _log.warning("max_model_len %d capped at %d (the model's %s)", config.max_model_len, model_limit,
                          "sliding window" if self.model_config.sliding_window else "context length")
         self.max_model_len = min(config.max_model_len or min(model_limit, 4096), model_limit)
-        spec = KVCacheSpec.for_model(self.model_config, config.block_size, self.backend.dtype)
+        spec = KVCacheSpec.for_model(self.model_config, config.block_size, self.backend.kv_dtype)
         num_blocks = config.num_kv_blocks or spec.num_blocks_for_budget(config.kv_cache_bytes)
         kv_caches = spec.allocate(num_blocks, self.device)
         self.max_model_len = min(self.max_model_len, num_blocks * config.block_size)

@@ -15,7 +15,8 @@
  *   h [T, hidden], qkv [T, q + 2 kv], q [T, q] (T > 1 only), attn [T, q], o [T, hidden],
  *   gate_up [T, 2 I], act [T, I], x [T, hidden] (the last layer's MLP output on return)
  *   cos, sin [T, D/2]; slots [T] int64 (flat KV slot per token); tables [T, M], lens [T] int32
- *   pools per layer [N, block_size, Hkv, D] fp32
+ *   pools per layer [N, block_size, Hkv, D] fp32, or bf16 (pool_dtype; a bf16 model's KV cache:
+ *   k, v rounded to nearest even as torch's .to(torch.bfloat16) does)
  * Returns 0, or stage * 256 + the failing kernel's own code (stage: FS_STAGE_*).
  */
 #include <stdint.h>
@@ -24,6 +25,7 @@
 enum { FS_STAGE_NORM = 1, FS_STAGE_QKV, FS_STAGE_ROTARY, FS_STAGE_ATTENTION, FS_STAGE_O, FS_STAGE_POST_NORM,
        FS_STAGE_GATE_UP, FS_STAGE_SILU, FS_STAGE_DOWN, FS_STAGE_ARGS };
 enum { FS_FP32 = 0, FS_INT8 = 1, FS_INT4 = 2 };
+enum { FS_POOL_F32 = 0, FS_POOL_BF16 = 1 }; /* paged_decode.c's pool_dtype flag */
 
 typedef int (*norm_fn)(const float *, int64_t, const float *, float, float *, int64_t, int64_t, int);
 typedef int (*add_norm_fn)(const float *, int64_t, float *, int64_t, const float *, float, float *, int64_t, int64_t,
@@ -64,7 +66,7 @@ typedef struct {
     fs_projection qkv, o, gate_up, down;
     const float *input_norm, *post_norm;  /* [hidden] */
     double input_eps, post_eps;
-    float *k_pool, *v_pool;
+    void *k_pool, *v_pool;  /* in the step's pool_dtype */
 } fs_layer;
 
 typedef struct {
@@ -76,6 +78,7 @@ typedef struct {
     int64_t num_heads, num_kv_heads, head_dim, hidden, inter;
     double scale;
     int64_t threads;
+    int64_t pool_dtype;  /* FS_POOL_F32 | FS_POOL_BF16 */
 } fs_step;
 
 static int project(const fs_kernels *k, const fs_projection *p, const float *x, float *y, int64_t T, int threads) {
@@ -93,6 +96,26 @@ static int project(const fs_kernels *k, const fs_projection *p, const float *x, 
     }
 }
 
+/* fp32 -> bf16, round to nearest even (NaN: the quiet NaN), as torch's conversion does. */
+static inline uint16_t to_bf16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u)
+        return 0x7fc0;
+    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+/* One token's k (or v) row of kv_size floats into its pool slot, in the pool's dtype. */
+static inline void store_kv(void *pool, int64_t pool_dtype, int64_t slot, const float *row, int64_t kv_size) {
+    if (pool_dtype == FS_POOL_BF16) {
+        uint16_t *dst = (uint16_t *)pool + slot * kv_size;
+        for (int64_t i = 0; i < kv_size; i++)
+            dst[i] = to_bf16(row[i]);
+    } else {
+        memcpy((float *)pool + slot * kv_size, row, (size_t)kv_size * sizeof(float));
+    }
+}
+
 #define STAGE(stage, call)                         \
     do {                                           \
         const int code_ = (call);                  \
@@ -100,7 +123,8 @@ static int project(const fs_kernels *k, const fs_projection *p, const float *x, 
     } while (0)
 
 int fs_decode_stack(const fs_kernels *k, const fs_layer *layers, int64_t num_layers, const fs_step *s) {
-    if (!k || !layers || !s || num_layers < 1 || s->num_tokens < 1 || s->head_dim < 1)
+    if (!k || !layers || !s || num_layers < 1 || s->num_tokens < 1 || s->head_dim < 1
+        || (s->pool_dtype != FS_POOL_F32 && s->pool_dtype != FS_POOL_BF16))
         return FS_STAGE_ARGS * 256;
     const int64_t T = s->num_tokens, H = s->hidden, I = s->inter, D = s->head_dim;
     const int64_t q_size = s->num_heads * D, kv_size = s->num_kv_heads * D, width = q_size + 2 * kv_size;
@@ -118,12 +142,12 @@ int fs_decode_stack(const fs_kernels *k, const fs_layer *layers, int64_t num_lay
                                          s->sin, T, D, threads));
         for (int64_t t = 0; t < T; t++) { /* the step's k, v rows into the pools (write_kv) */
             const float *row = s->qkv + t * width;
-            memcpy(L->k_pool + s->slots[t] * kv_size, row + q_size, (size_t)kv_size * sizeof(float));
-            memcpy(L->v_pool + s->slots[t] * kv_size, row + q_size + kv_size, (size_t)kv_size * sizeof(float));
+            store_kv(L->k_pool, s->pool_dtype, s->slots[t], row + q_size, kv_size);
+            store_kv(L->v_pool, s->pool_dtype, s->slots[t], row + q_size + kv_size, kv_size);
             if (T > 1)
                 memcpy(s->q + t * q_size, row, (size_t)q_size * sizeof(float));
         }
-        STAGE(FS_STAGE_ATTENTION, k->attention(q_in, L->k_pool, L->v_pool, 0, s->tables, s->lens, s->attn, T,
+        STAGE(FS_STAGE_ATTENTION, k->attention(q_in, L->k_pool, L->v_pool, (int)s->pool_dtype, s->tables, s->lens, s->attn, T,
                                                s->num_heads, s->num_kv_heads, D, s->block_size, s->max_blocks,
                                                s->num_blocks, (float)s->scale, threads));
         STAGE(FS_STAGE_O, project(k, &L->o, s->attn, s->o, T, threads));

@@ -46,7 +46,7 @@ class Step(ctypes.Structure):
                                            "cos", "sin", "slots", "tables", "lens")]
                 + [(name, _i64) for name in ("num_tokens", "max_blocks", "block_size", "num_blocks", "num_heads",
                                              "num_kv_heads", "head_dim", "hidden", "inter")]
-                + [("scale", _f64), ("threads", _i64)])
+                + [("scale", _f64), ("threads", _i64), ("pool_dtype", _i64)])
 
 
 def _declare(lib: ctypes.CDLL) -> None:

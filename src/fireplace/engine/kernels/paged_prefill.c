@@ -5,9 +5,9 @@
  * on other builds and the caller keeps torch's SDPA).
  *
  *   q          [Lq, H, D]  fp32, token stride q_stride floats, heads contiguous (D apart)
- *   keys       block_ids == NULL: k, v [Lk, Hkv, D] with token stride kv_stride floats
- *              else: k, v pools [N, bs, Hkv, D] contiguous; token t is row t % bs of block
- *              block_ids[t / bs]
+ *   keys       block_ids == NULL: k, v [Lk, Hkv, D] fp32 with token stride kv_stride floats
+ *              else: k, v pools [N, bs, Hkv, D] contiguous, fp32 or bf16 (pool_dtype); token t
+ *              is row t % bs of block block_ids[t / bs]
  *   out        [Lq, H, D]  fp32 contiguous
  * Query i sits at position Lk - Lq + i and attends keys 0..that position; query head h uses
  * KV head h / (H / Hkv). out = softmax(scale * q . K^T) V per head, as SDPA computes it, with
@@ -25,6 +25,9 @@
  *   S[r][KB]      scores of the item's rows, masked past each row's position
  *   online softmax: m_r (running max), l_r (running sum), O_r scaled by exp(m_old - m_new)
  *   O[r][D]      += P[r][j] * V[j] for the block's rows j (V rows are contiguous D floats)
+ * bf16 pools (a bf16 model's KV cache) are widened to fp32 (exact) as they are read: the keys by
+ * the transposition, the values into one [Lk, Hkv, D] fp32 copy made beside it; the arithmetic
+ * stays fp32.
  * Sums run in a fixed order for a given (Lq, Lk): the result does not depend on the threads.
  */
 #include <math.h>
@@ -32,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+enum { POOL_F32 = 0, POOL_BF16 = 1 };
 enum { FP_OK = 0, FP_ERR_ARGS = 1, FP_ERR_BLOCK_ID = 2, FP_ERR_UNSUPPORTED = 3, FP_ERR_NO_MEMORY = 4 };
 
 #if defined(__AVX512F__)
@@ -44,12 +48,15 @@ enum { FP_OK = 0, FP_ERR_ARGS = 1, FP_ERR_BLOCK_ID = 2, FP_ERR_UNSUPPORTED = 3, 
 #define QK_TILE 8  /* query rows scored at once: independent FMA chains */
 
 typedef struct {
-    const float *q, *k, *v;
+    const float *q;
+    const void *k, *v; /* fp32 rows, or the pools in pool_dtype */
+    int pool_dtype;
     const int64_t *block_ids;
     float *out;
     int64_t q_len, ctx_len, num_heads, num_kv_heads, head_dim, q_stride, kv_stride, block_size, num_blocks;
     float scale;
     float *kt_all;   /* [Hkv, nkb, D, KB]: every key block transposed once, shared by the items */
+    float *v_wide;   /* [ctx_len, Hkv, D]: bf16 pools' values widened once (NULL for fp32) */
     int64_t nkb;     /* key blocks: ceil(ctx_len / KB) */
 } job_t;
 
@@ -70,12 +77,29 @@ static inline __m512 exp_nonpos(__m512 x) {
     return _mm512_scalef_ps(p, n); /* p * 2^n; underflows to 0 */
 }
 
-static inline const float *key_row(const job_t *job, const float *base, int64_t t, int64_t kv_head) {
+/* Element index of token t's row for kv_head in k / v: the chunk's rows (token stride
+   kv_stride) or the pool row of the token's block. */
+static inline int64_t row_index(const job_t *job, int64_t t, int64_t kv_head) {
     if (job->block_ids == NULL)
-        return base + t * job->kv_stride + kv_head * job->head_dim;
+        return t * job->kv_stride + kv_head * job->head_dim;
     const int64_t block = job->block_ids[t / job->block_size];
     const int64_t row = block * job->block_size + t % job->block_size;
-    return base + (row * job->num_kv_heads + kv_head) * job->head_dim;
+    return (row * job->num_kv_heads + kv_head) * job->head_dim;
+}
+
+/* bf16 -> fp32 is exact: the bf16 bits are the high half of the fp32 bits. */
+static inline float widen(uint16_t bits) {
+    const uint32_t wide = (uint32_t)bits << 16;
+    float f;
+    memcpy(&f, &wide, sizeof f);
+    return f;
+}
+
+/* Token t's value row for kv_head, as D fp32 values. */
+static inline const float *value_row(const job_t *job, int64_t t, int64_t kv_head) {
+    if (job->v_wide != NULL)
+        return job->v_wide + (t * job->num_kv_heads + kv_head) * job->head_dim;
+    return (const float *)job->v + row_index(job, t, kv_head);
 }
 
 /* O rows [ROW_TILE] += P rows [ROW_TILE, KB] (first nk columns) times the key block's V rows,
@@ -114,7 +138,8 @@ static inline void scores(__m512 *restrict s, const float (*qs)[MAX_D], const fl
     }
 }
 
-/* Key block kb of KV head hk, transposed into job->kt_all (zeros past the context's end). */
+/* Key block kb of KV head hk, transposed into job->kt_all (zeros past the context's end); with
+   bf16 pools also the block's value rows widened into job->v_wide. */
 static int transpose_keys(const job_t *job, int64_t hk, int64_t kb) {
     const int64_t D = job->head_dim, k0 = kb * KB;
     float (*kt)[KB] = (float (*)[KB])(job->kt_all + ((hk * job->nkb + kb) * D) * KB);
@@ -129,9 +154,19 @@ static int transpose_keys(const job_t *job, int64_t hk, int64_t kb) {
             if (block < 0 || block >= job->num_blocks)
                 return FP_ERR_BLOCK_ID;
         }
-        const float *krow = key_row(job, job->k, k0 + j, hk);
-        for (int64_t d = 0; d < D; d++)
-            kt[d][j] = krow[d];
+        const int64_t at = row_index(job, k0 + j, hk);
+        if (job->pool_dtype == POOL_BF16) {
+            const uint16_t *krow = (const uint16_t *)job->k + at, *vrow = (const uint16_t *)job->v + at;
+            float *vwide = job->v_wide + ((k0 + j) * job->num_kv_heads + hk) * D;
+            for (int64_t d = 0; d < D; d++) {
+                kt[d][j] = widen(krow[d]);
+                vwide[d] = widen(vrow[d]);
+            }
+        } else {
+            const float *krow = (const float *)job->k + at;
+            for (int64_t d = 0; d < D; d++)
+                kt[d][j] = krow[d];
+        }
     }
     return FP_OK;
 }
@@ -162,7 +197,7 @@ static void run_item(const job_t *job, int64_t h, int64_t i0) {
     for (int64_t k0 = 0; k0 <= last_key; k0 += KB) {
         const int64_t nk = last_key + 1 - k0 < KB ? last_key + 1 - k0 : KB;
         for (int64_t j = 0; j < nk; j++)
-            vrows[j] = key_row(job, job->v, k0 + j, hk);
+            vrows[j] = value_row(job, k0 + j, hk);
         const float (*kt)[KB] = (const float (*)[KB])(job->kt_all + ((hk * job->nkb + k0 / KB) * D) * KB);
         for (int64_t r0 = 0; r0 < QB; r0 += QK_TILE) {
             __m512 s[QK_TILE];
@@ -202,21 +237,26 @@ static void run_item(const job_t *job, int64_t h, int64_t i0) {
 
 int fp_prefill_available(void) { return 1; }
 
-int fp_prefill_attention(const float *q, int64_t q_stride, const float *k, const float *v, int64_t kv_stride,
-                         const int64_t *block_ids, int64_t block_size, int64_t num_blocks, float *out,
+int fp_prefill_attention(const float *q, int64_t q_stride, const void *k, const void *v, int pool_dtype,
+                         int64_t kv_stride, const int64_t *block_ids, int64_t block_size, int64_t num_blocks, float *out,
                          int64_t q_len, int64_t ctx_len, int64_t num_heads, int64_t num_kv_heads,
                          int64_t head_dim, float scale, int nthreads) {
     if (q_len < 1 || ctx_len < q_len || num_kv_heads < 1 || num_heads % num_kv_heads != 0 || head_dim < 64
         || head_dim > MAX_D || head_dim % 64 != 0 || q_stride < num_heads * head_dim
         || (block_ids == NULL && kv_stride < num_kv_heads * head_dim)
-        || (block_ids != NULL && (block_size < 1 || num_blocks < 1)))
+        || (block_ids != NULL && (block_size < 1 || num_blocks < 1))
+        || (pool_dtype != POOL_F32 && (pool_dtype != POOL_BF16 || block_ids == NULL)))
         return FP_ERR_ARGS;
     const int64_t nkb = (ctx_len + KB - 1) / KB;
     float *kt_all = aligned_alloc(64, (size_t)(num_kv_heads * nkb * head_dim * KB) * sizeof(float));
-    if (kt_all == NULL)
+    float *v_wide = pool_dtype == POOL_BF16 ? malloc((size_t)(ctx_len * num_kv_heads * head_dim) * sizeof(float)) : NULL;
+    if (kt_all == NULL || (pool_dtype == POOL_BF16 && v_wide == NULL)) {
+        free(kt_all);
+        free(v_wide);
         return FP_ERR_NO_MEMORY;
-    const job_t job = {q, k, v, block_ids, out, q_len, ctx_len, num_heads, num_kv_heads, head_dim,
-                       q_stride, kv_stride, block_size, num_blocks, scale, kt_all, nkb};
+    }
+    const job_t job = {q, k, v, pool_dtype, block_ids, out, q_len, ctx_len, num_heads, num_kv_heads, head_dim,
+                       q_stride, kv_stride, block_size, num_blocks, scale, kt_all, v_wide, nkb};
     const int64_t q_blocks = (q_len + QB - 1) / QB, items = q_blocks * num_heads;
     int error = FP_OK;
     const int n = nthreads > 1 && items > 1 ? nthreads : 1;
@@ -244,6 +284,7 @@ int fp_prefill_attention(const float *q, int64_t q_stride, const float *k, const
         }
     }
     free(kt_all);
+    free(v_wide);
     return error;
 }
 
@@ -251,11 +292,11 @@ int fp_prefill_attention(const float *q, int64_t q_stride, const float *k, const
 
 int fp_prefill_available(void) { return 0; }
 
-int fp_prefill_attention(const float *q, int64_t q_stride, const float *k, const float *v, int64_t kv_stride,
-                         const int64_t *block_ids, int64_t block_size, int64_t num_blocks, float *out,
+int fp_prefill_attention(const float *q, int64_t q_stride, const void *k, const void *v, int pool_dtype,
+                         int64_t kv_stride, const int64_t *block_ids, int64_t block_size, int64_t num_blocks, float *out,
                          int64_t q_len, int64_t ctx_len, int64_t num_heads, int64_t num_kv_heads,
                          int64_t head_dim, float scale, int nthreads) {
-    (void)q; (void)q_stride; (void)k; (void)v; (void)kv_stride; (void)block_ids; (void)block_size;
+    (void)q; (void)q_stride; (void)k; (void)v; (void)pool_dtype; (void)kv_stride; (void)block_ids; (void)block_size;
     (void)num_blocks; (void)out; (void)q_len; (void)ctx_len; (void)num_heads; (void)num_kv_heads;
     (void)head_dim; (void)scale; (void)nthreads;
     return FP_ERR_UNSUPPORTED;

@@ -4,9 +4,9 @@
     out = prefill_attention(q, k_pool, v_pool, scale, block_ids=ids)   keys in the paged pools
 
 q [Lq, H, D] fp32 (token rows may be strided: a view of the qkv product), k/v [Lk, Hkv, D] fp32
-with Lk == Lq and token rows strided alike; or the pools [N, bs, Hkv, D] fp32 contiguous with
-the sequence's block_ids [ceil(Lk / bs)] int64 and context_len Lk (the chunk's own k/v already
-written after the prefix). Query i is at position Lk - Lq + i and sees keys 0..that position;
+with Lk == Lq and token rows strided alike; or the pools [N, bs, Hkv, D] fp32 or bf16 (a bf16
+model's KV cache, widened to fp32 as read) contiguous with the sequence's block_ids
+[ceil(Lk / bs)] int64 and context_len Lk (the chunk's own k/v already written after the prefix). Query i is at position Lk - Lq + i and sees keys 0..that position;
 query head h reads KV head h // (H / Hkv). -> out [Lq, H, D] fp32 contiguous.
 
 `available()`: the library built and has the AVX-512 kernel (other builds compile a stub that
@@ -31,12 +31,13 @@ _ERRORS = {
     4: (MemoryError, "the prefill attention kernel ran out of memory"),
 }
 MAX_HEAD_DIM = 256  # head_dim must be a multiple of 64 up to this (MAX_D in the C source)
+_POOL_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # the C side's pool_dtype (POOL_F32 / POOL_BF16)
 
 
 def _declare(lib: ctypes.CDLL) -> None:
     c_i64, ptr = ctypes.c_int64, ctypes.c_void_p
     fn = lib.fp_prefill_attention
-    fn.argtypes = [ptr, c_i64, ptr, ptr, c_i64,  # q, q stride, k, v, kv stride
+    fn.argtypes = [ptr, c_i64, ptr, ptr, ctypes.c_int, c_i64,  # q, q stride, k, v, pool dtype, kv stride
                    ptr, c_i64, c_i64, ptr,  # block_ids, block size, number of pool blocks, out
                    c_i64, c_i64, c_i64, c_i64, c_i64,  # Lq, Lk, H, Hkv, D
                    ctypes.c_float, ctypes.c_int]  # scale, threads
@@ -55,9 +56,10 @@ def available() -> bool:
 
 
 def supports(q: torch.Tensor, pool: torch.Tensor) -> bool:
-    """Whether a layer's prefill can use the kernel: fp32 queries and pools, a head_dim it takes."""
+    """Whether a layer's prefill can use the kernel: fp32 queries, fp32 or bf16 pools, a head_dim
+    it takes."""
     head_dim = q.shape[-1]
-    return (q.dtype is torch.float32 and pool.dtype is torch.float32 and head_dim % 64 == 0
+    return (q.dtype is torch.float32 and pool.dtype in _POOL_DTYPES and head_dim % 64 == 0
             and head_dim <= MAX_HEAD_DIM)
 
 
@@ -83,12 +85,16 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
         if k.shape[0] != q_len:
             raise ValueError(f"without block_ids k/v hold the chunk's own {q_len} tokens, got {k.shape[0]}")
         ctx_len, num_kv_heads, block_size, num_blocks, ids_ptr = q_len, k.shape[1], 0, 0, None
+        pool_dtype = _POOL_DTYPES[torch.float32]
     else:
-        check_tensor("k_pool", k, 4, torch.float32)
-        check_tensor("v_pool", v, 4, torch.float32)
+        check_tensor("k_pool", k, 4)
+        check_tensor("v_pool", v, 4)
         check_tensor("block_ids", block_ids, 1, torch.int64)
+        if k.dtype not in _POOL_DTYPES or v.dtype != k.dtype:
+            raise ValueError(f"k_pool and v_pool must both be float32 or both bfloat16, got {k.dtype}, {v.dtype}")
         if v.shape != k.shape or not (k.is_contiguous() and v.is_contiguous()):
             raise ValueError("k_pool and v_pool must be contiguous and of one shape")
+        pool_dtype = _POOL_DTYPES[k.dtype]
         num_blocks, block_size, num_kv_heads, _ = k.shape
         ctx_len = int(context_len) if context_len is not None else q_len
         if not q_len <= ctx_len <= block_ids.shape[0] * block_size or block_ids.shape[0] * block_size < 1:
@@ -105,7 +111,7 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     out = torch.empty((q_len, num_heads, head_dim), dtype=torch.float32)
     if q_len == 0:
         return out
-    code = lib.fp_prefill_attention(q.data_ptr(), q_stride, k.data_ptr(), v.data_ptr(), kv_stride,
+    code = lib.fp_prefill_attention(q.data_ptr(), q_stride, k.data_ptr(), v.data_ptr(), pool_dtype, kv_stride,
                                     ids_ptr, block_size, num_blocks, out.data_ptr(),
                                     q_len, ctx_len, num_heads, num_kv_heads, head_dim, float(scale), num_threads)
     if code != 0:

@@ -9,7 +9,8 @@ step is one call into kernels/decode_stack.c, which makes the kernel calls on po
 
     h   = rms_norm(x) | add_rms_norm_(x, residual)          [T, hidden]
     qkv = gemv(h)                                           [T, q + 2 kv]  one buffer, reused
-    rotary_(q, k) in place; k, v copied into the pools at the step's slots (memmove per token)
+    rotary_(q, k) in place; k, v copied into the pools at the step's slots (memmove per token;
+        rounded to bf16 where the pools are bf16, as write_kv's .to(pool dtype) rounds)
     a   = paged_decode_attention(q)                         [T, H * D]
     o   = gemv(a);  h = add_rms_norm_(o, residual)
     gu  = gemv(h);  act = silu_mul(gu[:, :I], gu[:, I:]);  x = gemv(act)
@@ -20,7 +21,7 @@ and the final norm's output are fresh tensors.
 
 It applies (`FastDecode.applies`) when the step is decode-only with the C attention layout, no
 adapter is in the batch (ctx.lora is None: the base path never looks at the LoRA stacks then),
-the KV pools are fp32, and T is within the limits under which the module path itself takes
+the KV pools are fp32 or bf16, and T is within the limits under which the module path itself takes
 these kernels (BackendConfig.quant_gemv_max_tokens for quantized projections,
 Backend.small_gemm_max_tokens for fp32 ones: below oneDNN's threshold where that is on); the
 model must have no q/k norm (qwen3 runs those in torch) and eager MLPs (ModelRunner.compile).
@@ -40,6 +41,7 @@ from fireplace.engine.forward_context import ForwardContext
 from fireplace.engine.kernels import decode_stack, elementwise
 
 _F32 = torch.float32
+_POOL_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # decode_stack.c's FS_POOL_F32 / FS_POOL_BF16
 
 
 class _NotApplicable(Exception):
@@ -135,7 +137,7 @@ class FastDecode:
     def applies(self, ctx: ForwardContext, kv_caches) -> bool:
         meta = ctx.attention
         return (ctx.lora is None and meta.decode_rows_are_all and meta.decode_block_tables is not None
-                and 0 < meta.num_tokens <= self.max_tokens and kv_caches[0][0].dtype is _F32)
+                and 0 < meta.num_tokens <= self.max_tokens and kv_caches[0][0].dtype in _POOL_DTYPES)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: ForwardContext,
                 kv_caches) -> torch.Tensor:
@@ -162,5 +164,6 @@ class FastDecode:
         step.max_blocks = tables.shape[1]
         step.block_size, step.num_blocks = kv_caches[0][0].shape[1], kv_caches[0][0].shape[0]
         step.threads = torch.get_num_threads()
+        step.pool_dtype = _POOL_DTYPES[kv_caches[0][0].dtype]
         decode_stack.run(self.kernels, self.layers, self.num_layers, step)
         return elementwise.add_rms_norm_(buf.x, x, self.final_norm, self.final_eps)
