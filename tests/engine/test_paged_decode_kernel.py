@@ -159,6 +159,9 @@ def test_bf16_pools(kernel, num_threads):
     check(lens, 9, 3, 64, 16, num_threads=num_threads, pool_dtype=torch.bfloat16, atol=1e-5)
     # bf16 q: the output is bf16 too
     check(lens, 9, 3, 64, 16, num_threads=num_threads, pool_dtype=torch.bfloat16, q_dtype=torch.bfloat16, atol=2e-2)
+    # blocks of 7 (rows left over after the kernel's 4-row steps), one and four query heads per KV head
+    check([1, 7, 30, 333], 4, 4, 64, 7, num_threads=num_threads, pool_dtype=torch.bfloat16, atol=1e-5)
+    check([1, 7, 30, 333], 8, 2, 64, 7, num_threads=num_threads, pool_dtype=torch.bfloat16, atol=1e-5)
 
 
 def test_bf16_q_fp32_pools(kernel):

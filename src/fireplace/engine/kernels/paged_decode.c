@@ -161,6 +161,37 @@ static inline float exp_shift_sum(float *restrict s, float m, int64_t n) {
     return sum;
 }
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define BF16_DIRECT 1 /* head_dim 64 over bf16 pools: rows read as bf16, no widened copy */
+
+/* 16 bf16 values widened to fp32 (exact: the bf16 bits become the high half). */
+static inline __m512 load_bf16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+/* q[64] . k[64], k in bf16: 16 partial sums (4 FMAs), then one horizontal sum. */
+static inline float dot64_bf16(const float *q, const uint16_t *k) {
+    __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(q), load_bf16(k));
+    for (int c = 16; c < 64; c += 16)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + c), load_bf16(k + c), acc);
+    return _mm512_reduce_add_ps(acc);
+}
+
+/* acc[64] += p[0] v[0] + ... + p[n - 1] v[(n - 1) * stride], n <= 4 bf16 rows. */
+static inline void axpy_rows_bf16_d64(float *restrict acc, const float *p, const uint16_t *v, int64_t stride,
+                                      int64_t n) {
+    for (int c = 0; c < 64; c += 16) {
+        __m512 a = _mm512_loadu_ps(acc + c);
+        for (int64_t u = 0; u < n; u++)
+            a = _mm512_fmadd_ps(_mm512_set1_ps(p[u]), load_bf16(v + u * stride + c), a);
+        _mm512_storeu_ps(acc + c, a);
+    }
+}
+#else
+#define BF16_DIRECT 0
+#endif
+
 /* bf16 -> fp32 is exact: the bf16 bits are the high half of the fp32 bits. */
 static void widen_bf16(const uint16_t *restrict src, float *restrict dst, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
@@ -220,6 +251,9 @@ static inline __attribute__((always_inline)) int run_sequence(const job_t *job, 
         s->scores = grown;
         s->scores_cap = (size_t)(ctx * H);
     }
+    /* head_dim 64 over bf16 pools on AVX-512: rows read as bf16 in place (no widened copy) */
+    const int direct = BF16_DIRECT && D == 64 && job->pool_dtype == POOL_BF16;
+    (void)direct; /* read only where BF16_DIRECT */
     const float *q = job->q + b * H * D; /* [H, D] */
     const float scale = job->scale;      /* a local: stores to scores[] could alias job->scale */
     float *restrict scores = s->scores;  /* [H, ctx] */
@@ -235,6 +269,22 @@ static inline __attribute__((always_inline)) int run_sequence(const job_t *job, 
            (ctx * row_bytes) stays in L2/L3 until then, and twice the reads are in flight. */
         const char *next_k = i + 1 < n_blocks ? block_ptr(job, job->k_pool, table[i + 1]) : NULL;
         const char *this_v = block_ptr(job, job->v_pool, table[i]);
+#if BF16_DIRECT
+        if (direct) {
+            const uint16_t *rows = (const uint16_t *)block_ptr(job, job->k_pool, table[i]);
+            for (int64_t r = 0; r < n; r++) {
+                prefetch_row(next_k, r, row_bytes);
+                prefetch_row(this_v, r, row_bytes);
+                for (int64_t kh = 0; kh < Hkv; kh++)
+                    for (int64_t h = kh * G; h < (kh + 1) * G; h++) {
+                        const float score = scale * dot64_bf16(q + h * D, rows + r * row + kh * D);
+                        scores[h * ctx + i * bs + r] = score;
+                        mx[h] = score > mx[h] ? score : mx[h];
+                    }
+            }
+            continue;
+        }
+#endif
         const float *rows = block_rows(job, s, block_ptr(job, job->k_pool, table[i]), n); /* [n, Hkv, D] */
         for (int64_t r = 0; r < n; r++) {
             prefetch_row(next_k, r, row_bytes);
@@ -261,8 +311,26 @@ static inline __attribute__((always_inline)) int run_sequence(const job_t *job, 
         const int64_t n = (ctx - i * bs < bs) ? ctx - i * bs : bs;
         /* in case pass 1's prefetch of it was evicted already (long contexts) */
         const char *next = i + 1 < n_blocks ? block_ptr(job, job->v_pool, table[i + 1]) : NULL;
-        const float *rows = block_rows(job, s, block_ptr(job, job->v_pool, table[i]), n);
         const float *pt = scores + i * bs; /* [H, ctx] from token i * bs on */
+#if BF16_DIRECT
+        if (direct) {
+            const uint16_t *rows = (const uint16_t *)block_ptr(job, job->v_pool, table[i]);
+            for (int64_t r = 0; r < n; r += V_UNROLL) {
+                const int64_t nr = n - r < V_UNROLL ? n - r : V_UNROLL;
+                for (int64_t u = 0; u < nr; u++)
+                    prefetch_row(next, r + u, row_bytes);
+                float p[V_UNROLL];
+                for (int64_t kh = 0; kh < Hkv; kh++)
+                    for (int64_t h = kh * G; h < (kh + 1) * G; h++) {
+                        for (int64_t u = 0; u < nr; u++)
+                            p[u] = pt[h * ctx + r + u];
+                        axpy_rows_bf16_d64(acc + h * D, p, rows + r * row + kh * D, row, nr);
+                    }
+            }
+            continue;
+        }
+#endif
+        const float *rows = block_rows(job, s, block_ptr(job, job->v_pool, table[i]), n);
         int64_t r = 0;
         for (; r + V_UNROLL <= n; r += V_UNROLL) {
             for (int64_t u = 0; u < V_UNROLL; u++)
