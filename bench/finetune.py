@@ -2,9 +2,10 @@
 
 Workload: SmolLM2-135M-Instruct (the bundled model), fp32 on CPU, LoRA r=8 alpha=16
 dropout 0.05 on all linear projections, AdamW lr 2e-4 with linear decay, grad clip 1.0,
-one epoch over single-turn chat examples whose lengths spread uniformly over 32-1024 tokens
-(seeded synthetic text), `--batch-samples` examples per optimizer step, loss on the
-assistant turn only, gradient checkpointing off and fp32 for all three:
+one epoch over single-turn chat examples (a short system message, a question, an answer) whose
+token lengths, measured with the model's tokenizer and chat template, spread evenly over
+32-1024 (seeded synthetic text, `synth_chats`), `--batch-samples` examples per optimizer step,
+loss on the assistant turn only, gradient checkpointing off and fp32 for all three:
   - ours:              training.trainer (packing without padding, per-example attention,
                        chunked LM-head loss over target tokens only)
   - trl-default:       SFTTrainer with its default collation (pads each batch to its longest)
@@ -14,8 +15,13 @@ Each runs in its own process (peak RSS is per process). Reported: training token
 non-padding tokens only, over the training loop's wall time (model loading excluded); peak
 RSS and its growth over the RSS after loading; final loss = mean token loss on the assistant
 turns of a fixed 8-example subset after training, computed by the same plain forward for all.
+One invocation runs the three configurations one after the other and writes every key of the
+results file itself (per configuration also its start and end time and the load average at its
+end); it exits 1 when one failed (the file then holds its error and output tail).
 
-    nice -n 10 .venv/bin/python bench/finetune.py --examples 48 --out bench/results/finetune-cpu.json
+    nice -n -10 .venv/bin/python bench/finetune.py --examples 48 --batch-samples 4 \
+        --out bench/results/finetune-cpu.json
+    .venv/bin/python bench/finetune.py --data-only    # the workload's measured token lengths only
 """
 from __future__ import annotations
 
@@ -37,26 +43,50 @@ WORDS = ("time year people way day man thing woman life child world school state
          "president team minute idea kid body information back parent face others level office door health person "
          "art war history party result change morning reason research girl guy moment air teacher force education "
          "quickly slowly carefully always never often bright dark simple clear open close build make take give").split()
-LR, RANK, ALPHA, DROPOUT, MAX_LEN, EVAL_N = 2e-4, 8, 16, 0.05, 1024, 8
+CONFIGS = ("ours", "trl-default", "trl-padding-free")
+LR, RANK, ALPHA, DROPOUT, MIN_LEN, MAX_LEN, EVAL_N = 2e-4, 8, 16, 0.05, 32, 1024, 8
+# An explicit short system message: without one SmolLM2's template adds its 20-token default
+# and no example could be shorter than 36 tokens.
+SYSTEM = "Answer."
 
 
-def synth_chats(tokenizer, n: int, seed: int) -> list[dict]:
-    """Single-turn chats with total templated length ~U(32, 1024) tokens (20% prompt)."""
+def synth_chats(measure, n: int, seed: int) -> list[dict]:
+    """n single-turn chats whose lengths, as `measure(chat)` counts them (the templated example
+    the trainer encodes), spread evenly over [MIN_LEN, MAX_LEN]: n evenly spaced targets, both
+    ends included, in a seeded order, each met by the most words (bisection) whose chat is not
+    longer. 20% of the words are the prompt."""
     rng = random.Random(seed)
+    targets = [round(MIN_LEN + (MAX_LEN - MIN_LEN) * i / max(1, n - 1)) for i in range(n)]
+    rng.shuffle(targets)
     out = []
-    for _ in range(n):
-        target = rng.randint(32, MAX_LEN)
-        n_words = max(4, int(target / 1.35)) - 12
-        words = [rng.choice(WORDS) for _ in range(max(4, n_words))]
-        cut = max(2, len(words) // 5)
-        out.append({"prompt": " ".join(words[:cut]).capitalize() + "?",
-                    "completion": " ".join(words[cut:]).capitalize() + "."})
+    for target in targets:
+        words = [rng.choice(WORDS) for _ in range(2 * MAX_LEN)]  # more than 1024 tokens' worth
+        lo, hi = 2, len(words)
+        while lo < hi:  # the most words whose chat is at most `target` tokens
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if measure(_chat(words[:mid])) <= target else (lo, mid - 1)
+        out.append(_chat(words[:lo]))
     return out
 
 
+def _chat(words: list[str]) -> dict:
+    cut = max(1, len(words) // 5)
+    return {"prompt": " ".join(words[:cut]).capitalize() + "?", "completion": " ".join(words[cut:]).capitalize() + "."}
+
+
 def as_messages(chat: dict) -> dict:
-    return {"messages": [{"role": "user", "content": chat["prompt"]},
+    return {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": chat["prompt"]},
                          {"role": "assistant", "content": chat["completion"]}]}
+
+
+def length_stats(lengths: list[int]) -> dict:
+    ordered = sorted(lengths)
+    return {"min": ordered[0], "max": ordered[-1], "mean": sum(ordered) / len(ordered), "total": sum(ordered),
+            "deciles": [ordered[len(ordered) * q // 10] for q in range(1, 10)]}
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def rss_mb() -> float:
@@ -139,7 +169,8 @@ def run_trl(model_dir: Path, chats: list[dict], batch: int, seed: int, padding_f
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="sdpa")
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": c["prompt"]}],
+    data = Dataset.from_list([{"prompt": [{"role": "system", "content": SYSTEM},
+                                          {"role": "user", "content": c["prompt"]}],
                                "completion": [{"role": "assistant", "content": c["completion"]}]} for c in chats])
     marks: dict[str, float] = {}
 
@@ -189,9 +220,11 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=48)
     p.add_argument("--batch-samples", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--configs", default="ours,trl-default,trl-padding-free")
+    p.add_argument("--configs", default=",".join(CONFIGS),
+                   help="a subset, for debugging only (the results then say allConfigs: false)")
     p.add_argument("--out", default="bench/results/finetune-cpu.json")
     p.add_argument("--model-dir", help="another HF model directory (default: the bundled SmolLM2)")
+    p.add_argument("--data-only", action="store_true", help="print the workload's token lengths; train nothing")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -199,33 +232,44 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    import torch
-    import trl
     from transformers import AutoTokenizer
 
     from fireplace.catalog.smollm2 import ensure_smollm2
     model_dir = Path(args.model_dir) if args.model_dir else ensure_smollm2()
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    chats = synth_chats(tok, args.examples, args.seed)
     from fireplace.training.encoding import ExampleEncoder
-    enc = ExampleEncoder(tok, max_length=MAX_LEN)
-    lengths = [len(enc.encode(as_messages(c), 0, "CHAT").input_ids) for c in chats]
+    enc = ExampleEncoder(tok, max_length=4 * MAX_LEN)  # measures, never truncates
+    measure = lambda chat: len(enc.encode(as_messages(chat), 0, "CHAT").input_ids)  # noqa: E731
+    chats = synth_chats(measure, args.examples, args.seed)
+    lengths = [measure(c) for c in chats]
+    if args.data_only:
+        print(json.dumps({"examples": len(chats), "example_tokens": length_stats(lengths)}, indent=2))
+        return
+
+    import torch
+    import trl
+
+    configs = args.configs.split(",")
+    started_at = utc_now()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "chats.json"
         data.write_text(json.dumps(chats))
-        for name in args.configs.split(","):
+        for name in configs:
             res = Path(tmp) / f"{name}.json"
-            started = time.perf_counter()
+            started, started_utc = time.perf_counter(), utc_now()
             proc = subprocess.run([sys.executable, __file__, "--worker", name, "--data", str(data), "--result",
                                    str(res), "--batch-samples", str(args.batch_samples), "--seed", str(args.seed)]
                                   + (["--model-dir", args.model_dir] if args.model_dir else []),
-                                  env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-            if proc.returncode != 0:
-                results[name] = {"error": f"exit code {proc.returncode}"}
+                                  env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            sys.stdout.write(proc.stdout)
+            ran = {"started": started_utc, "finished": utc_now(), "process_s": time.perf_counter() - started,
+                   "load_average_after": os.getloadavg()}
+            if proc.returncode != 0 or not res.exists():
+                results[name] = {"error": f"exit code {proc.returncode}", "output_tail": proc.stdout[-4000:], **ran}
                 continue
-            results[name] = json.loads(res.read_text())
-            results[name]["process_s"] = time.perf_counter() - started
+            results[name] = {**json.loads(res.read_text()), **ran}
             print(name, json.dumps(results[name]), flush=True)
     ours = results.get("ours", {})
     summary = {}
@@ -241,15 +285,19 @@ def main() -> None:
     report = {"benchmark": "finetune", "model": "SmolLM2-135M-Instruct (fp32, CPU)",
               "workload": {"examples": args.examples, "batch_samples": args.batch_samples, "epochs": 1,
                            "lora": {"r": RANK, "alpha": ALPHA, "dropout": DROPOUT, "targets": "all linear"},
-                           "learning_rate": LR, "max_length": MAX_LEN, "seed": args.seed,
-                           "example_tokens": {"min": min(lengths), "max": max(lengths),
-                                              "mean": sum(lengths) / len(lengths), "total": sum(lengths)}},
+                           "learning_rate": LR, "max_length": MAX_LEN, "seed": args.seed, "system_message": SYSTEM,
+                           "example_tokens": length_stats(lengths)},
               "versions": {"torch": torch.__version__, "trl": trl.__version__},
-              "threads": torch.get_num_threads(), "load_average_at_end": os.getloadavg(),
+              "threads": torch.get_num_threads(), "argv": sys.argv[1:], "nice": os.nice(0),
+              "configs": configs, "allConfigs": sorted(configs) == sorted(CONFIGS), "started": started_at,
+              "finished": utc_now(), "load_average_at_end": os.getloadavg(),
               "results": results, "ours_vs": summary}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(summary, indent=2))
+    failed = [name for name, r in results.items() if "error" in r]
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)} (their output tails are in {args.out})")
 
 
 if __name__ == "__main__":

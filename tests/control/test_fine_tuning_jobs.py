@@ -185,21 +185,58 @@ def test_create_refusals(server, admin, base, dataset):
     expect_error(400, 3, jobs.create, dataset=dataset, base_model=base, output_model="accounts/other/models/x")
 
 
-def test_concurrent_jobs_quota(server, admin):
+def test_concurrent_jobs_quota_bounds_workers_not_creates(server, admin):
+    """The quota bounds how many of the account's jobs hold a training worker at once; the
+    controller enforces it when it starts workers (tests/training/test_job_queue.py). Create and
+    :resume are never refused for it: a job over the quota waits in PENDING."""
     account_id, key = new_account(server)
     client = sdk(server, key, account_id)
     base = ready_base_model(server, api_key=key, account_id=account_id)
     dataset = ready_dataset(server, api_key=key, account_id=account_id)
+    url = f"/v1/accounts/{account_id}/quotas/concurrent-fine-tuning-jobs"
     with http(server) as c:
-        r = c.patch(f"/v1/accounts/{account_id}/quotas/concurrent-fine-tuning-jobs", json={"maxValue": "1"})
+        r = c.patch(url, json={"maxValue": "1"})
         assert r.status_code == 200, r.text
     first = client.supervised_fine_tuning_jobs.create(dataset=dataset, base_model=base)
-    err = expect_error(429, 8, client.supervised_fine_tuning_jobs.create, dataset=dataset, base_model=base)
-    assert "concurrent-fine-tuning-jobs" in err.body["message"]
-    client.supervised_fine_tuning_jobs.cancel(_id(first.name), body={})  # a cancelled job frees its slot
     second = client.supervised_fine_tuning_jobs.create(dataset=dataset, base_model=base)
-    expect_error(429, 8, client.supervised_fine_tuning_jobs.resume, _id(first.name), body={})
-    assert second.state == "JOB_STATE_CREATING"
+    third = client.supervised_fine_tuning_jobs.create(dataset=dataset, base_model=base)
+    assert {first.state, second.state, third.state} == {"JOB_STATE_CREATING"}
+    client.supervised_fine_tuning_jobs.cancel(_id(first.name), body={})
+    resumed = client.supervised_fine_tuning_jobs.resume(_id(first.name), body={})
+    assert resumed.state == "JOB_STATE_VALIDATING"
+    with http(server) as c:   # usage: jobs holding a worker (none: this server runs no controller)
+        quota = c.get(url).json()
+        assert (quota["usage"], quota["maxValue"]) == ("0", "1") and "PENDING" in quota["description"], quota
+    for job in (first, second, third):
+        client.supervised_fine_tuning_jobs.cancel(_id(job.name), body={})
+
+
+def test_an_output_model_claimed_by_an_unfinished_job_cannot_be_created(server, admin, base, dataset, unique):
+    out = unique("claimed")
+    job = admin.supervised_fine_tuning_jobs.create(dataset=dataset, base_model=base, output_model=out)
+    for model in ({"kind": "HF_PEFT_ADDON", "peftDetails": {"baseModel": base}}, {"kind": "HF_BASE_MODEL"}):
+        err = expect_error(409, 6, admin.models.create, model_id=out, model=model)
+        assert job.name in err.body["message"] and "outputModel" in err.body["message"]
+    expect_error(404, 5, admin.models.get, out)
+    admin.supervised_fine_tuning_jobs.cancel(_id(job.name), body={})   # finished: the claim ends
+    admin.models.create(model_id=out, model={"kind": "HF_BASE_MODEL"})
+    err = expect_error(400, 9, admin.supervised_fine_tuning_jobs.resume, _id(job.name), body={})
+    assert out in err.body["message"]
+    admin.supervised_fine_tuning_jobs.delete(_id(job.name))
+    admin.models.delete(out)
+
+
+def test_warm_start_shows_the_addon_rank_and_refuses_another(server, admin, base, dataset):
+    addon = ready_addon(server, base, r=16)
+    jobs = admin.supervised_fine_tuning_jobs
+    warm = jobs.create(dataset=dataset, warm_start_from=addon)
+    assert warm.lora_rank == 16 and jobs.get(_id(warm.name)).lora_rank == 16
+    same = jobs.create(dataset=dataset, warm_start_from=addon, lora_rank=16)
+    assert same.lora_rank == 16
+    err = expect_error(400, 3, jobs.create, dataset=dataset, warm_start_from=addon, lora_rank=8)
+    assert "loraRank 8" in err.body["message"] and "rank 16" in err.body["message"] and addon in err.body["message"]
+    for job in (warm, same):
+        jobs.delete(_id(job.name))
 
 
 def test_isolation_and_roles(server, admin, base, dataset):

@@ -50,14 +50,16 @@ def wait_for(client, job_id: str, states: set[str], timeout: float = 180.0, *, s
     return job
 
 
-def job_list(server: Server, job_id: str, what: str, **params) -> list[dict]:
-    """Every item of GET .../supervisedFineTuningJobs/{job}/{what}, following nextPageToken."""
+def job_list(server: Server, job_id: str, what: str, *, account_id: str | None = None, api_key: str | None = None,
+             **params) -> list[dict]:
+    """Every item of GET .../supervisedFineTuningJobs/{job}/{what}, following nextPageToken
+    (in the server's first account unless account_id and its api_key are given)."""
     key = what
     items, token = [], ""
-    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {server.api_key}"},
+    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {api_key or server.api_key}"},
                       timeout=30) as c:
         while True:
-            r = c.get(f"/v1/accounts/{server.account_id}/supervisedFineTuningJobs/{job_id}/{what}",
+            r = c.get(f"/v1/accounts/{account_id or server.account_id}/supervisedFineTuningJobs/{job_id}/{what}",
                       params={**params, **({"pageToken": token} if token else {})})
             assert r.status_code == 200, r.text
             body = r.json()

@@ -82,6 +82,25 @@ def test_all_over_long_fails_naming_the_limit_and_line(tok):
         encode_dataset(data, ExampleEncoder(tok, max_length=32))
 
 
+def test_all_over_long_fails_even_when_the_cut_parts_keep_assistant_tokens(tok):
+    """The issue's rule: truncate with a warning, or fail the job when every example is over the
+    limit, here although each cut example still holds assistant tokens to train on."""
+    data = lines(*[{"messages": [{"role": "user", "content": "q"},
+                                 {"role": "assistant", "content": "the quick brown fox " * (20 + i)}]}
+                   for i in range(3)])
+    with pytest.raises(TrainingError) as err:
+        encode_dataset(data, ExampleEncoder(tok, max_length=32))
+    shortest = len(ExampleEncoder(tok, max_length=4096).encode(json.loads(data[0]), 1, "CHAT").input_ids)
+    assert "all 3 examples of the dataset are longer than maxContextLength=32 tokens" in str(err.value)
+    assert f"the shortest, line 1, has {shortest} tokens" in str(err.value)
+    assert f"raise maxContextLength to at least {shortest}" in str(err.value)
+    # one example within the limit: the others are truncated and counted, nothing fails
+    out = encode_dataset(data + lines({"messages": [{"role": "user", "content": "q"},
+                                                    {"role": "assistant", "content": "ok"}]}),
+                         ExampleEncoder(tok, max_length=32))
+    assert (out.total, out.truncated, len(out.examples)) == (4, 3, 4)
+
+
 def test_template_errors_name_the_line(tok):
     raising = "{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tools here') }}" \
               "{% endif %}{{ m['content'] }}{% endfor %}"

@@ -168,3 +168,46 @@ def test_warm_start_continues_from_the_addon(model_dir, examples, tmp_path):
     assert int(warm.model.peft_config["default"].r) == 4          # the addon's rank, not loraRank
     got, want = warm.adapter_state(), first.adapter_state()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+
+
+def test_learning_rate_warms_up_then_decays_linearly_to_zero(model_dir, examples):
+    """learningRateWarmupSteps W: step s (0-based) trains at lr * (s+1)/(W+1) while s < W, then
+    at lr * (total - s)/(total - W), reaching 0 after the last step."""
+    from fireplace.training.schedule import WarmupLinearDecay
+
+    lr, warmup = 1e-2, 3
+    cfg = TrainConfig(epochs=1, learning_rate=lr, warmup_steps=warmup, batch_tokens=60, lora_rank=4, seed=1)
+    trainer, rec = Trainer(cfg, model_dir, examples), Recorder()
+    trainer.run(rec)
+    total = trainer.total_steps
+    assert total > warmup + 3
+    seen = [m.learning_rate for m in rec.steps]
+    want = [lr * (s + 1) / (warmup + 1) for s in range(warmup)] + \
+           [lr * (total - s) / (total - warmup) for s in range(warmup, total)]
+    assert seen == pytest.approx(want, rel=1e-12)
+    assert seen[:warmup + 1] == sorted(seen[:warmup + 1]) and seen[warmup:] == sorted(seen[warmup:], reverse=True)
+    assert seen[warmup] == pytest.approx(lr) and WarmupLinearDecay(warmup, total)(total) == 0.0
+    assert trainer.scheduler.get_last_lr()[0] == 0.0
+
+
+def test_gradient_accumulation_equals_one_merged_pack(model_dir, examples):
+    """gradientAccumulationSteps 2 over packs p0, p1 is one optimizer step on the mean over both
+    packs' target tokens: the same update as one pack holding both (dropout off, which draws
+    different masks per forward)."""
+    cfg = TrainConfig(epochs=1, learning_rate=1e-2, batch_tokens=60, lora_rank=4, seed=1, grad_accum=2,
+                      lora_dropout=0.0)
+    accumulated, merged = Trainer(cfg, model_dir, examples), Trainer(cfg, model_dir, examples)
+    p0, p1 = accumulated.plans[0][:2]
+    assert p0 and p1
+    a = accumulated._step([p0, p1])
+    b = merged._step([p0 + p1])
+    assert a.tokens == b.tokens and a.train_loss == pytest.approx(b.train_loss, rel=1e-6)
+    assert a.grad_norm == pytest.approx(b.grad_norm, rel=1e-5)
+    got, want = accumulated.adapter_state(), merged.adapter_state()
+    assert max(float((got[k] - want[k]).abs().max()) for k in got) <= 1e-6
+    assert max(float(v.abs().max()) for k, v in got.items() if "lora_B" in k) > 1e-3   # it moved
+    # and not the same as stepping on one pack only
+    single = Trainer(cfg, model_dir, examples)
+    single._step([p0])
+    other = single.adapter_state()
+    assert max(float((other[k] - want[k]).abs().max()) for k in got) > 1e-4

@@ -7,8 +7,10 @@ process list as they are now, so a controller restart loses nothing.
                     it moves the job to PENDING or FAILED itself
     RE_QUEUEING     -> PENDING
     PENDING         oldest first, while a TRAINER slot is free and the account has fewer jobs
-                    with a worker than its concurrent-fine-tuning-jobs quota: worker_attempt += 1,
-                    -> RUNNING, start `fireplace train --job NAME --attempt N`
+                    holding a worker (RUNNING, WRITING_RESULTS, CANCELLING) than its
+                    concurrent-fine-tuning-jobs quota: worker_attempt += 1, -> RUNNING, start
+                    `fireplace train --job NAME --attempt N`; else the job's status.message
+                    says what it waits for (a worker slot, or the quota)
     RUNNING /       the worker is dead (exited, lost for LOST_GRACE_S, or no heartbeat for
     WRITING_RESULTS HEARTBEAT_TIMEOUT_S): restart_count += 1; past MAX_RESTARTS -> FAILED with the
                     worker's last output; else RUNNING -> RE_QUEUEING (a new worker resumes from
@@ -17,6 +19,11 @@ process list as they are now, so a controller restart loses nothing.
 Trainer processes no active job owns (its job was re-queued, cancelled, finished) are stopped
 and forgotten. A worker writes only while the job still carries its attempt (fencing), so a
 late or duplicate worker cannot corrupt its successor's work.
+
+Only the holder of the controller lease reconciles, but a tick that outlives the lease (a
+stalled process, a slow DB) can overlap its successor's: so PENDING -> RUNNING recounts the
+account's jobs holding a worker under the account lock (control.locks, the lock job create and
+:resume take), and two controllers never start more than the quota between them.
 """
 from __future__ import annotations
 
@@ -42,7 +49,7 @@ LOST_GRACE_S = 15.0          # a worker the executor does not list (controller r
 MAX_RESTARTS = 3             # crashes retried per start (a user :resume starts the count again)
 STOP_GRACE_S = 3.0
 QUOTA = "concurrent-fine-tuning-jobs"
-WITH_WORKER = (states.RUNNING, states.WRITING_RESULTS, states.CANCELLING)
+WITH_WORKER = tuple(sorted(states.HOLDING_WORKER))
 RECONCILED = (states.CREATING, states.VALIDATING, states.RE_QUEUEING, states.PENDING) + WITH_WORKER
 
 _validations: dict[tuple[str, str], Future] = {}
@@ -197,22 +204,41 @@ def _start_workers(ctx, rows: list[SftJobRow]) -> None:
     if not waiting:
         return
     with ctx.session_factory() as s:
-        busy: dict[str, int] = {}
-        for account_id, in s.execute(select(SftJobRow.account_id).where(SftJobRow.state.in_(WITH_WORKER),
-                                                                         SftJobRow.worker_process_id != "")):
-            busy[account_id] = busy.get(account_id, 0) + 1
+        busy = _holding_workers(s)
         limits = {a: quota_limit(s, a, QUOTA) for a in {r.account_id for r in waiting}}
     for row in waiting:
         used, total = ctx.executor.capacity(TRAINER)
-        if used >= total:
+        if used >= total:   # every waiting job says so, not only the first
             _note_waiting(ctx, row, f"waiting for a training worker slot ({used} of {total} in use)")
-            return
-        if busy.get(row.account_id, 0) >= limits[row.account_id]:
-            _note_waiting(ctx, row, f"waiting: the account runs {busy[row.account_id]} fine-tuning jobs, its "
-                                    f"{QUOTA} quota is {limits[row.account_id]}")
             continue
-        if _start(ctx, row):
+        # A WRITING_RESULTS job getting a new worker already holds its place in the quota.
+        if row.state == states.PENDING and busy.get(row.account_id, 0) >= limits[row.account_id]:
+            _note_waiting(ctx, row, _quota_message(busy.get(row.account_id, 0), limits[row.account_id]))
+            continue
+        try:
+            started = _start(ctx, row)
+        except Exception:  # one bad job must not stop the others
+            log.exception("starting a worker for %s failed", job_name(row))
+            continue
+        if started and row.state == states.PENDING:
             busy[row.account_id] = busy.get(row.account_id, 0) + 1
+
+
+def _holding_workers(s, account_id: str | None = None) -> dict[str, int]:
+    """account -> its jobs holding a worker (the concurrent-fine-tuning-jobs quota's usage)."""
+    stmt = select(SftJobRow.account_id).where(SftJobRow.state.in_(WITH_WORKER))
+    if account_id is not None:
+        stmt = stmt.where(SftJobRow.account_id == account_id)
+    busy: dict[str, int] = {}
+    for account, in s.execute(stmt):
+        busy[account] = busy.get(account, 0) + 1
+    return busy
+
+
+def _quota_message(used: int, limit: int) -> str:
+    then = "this job starts when one of them finishes" if limit else "no job of the account starts until it is raised"
+    return (f"waiting for the account's {QUOTA} quota: {used} of its jobs hold a training worker, the quota is "
+            f"{limit}; {then}")
 
 
 def _note_waiting(ctx, row: SftJobRow, message: str) -> None:
@@ -226,11 +252,25 @@ def _note_waiting(ctx, row: SftJobRow, message: str) -> None:
 
 
 def _start(ctx, row: SftJobRow) -> bool:
+    from fireplace.control.locks import serialize_account
+    from fireplace.control.quotas.definitions import quota_limit
+
     process_id = f"train-{uuid.uuid4().hex[:12]}"
     with ctx.session_factory() as s:
+        if row.state == states.PENDING:
+            serialize_account(s, row.account_id)   # first, as job create and :resume take it
         fresh = _locked(s, row, row.state)
         if fresh is None or (fresh.state == states.WRITING_RESULTS and fresh.worker_process_id):
             return False
+        if fresh.state == states.PENDING:
+            used = _holding_workers(s, row.account_id).get(row.account_id, 0)
+            limit = quota_limit(s, row.account_id, QUOTA)
+            if used >= limit:   # another controller started one since this tick counted
+                message = _quota_message(used, limit)
+                if fresh.status_message != message:
+                    fresh.status_message = message
+                s.commit()
+                return False
         fresh.worker_attempt += 1
         fresh.worker_process_id = process_id
         fresh.heartbeat_time = utcnow()

@@ -5,7 +5,10 @@ template, with loss masks; over-long examples truncated and counted.
     outcome.examples      -> [EncodedExample] with something to train on
     outcome.truncated     -> how many were cut to maxContextLength
     outcome.dropped       -> how many had no trained token left after the cut (skipped)
-A dataset with no usable example raises TrainingError naming the limit and the longest line.
+A dataset whose examples are all longer than maxContextLength raises TrainingError naming the
+limit, the count and the shortest and longest lines (even if their cut parts still hold
+assistant tokens: a job that trains on no whole example is not what anyone asked for); so
+does one with no example left to train on.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ class EncodeOutcome:
     dropped: int = 0
     longest: int = 0
     longest_line: int = 0
+    shortest: int = 0
+    shortest_line: int = 0
     first_truncated_line: int = 0
 
     @property
@@ -51,6 +56,8 @@ def encode_dataset(lines: Iterable[bytes], encoder: ExampleEncoder, *, what: str
         out.total += 1
         if ex.original_length > out.longest:
             out.longest, out.longest_line = ex.original_length, lineno
+        if not out.shortest_line or ex.original_length < out.shortest:
+            out.shortest, out.shortest_line = ex.original_length, lineno
         if ex.truncated:
             out.truncated += 1
             out.first_truncated_line = out.first_truncated_line or lineno
@@ -60,12 +67,13 @@ def encode_dataset(lines: Iterable[bytes], encoder: ExampleEncoder, *, what: str
         out.examples.append(ex)
     if out.total == 0:
         raise TrainingError(f"{what} has no examples")
+    if out.truncated == out.total:
+        raise TrainingError(
+            f"all {out.total} examples of the {what} are longer than maxContextLength={encoder.max_length} "
+            f"tokens (the shortest, line {out.shortest_line}, has {out.shortest} tokens; the longest, line "
+            f"{out.longest_line}, {out.longest}): raise maxContextLength to at least {out.shortest} or shorten "
+            "the examples")
     if not out.examples:
-        if out.truncated == out.total:
-            raise TrainingError(
-                f"all {out.total} examples of the {what} are longer than maxContextLength={encoder.max_length} "
-                f"tokens and nothing to train on is left after truncation (the longest, line {out.longest_line}, "
-                f"has {out.longest} tokens): raise maxContextLength or shorten the examples")
         raise TrainingError(f"no example of the {what} has a token to train on after truncation to "
                             f"maxContextLength={encoder.max_length} (check assistant messages and their weights)")
     return out

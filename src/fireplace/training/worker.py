@@ -39,6 +39,7 @@ log = logging.getLogger("fireplace.train")
 HEARTBEAT_S = 2.0
 METRICS_FLUSH_S = 2.0
 OUTPUT_FILES = ["adapter_config.json", "adapter_model.safetensors"]
+CRASH_EXIT_CODE = 86   # fault injection's simulated crash
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class JobHooks:
                  metrics.train_loss, metrics.tokens, metrics.tokens_per_second)
         self.pending[metrics.step] = metrics
         self.last_metrics = metrics
+        _fault_pause("each-step", self.w.job.job_id)
         self.w.heartbeat.progress = self.progress()
         if time.monotonic() - self.last_flush >= METRICS_FLUSH_S:
             self.flush()
@@ -139,6 +141,7 @@ class JobHooks:
         self.w.save_checkpoint(checkpoint)
         if self.w.job.attempt == 1 and checkpoint.step == trainer.interval:
             _fault_pause("after-first-checkpoint", self.w.job.job_id)
+        _fault_crash("crash-after-checkpoint", self.w.job.job_id, self.w.job.attempt)
 
     def on_epoch_end(self, epoch, eval_loss, trainer) -> None:
         if eval_loss is None:
@@ -343,12 +346,24 @@ class JobWorker:
 def _fault_pause(point: str, job_id: str) -> None:
     """Fault-injection for crash tests: FIREPLACE_TRAINING_FAULT="<point>:<job id>:<seconds>[,...]"
     makes the worker of that one job sleep at that point (so a test can kill or cancel it
-    there). Points: before-register, after-first-checkpoint (first attempt only)."""
+    there). Points: before-register, after-first-checkpoint (first attempt only), each-step."""
     for spec in os.environ.get("FIREPLACE_TRAINING_FAULT", "").split(","):
         parts = spec.split(":")
         if len(parts) == 3 and parts[0] == point and parts[1] == job_id:
             log.warning("fault injection: pausing %s s at %s", parts[2], point)
             time.sleep(float(parts[2]))
+
+
+def _fault_crash(point: str, job_id: str, attempt: int) -> None:
+    """Fault-injection for retry tests: "<point>:<job id>:<N>" in FIREPLACE_TRAINING_FAULT makes
+    attempts 1..N of that job's worker die at that point (os._exit, as a crash would: no
+    cleanup, no status written). Points: crash-after-checkpoint (after each checkpoint it saves)."""
+    for spec in os.environ.get("FIREPLACE_TRAINING_FAULT", "").split(","):
+        parts = spec.split(":")
+        if len(parts) == 3 and parts[0] == point and parts[1] == job_id and attempt <= int(parts[2]):
+            log.warning("fault injection: attempt %d crashes at %s", attempt, point)
+            logging.shutdown()
+            os._exit(CRASH_EXIT_CODE)
 
 
 def run_worker(job_name: str, attempt: int, settings: Settings | None = None) -> int:

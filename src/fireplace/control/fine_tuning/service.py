@@ -8,7 +8,9 @@ the controller (orchestration/jobs.py) takes it through VALIDATING and PENDING t
     own account or the public catalog;
   - outputModel (default: the job ID) in the job's account, not an existing model and not the
     output of another unfinished job (409);
-  - the concurrent-fine-tuning-jobs quota.
+  - not the concurrent-fine-tuning-jobs quota: that bounds how many of the account's jobs hold a
+    training worker at once, so a job over it is created (and resumed) and waits in PENDING;
+    the controller starts it once one of them finishes (orchestration/jobs.py).
 State changes follow fine_tuning/states.py (each bumps the etag; a stale etag on :cancel,
 :resume or delete is 409 ABORTED). Delete removes the row (the output model, if any,
 stays), with its events, metrics, checkpoints and encoded examples; only jobs with nothing
@@ -31,8 +33,7 @@ from fireplace.control.fine_tuning import runtime, states
 from fireplace.control.locks import serialize_account
 from fireplace.control.fine_tuning.schemas import DEFAULTS, Hyperparameters, SftJobCreate
 from fireplace.control.fine_tuning.tables import SftJobRow
-from fireplace.control.fine_tuning.usage import count_active_jobs, output_model_claims
-from fireplace.control.quotas.definitions import enforce_quota
+from fireplace.control.fine_tuning.usage import output_model_claims
 from fireplace.db.engine import add_unique
 from fireplace.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from fireplace.ids import job_id as new_job_id
@@ -86,6 +87,19 @@ def _training_base(session: Session, account_id: str, body: SftJobCreate) -> tup
     return "", model_name(model), trained_on
 
 
+def _warm_start_spec(session: Session, account_id: str, warm: str, body: SftJobCreate) -> dict:
+    """A warm start trains the addon's own LoRA further (its rank, alpha, dropout and target
+    modules): the job shows the addon's r as loraRank, and a different loraRank is refused."""
+    model = resolve_model(session, account_id, warm, "warmStartFrom")
+    rank = ((model.spec or {}).get("peft_details") or {}).get("r")
+    if rank is None:
+        return {}
+    if body.lora_rank is not None and body.lora_rank != rank:
+        raise InvalidArgument(f"loraRank {body.lora_rank} differs from the rank {rank} of warmStartFrom {warm!r}: "
+                              f"a warm start continues that addon at its own rank (omit loraRank or set it to {rank})")
+    return {"loraRank": int(rank)}
+
+
 def _check_output_free(session: Session, account_id: str, output: str, job_name: str) -> None:
     from fireplace.control.models.tables import ModelRow
 
@@ -112,19 +126,19 @@ def create_job(session: Session, caller: Principal, account_id: str, body: SftJo
     eval_dataset = resolve_dataset(session, account_id, body.evaluation_dataset, "evaluationDataset") \
         if body.evaluation_dataset else ""
     base, warm, trained_on = _training_base(session, account_id, body)
+    spec = {**_spec(body), **(_warm_start_spec(session, account_id, warm, body) if warm else {})}
     out_account, out_id = parse_name(body.output_model or job_id, "models", account_id=account_id,
                                      what="outputModel")
     if out_account != account_id:
         raise InvalidArgument(f"outputModel must be in the job's account {account_id!r}")
     output = resource_name(account_id, "models", out_id)
-    serialize_account(session, account_id)  # output claims and the jobs quota count, then insert
+    serialize_account(session, account_id)  # the output name's claims (models.create takes it too), then insert
     _check_output_free(session, account_id, output, resource_name(account_id, COLLECTION, job_id))
-    enforce_quota(session, account_id, "concurrent-fine-tuning-jobs", usage=count_active_jobs(session, account_id))
     row = SftJobRow(account_id=account_id, job_id=job_id, state=states.CREATING, dataset=dataset,
                     evaluation_dataset=eval_dataset, base_model=base, warm_start_from=warm,
                     training_base_model=trained_on, output_model=output, display_name=body.display_name or "",
                     created_by=caller.user_name, status_code="OK", status_message="created; validation follows",
-                    job_progress={"percent": 0, "epoch": 0}, spec=_spec(body))
+                    job_progress={"percent": 0, "epoch": 0}, spec=spec)
     add_unique(session, row, f"supervised fine-tuning job {resource_name(account_id, COLLECTION, job_id)!r}")
     runtime.add_event(session, account_id, job_id, runtime.STATE, states.CREATING,
                       data={"by": caller.user_name})
@@ -134,9 +148,12 @@ def create_job(session: Session, caller: Principal, account_id: str, body: SftJo
 
 def get_job(session: Session, caller: Principal, account_id: str, job_id: str,
             action: Action = Action.READ) -> SftJobRow:
+    """Writes (rename, cancel, resume, delete) take the account lock before reading the row:
+    a row lock alone is a no-op on SQLite, where two PATCHes with one etag both passed and
+    concurrent :resume calls of one job each moved it (and each logged a resume)."""
     job_id = path_id(account_id, job_id, COLLECTION, KIND)
     return fetch(session, SftJobRow, caller, account_id, job_id, kind=KIND, collection=COLLECTION,
-                 action=action, for_update=action >= Action.WRITE)
+                 action=action, serialize=action >= Action.WRITE)
 
 
 def list_jobs(session: Session, caller: Principal, account_id: str, params: ListParams):
@@ -180,7 +197,6 @@ def resume_job(session: Session, caller: Principal, account_id: str, job_id: str
         _check_output_free(session, account_id, row.output_model, resource_name(account_id, COLLECTION, row.job_id))
     except AlreadyExists as exc:
         raise FailedPrecondition(exc.message) from None
-    enforce_quota(session, account_id, "concurrent-fine-tuning-jobs", usage=count_active_jobs(session, account_id))
     ckpt = runtime.latest_checkpoint(session, account_id, row.job_id)
     if not row.validation and target == states.PENDING:
         target = states.VALIDATING  # it failed or was cancelled before its data was validated

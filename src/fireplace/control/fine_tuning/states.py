@@ -37,8 +37,11 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 STATES = frozenset(TRANSITIONS)
 FINAL = frozenset({COMPLETED, EARLY_STOPPED, EXPIRED, FAILED, CANCELLED})  # nothing runs; completedTime set
-# Counted by the concurrent-fine-tuning-jobs quota: the job holds (or waits for) a worker.
+# Unfinished and not paused: the job holds or waits for a worker.
 ACTIVE = frozenset({CREATING, VALIDATING, PENDING, RUNNING, RE_QUEUEING, WRITING_RESULTS, CANCELLING})
+# The job holds a training worker (from PENDING -> RUNNING until it finishes, a worker restart in
+# WRITING_RESULTS included): what the concurrent-fine-tuning-jobs quota bounds. More jobs wait in PENDING.
+HOLDING_WORKER = frozenset({RUNNING, WRITING_RESULTS, CANCELLING})
 DELETABLE = FINAL | {CREATING, VALIDATING, PENDING, PAUSED}
 
 # User verbs: the state each verb moves a job to, from each state it is legal in.

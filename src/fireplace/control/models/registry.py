@@ -91,6 +91,8 @@ def _register(session: Session, blobs: BlobStore, account_id: str, model_id: str
         spec["supports_lora"] = True
     row = session.get(ModelRow, (account_id, model_id))
     if row is None:
+        from fireplace.control.fine_tuning.usage import require_unclaimed
+        require_unclaimed(session, f"accounts/{account_id}/models/{model_id}", by_job=fine_tuning_job)
         row = ModelRow(account_id=account_id, model_id=model_id)
         session.add(row)
     row.kind, row.state, row.display_name, row.public = kind, STATE_UPLOADING, display_name, public

@@ -27,7 +27,8 @@ QUOTAS: dict[str, QuotaDefinition] = {q.quota_id: q for q in (
     QuotaDefinition("replicas", "replicas across all deployments (sum of max replica counts)", 16),
     QuotaDefinition("loaded-addons", "LoRA addons loaded into deployments", 200),
     QuotaDefinition("dataset-bytes", "bytes of uploaded dataset files", 10 << 30, unit="bytes"),
-    QuotaDefinition("concurrent-fine-tuning-jobs", "fine-tuning jobs not yet finished", 4),
+    QuotaDefinition("concurrent-fine-tuning-jobs", "fine-tuning jobs holding a training worker at once "
+                    "(more wait in JOB_STATE_PENDING)", 4, enforced_by="controller"),
     QuotaDefinition("inference-requests-per-minute", "inference requests per minute", 6000,
                     enforced_by="inference gateway"),
     QuotaDefinition("inference-tokens-per-minute", "prompt + generated tokens per minute", 2_000_000,

@@ -19,7 +19,7 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "replicas": ("fireplace.control.deployments.usage", "count_replicas"),
     "loaded-addons": ("fireplace.control.deployed_models.usage", "count_loaded_addons"),
     "dataset-bytes": ("fireplace.control.datasets.usage", "dataset_bytes"),
-    "concurrent-fine-tuning-jobs": ("fireplace.control.fine_tuning.usage", "count_active_jobs"),
+    "concurrent-fine-tuning-jobs": ("fireplace.control.fine_tuning.usage", "count_jobs_holding_workers"),
 }
 
 
