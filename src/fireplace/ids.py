@@ -21,9 +21,10 @@ _ID = r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?"
 ID_PATTERN = rf"^{_ID}$"  # the JSON-schema pattern of a bare ID (a new resource's ID in a create body)
 
 
-def ref_pattern(collection: str) -> str:
-    """The JSON-schema pattern of a field taking an ID or the full name in `collection`."""
-    return rf"^(accounts/{_ID}/{collection}/)?{_ID}$"
+def ref_pattern(collection: str, *, allow_empty: bool = False) -> str:
+    """The JSON-schema pattern of a field taking an ID or the full name in `collection`;
+    allow_empty: "" as well (an optional field, where proto3's "" means unset)."""
+    return rf"^((accounts/{_ID}/{collection}/)?{_ID}{'|' if allow_empty else ''})$"
 
 
 def is_valid_id(value: str) -> bool:

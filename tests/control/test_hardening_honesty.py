@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import fireworks
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import http, sdk
+from fireplace.serving.precision import replica_precision, server_has_cuda
+from tests.conftest import BACKENDS, http, sdk
 from tests.control.helpers_resources import expect_error, ready_base_model
 
 
@@ -44,21 +46,66 @@ def base(server):
     return ready_base_model(server)
 
 
-@pytest.mark.parametrize("field,value", [("expireTime", "2030-01-01T00:00:00Z"), ("region", "US_IOWA_1"),
-                                         ("draftModel", "accounts/fireplace/models/x"), ("enableMtp", True)])
+@pytest.mark.parametrize("field,value", [
+    ("expireTime", "2030-01-01T00:00:00Z"), ("region", "US_IOWA_1"),
+    ("draftModel", "accounts/fireplace/models/x"), ("enableMtp", True),
+    # stored and echoed before, read by nothing in orchestration/ or gateway/:
+    ("acceleratorType", "NVIDIA_H100_80GB"), ("acceleratorCount", 2), ("deploymentShape", "accounts/a/x"),
+    ("enableSessionAffinity", True), ("autoscalingPolicy", {"scaleToZeroWindow": "600s"}),
+    ("autoscalingPolicy", {"loadTargets": {"default": 0.8}})])
 def test_unhonoured_deployment_fields_are_refused_by_name(server, base, field, value):
     with http(server) as c:
         r = c.post(f"/v1/accounts/{server.account_id}/deployments", json={"baseModel": base, field: value})
         assert r.status_code == 400 and r.json()["code"] == 3 and field in r.json()["message"], r.text
+        dep = c.post(f"/v1/accounts/{server.account_id}/deployments", json={"baseModel": base,
+                                                                          "minReplicaCount": 0}).json()
+        assert field not in dep, dep     # nothing unhonoured is shown as if it applied
+        r = c.patch(f"/v1/{dep['name']}", json={field: value})
+        assert r.status_code == 400 and field in r.json()["message"], r.text
+        c.delete(f"/v1/{dep['name']}", params={"hard": "true"})
 
 
-def test_honoured_deployment_fields_are_returned(server, base):
-    dep = sdk(server).deployments.create(base_model=base, display_name="d", description="x", max_replica_count=2,
-                                         accelerator_type="NVIDIA_H100_80GB", precision="BF16",
-                                         max_context_length=1024, enable_session_affinity=True)
-    assert (dep.display_name, dep.description, dep.max_replica_count, dep.accelerator_type, dep.precision,
-            dep.max_context_length, dep.enable_session_affinity) == (
-        "d", "x", 2, "NVIDIA_H100_80GB", "BF16", 1024, True)
+def _replica_argv(base_model: str, timeout: float = 60) -> list[str]:
+    """The command line of the replica process the controller started for `base_model`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = [a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+            except OSError:
+                continue
+            if "replica" in argv and base_model in argv:
+                return argv
+        time.sleep(0.2)
+    raise AssertionError(f"no replica process for {base_model} within {timeout}s")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_honoured_deployment_fields_are_used_not_only_echoed(fresh_server, backend):
+    """Every settable deployment field is returned AND acted on: precision, maxContextLength
+    and enableAddons reach the replica the controller starts (its command line), the replica
+    bounds bound :scale and count in the replicas quota. An echo alone proves nothing."""
+    srv = fresh_server(backend)
+    base = ready_base_model(srv)
+    client = sdk(srv)
+    dep = client.deployments.create(base_model=base, display_name="d", description="x", min_replica_count=1,
+                                    max_replica_count=2, precision="BF16", max_context_length=128,
+                                    enable_addons=True)
+    assert (dep.display_name, dep.description, dep.min_replica_count, dep.max_replica_count, dep.precision,
+            dep.max_context_length, dep.enable_addons) == ("d", "x", 1, 2, "BF16", 128, True)
+    argv = _replica_argv(base)
+    assert argv[argv.index("--max-model-len") + 1] == "128", argv
+    assert "--enable-lora" in argv, argv
+    flags = replica_precision("BF16", server_has_cuda()).argv()
+    assert flags and " ".join(flags) in " ".join(argv), (flags, argv)
+    dep_id = dep.name.rsplit("/", 1)[1]
+    expect_error(400, 3, client.deployments.scale, dep_id, replica_count=3)    # above maxReplicaCount
+    expect_error(400, 3, client.deployments.scale, dep_id, replica_count=0)    # below minReplicaCount
+    with http(srv) as c:
+        assert c.get(f"/v1/accounts/{srv.account_id}/quotas/replicas").json()["usage"] == "2"
+    client.deployments.delete(dep_id, hard=True, ignore_checks=True)
 
 
 def test_read_mask_is_refused_not_ignored(server):

@@ -12,7 +12,8 @@ import threading
 import httpx
 import pytest
 
-from tests.conftest import http, new_account, sdk
+from tests.conftest import BACKENDS, _require_postgres, http, new_account, sdk
+from tests.servers import create_pg_database, drop_pg_database
 from tests.control.helpers_resources import expect_error, tiny_addon_files
 
 MIB = 1 << 20
@@ -186,28 +187,40 @@ def test_concurrent_get_upload_endpoint_of_one_file_never_500(server, unique):
     assert statuses and all(s == 200 for s in statuses), statuses
 
 
-def test_integrity_errors_are_mapped_by_cause(tmp_path):
-    """A unique clash is 409 ALREADY_EXISTS; a foreign key to nothing is 400 (both backends'
-    messages/SQLSTATEs; here SQLite's, PostgreSQL's through the servers' tests)."""
-    from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table, create_engine, event, insert
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_integrity_errors_are_mapped_by_cause(tmp_path, backend):
+    """A unique clash is 409 ALREADY_EXISTS; a foreign key to nothing is 400: from SQLite's
+    messages and from PostgreSQL's SQLSTATEs (through psycopg 3, as the server connects)."""
+    from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table, insert
     from sqlalchemy.exc import IntegrityError
 
+    from fireplace.db.engine import make_engine
     from fireplace.errors import AlreadyExists, FailedPrecondition, integrity_violation
 
     meta = MetaData()
     parent = Table("parent", meta, Column("id", Integer, primary_key=True))
     child = Table("child", meta, Column("id", Integer, primary_key=True),
                   Column("parent_id", Integer, ForeignKey("parent.id")))
-    engine = create_engine(f"sqlite:///{tmp_path / 'i.db'}")
-    event.listen(engine, "connect", lambda c, _r: c.execute("PRAGMA foreign_keys=ON"))
-    meta.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(insert(parent).values(id=1))
-    for stmt, expected in ((insert(parent).values(id=1), AlreadyExists),
-                           (insert(child).values(id=1, parent_id=99), FailedPrecondition)):
-        with pytest.raises(IntegrityError) as info, engine.begin() as conn:
-            conn.execute(stmt)
-        assert isinstance(integrity_violation(info.value, "it"), expected)
+    url = None
+    if backend == "postgres":
+        _require_postgres()
+        url = create_pg_database()
+        engine = make_engine(url)
+    else:
+        engine = make_engine(f"sqlite:///{tmp_path / 'i.db'}")
+    try:
+        meta.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(insert(parent).values(id=1))
+        for stmt, expected in ((insert(parent).values(id=1), AlreadyExists),
+                               (insert(child).values(id=1, parent_id=99), FailedPrecondition)):
+            with pytest.raises(IntegrityError) as info, engine.begin() as conn:
+                conn.execute(stmt)
+            assert isinstance(integrity_violation(info.value, "it"), expected), info.value
+    finally:
+        engine.dispose()
+        if url:
+            drop_pg_database(url)
 
 
 def test_safetensors_header_read_is_capped_and_streamed(tmp_path):
@@ -228,3 +241,81 @@ def test_an_unexpected_500_is_not_marked_retryable():
     assert error_response(500, 13, "internal error").headers["x-should-retry"] == "false"
     assert "x-should-retry" not in error_response(503, 14, "busy", retryable=True).headers
 
+
+def test_an_unexpected_500_from_a_route_is_not_marked_retryable(tmp_path):
+    """Through the app's own handlers: a route that raises a bug answers 500 INTERNAL in the
+    plane's error shape with `x-should-retry: false` (the SDKs retry a bare 500), on the
+    control plane and on the inference plane alike."""
+    from fastapi.testclient import TestClient
+
+    from fireplace.api.app import create_app
+    from fireplace.config import Settings
+
+    app = create_app(Settings(home=tmp_path, workers_enabled=False, import_catalog=False))
+
+    def bug() -> None:
+        raise RuntimeError("a bug")
+    app.add_api_route("/v1/accounts/{account_id}/bugs", bug, methods=["GET"])
+    app.add_api_route("/v1/completions", bug, methods=["PUT"])   # an inference path (OpenAI error shape)
+    creds = dict(line.split("=", 1) for line in (tmp_path / "credentials").read_text().splitlines())
+    with TestClient(app, raise_server_exceptions=False,
+                    headers={"Authorization": f"Bearer {creds['FIREPLACE_API_KEY']}"}) as client:
+        control = client.get("/v1/accounts/a/bugs")
+        inference = client.put("/v1/completions")
+    assert control.status_code == 500 and control.json() == {"code": 13, "message": "internal error", "details": []}
+    assert control.headers["x-should-retry"] == "false"
+    assert inference.status_code == 500 and inference.json()["error"]["message"] == "internal error"
+    assert inference.headers["x-should-retry"] == "false"
+
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000   # past the JSON decoder's recursion limit
+
+
+def _upload_files(server, model: dict, files: dict[str, bytes], model_id: str) -> None:
+    client = sdk(server)
+    client.models.create(model_id=model_id, model=model)
+    urls = client.models.get_upload_endpoint(
+        model_id, filename_to_size={k: str(len(v)) for k, v in files.items()}).filename_to_signed_urls
+    for name, data in files.items():
+        assert httpx.put(urls[name], content=data).status_code == 200
+
+
+def test_deeply_nested_json_in_uploaded_files_is_400(server, unique):
+    """config.json, adapter_config.json and a safetensors header nested past the decoder's
+    recursion limit raised RecursionError in :validateUpload (500); each is a 400 naming the file."""
+    from tests.control.helpers_resources import ready_base_model, tiny_base_files
+    base = ready_base_model(server)
+    weights = tiny_base_files()["model.safetensors"]
+    deep_header = struct.pack("<Q", len(DEEP)) + DEEP + b"\x00" * 8
+    cases = [({"kind": "HF_BASE_MODEL"}, {"config.json": b'{"model_type": ' + DEEP + b"}",
+                                          "model.safetensors": weights}, "config.json"),
+             ({"kind": "HF_BASE_MODEL"}, {"config.json": tiny_base_files()["config.json"],
+                                          "model.safetensors": deep_header}, "model.safetensors"),
+             ({"kind": "HF_PEFT_ADDON", "peftDetails": {"baseModel": base}},
+              {"adapter_config.json": b'{"r": ' + DEEP + b"}",
+               "adapter_model.safetensors": tiny_addon_files()["adapter_model.safetensors"]}, "adapter_config.json"),
+             ({"kind": "HF_PEFT_ADDON", "peftDetails": {"baseModel": base}},
+              {"adapter_config.json": tiny_addon_files()["adapter_config.json"],
+               "adapter_model.safetensors": deep_header}, "adapter_model.safetensors")]
+    for model, files, culprit in cases:
+        model_id = unique("deep")
+        _upload_files(server, model, files, model_id)
+        with http(server) as c:
+            r = c.get(f"/v1/accounts/{server.account_id}/models/{model_id}:validateUpload")
+        _is_error(r, 400, 3)
+        assert culprit in r.json()["message"], r.text
+    assert "RecursionError" not in server.log_text()
+
+
+def test_deeply_nested_json_request_bodies_are_400(server):
+    """Request bodies nested past the decoder's limit: the control plane and the inference
+    gateway (which parses bodies itself) answer 400 in their error shapes."""
+    deep = b'{"messages": ' + DEEP[:400_000] + b"}"
+    with http(server) as c:
+        r = c.post(f"/v1/accounts/{server.account_id}/datasets", content=deep,
+                   headers={"content-type": "application/json"})
+        _is_error(r, 400, 3)
+        r = c.post("/v1/chat/completions", content=deep, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["message"], r.text
+    assert "RecursionError" not in server.log_text()

@@ -2,8 +2,8 @@
 
 Control plane body (grpc-gateway): {"code": <gRPC int>, "message": str, "details": []}.
 Non-retryable errors (every 4xx but ABORTED and RESOURCE_EXHAUSTED, and every 5xx but
-UNAVAILABLE) carry `x-should-retry: false`, so the SDK (which retries 408/409/429/5xx by
-default) retries only what may succeed. Integrity errors a service did not catch are mapped
+UNAVAILABLE) carry `x-should-retry: false` on both planes, so the SDKs (which retry
+408/409/429/5xx by default) retry only what may succeed. Integrity errors a service did not catch are mapped
 by cause (unique -> 409, foreign key -> 400), a lost database connection is 503.
 """
 from __future__ import annotations
@@ -26,13 +26,19 @@ HTTP_TO_GRPC = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 409: 6, 411: 3, 413: 3
                 500: 13, 501: 12, 503: 14, 504: 4}
 
 
-def error_response(http_status: int, grpc_code: int, message: str, details: list | None = None,
-                   retryable: bool = False, headers: dict | None = None) -> JSONResponse:
+def _retry_headers(http_status: int, retryable: bool, headers: dict | None = None) -> dict:
+    """The response headers plus `x-should-retry: false` on an error retrying cannot fix (both
+    official SDKs retry 408/409/429/5xx unless told not to)."""
     hdrs = dict(headers or {})
     if http_status >= 400 and not retryable:
         hdrs["x-should-retry"] = "false"
+    return hdrs
+
+
+def error_response(http_status: int, grpc_code: int, message: str, details: list | None = None,
+                   retryable: bool = False, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"code": grpc_code, "message": message, "details": details or []},
-                        status_code=http_status, headers=hdrs)
+                        status_code=http_status, headers=_retry_headers(http_status, retryable, headers))
 
 
 MAX_MESSAGE_CHARS = 1024
@@ -48,6 +54,10 @@ def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:10]:
         loc = ".".join(_short(p) for p in err.get("loc", ()) if p not in ("body",))
+        if err.get("type") == "string_pattern_mismatch":   # name the value: the pattern alone is cryptic
+            pattern = (err.get("ctx") or {}).get("pattern", "")
+            parts.append(f"{loc or 'body'}: {_short(err.get('input'), 80)!r} does not match {_short(pattern, 200)}")
+            continue
         parts.append(f"{loc or 'body'}: {_short(err.get('msg', 'invalid'), 200)}")
     return _short("invalid request: " + "; ".join(parts), MAX_MESSAGE_CHARS)
 
@@ -73,7 +83,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _fireplace(_req: Request, exc: FireplaceError):
         if _is_inference(_req):  # the data plane answers in the OpenAI error shape
             return openai_error_response(exc.http_status, _short(exc.message, MAX_MESSAGE_CHARS), param=exc.param,
-                                         headers=exc.headers or None)
+                                         headers=_retry_headers(exc.http_status, exc.retryable, exc.headers))
         return error_response(exc.http_status, exc.grpc_code, _short(exc.message, MAX_MESSAGE_CHARS), exc.details,
                               exc.retryable, exc.headers)
 
@@ -108,5 +118,5 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(req: Request, exc: Exception):
         log.exception("unhandled error on %s %s", req.method, req.url.path)
         if _is_inference(req):
-            return openai_error_response(500, "internal error")
+            return openai_error_response(500, "internal error", headers=_retry_headers(500, False))
         return error_response(500, 13, "internal error", retryable=False)

@@ -60,14 +60,19 @@ def check_etag(row: Any, etag: str | None) -> None:
     """Optimistic concurrency (AIP-154): an etag the client sends (the resource's `etag`
     field, an If-Match header or ?etag=) must be the current one, else 409 ABORTED.
     No etag: last writer wins (the row lock still merges PATCHes without losing any)."""
+    check_etag_value(row.etag, etag)
+
+
+def check_etag_value(current: Any, etag: str | None) -> None:
+    """check_etag for a resource whose etag is not a row's column (e.g. a quota at its default)."""
     if etag is None:
         return
     given = str(etag).strip().removeprefix("W/").strip('"')
     if given in ("", "*"):
         return
-    if given != str(row.etag):
+    if given != str(current):
         raise Aborted(f"etag mismatch: the resource changed since etag {given[:32]!r} was read "
-                      f"(current etag {row.etag}); read it again and retry")
+                      f"(current etag {current}); read it again and retry")
 
 
 def touch(row: Any) -> None:

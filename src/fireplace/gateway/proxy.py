@@ -29,7 +29,7 @@ OnUsage = Callable[[dict], None]
 def _reported_usage(content: bytes) -> dict | None:
     try:
         answer = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     usage = answer.get("usage") if isinstance(answer, dict) else None
     return usage if isinstance(usage, dict) else None

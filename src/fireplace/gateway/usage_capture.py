@@ -41,7 +41,7 @@ def usage_of(event: bytes) -> dict | None:
         return None
     try:
         obj = json.loads(event[len(b"data: "):])
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     usage = obj.get("usage") if isinstance(obj, dict) else None
     if isinstance(usage, dict) and obj.get("choices") == []:

@@ -174,6 +174,8 @@ def parse_json_object(raw: bytes) -> dict:
         body = json.loads(raw)
     except ValueError as exc:
         raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:   # the decoder recurses per level of nesting
+        raise InvalidArgument("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidArgument("request body must be a JSON object")
     return body

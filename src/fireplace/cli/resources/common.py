@@ -30,30 +30,6 @@ def seconds(value: str, what: str = "duration") -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
-def proto_duration(value: Optional[str], what: str) -> Optional[str]:
-    """'10m' -> '600s' (the API's Duration spelling); None stays None."""
-    if value is None:
-        return None
-    total = seconds(value, what)
-    return f"{int(total)}s" if total == int(total) else f"{total}s"
-
-
-def key_values(value: Optional[str], what: str) -> Optional[dict[str, float]]:
-    """'default=0.8,concurrent_requests=4' -> {'default': 0.8, 'concurrent_requests': 4.0}."""
-    if value is None:
-        return None
-    result = {}
-    for part in filter(None, (p.strip() for p in value.split(","))):
-        key, sep, number = part.partition("=")
-        try:
-            if not sep or not key.strip():
-                raise ValueError
-            result[key.strip()] = float(number)
-        except ValueError:
-            raise typer.BadParameter(f"{what}: {part!r} is not NAME=NUMBER") from None
-    return result
-
-
 def show_list(path: str, items_key: str, kind: Kind, *, filter: Optional[str], order_by: Optional[str],
               page_size: Optional[int], page_token: Optional[str], all_pages: bool, **params) -> None:
     """One page (and a hint when there are more), or with --all every page, printed."""

@@ -7,7 +7,7 @@ import typer
 
 from fireplace.cli.grammar import verb
 from fireplace.cli.output import Column, Kind, ident, note, short_id, state, when
-from fireplace.cli.resources.common import Wait, WaitTimeout, completer, key_values, proto_duration, seconds
+from fireplace.cli.resources.common import Wait, WaitTimeout, completer, seconds
 from fireplace.cli.resources.crud import get_command, in_account, list_command, option, ref
 from fireplace.cli.session import current
 from fireplace.cli.waiting import wait_for
@@ -19,10 +19,6 @@ DeploymentRef = Annotated[str, typer.Argument(help="Deployment ID or full name."
                                                autocompletion=completer("deployments", "deployments"))]
 MinReplicas = Annotated[Optional[int], typer.Option("--min-replica-count", min=0)]
 MaxReplicas = Annotated[Optional[int], typer.Option("--max-replica-count", min=0)]
-ScaleUp = Annotated[Optional[str], typer.Option("--scale-up-window", help="e.g. 30s (default 30s).")]
-ScaleDown = Annotated[Optional[str], typer.Option("--scale-down-window", help="e.g. 10m (default 10m).")]
-ScaleToZero = Annotated[Optional[str], typer.Option("--scale-to-zero-window", help="e.g. 1h (default 1h, >= 5m).")]
-LoadTargets = Annotated[Optional[str], typer.Option("--load-targets", help="NAME=VALUE[,...], e.g. default=0.8.")]
 Addons = Annotated[Optional[bool], typer.Option("--enable-addons/--disable-addons", help="Allow LoRA addons.",
                                                  show_default=False)]
 DisplayName = Annotated[Optional[str], typer.Option("--display-name")]
@@ -30,18 +26,13 @@ Description = Annotated[Optional[str], typer.Option("--description")]
 DONE, FAILED = {"READY"}, {"FAILED", "DELETED", "DELETING"}
 
 
-def _fields(display_name, description, min_replicas, max_replicas, up, down, to_zero, load_targets, addons,
-            max_context_length=None) -> dict:
-    policy = {k: v for k, v in {
-        "scaleUpWindow": proto_duration(up, "--scale-up-window"),
-        "scaleDownWindow": proto_duration(down, "--scale-down-window"),
-        "scaleToZeroWindow": proto_duration(to_zero, "--scale-to-zero-window"),
-        "loadTargets": key_values(load_targets, "--load-targets")}.items() if v is not None}
-    fields = {k: v for k, v in {
+def _fields(display_name, description, min_replicas, max_replicas, addons, max_context_length=None) -> dict:
+    """The flags given, as deployment fields (the server refuses Fireworks fields it does not honour,
+    such as autoscalingPolicy, so no flag sends them)."""
+    return {k: v for k, v in {
         "displayName": display_name, "description": description, "minReplicaCount": min_replicas,
         "maxReplicaCount": max_replicas, "enableAddons": addons, "maxContextLength": max_context_length,
-        "autoscalingPolicy": policy or None}.items() if v is not None}
-    return fields
+    }.items() if v is not None}
 
 
 def _describe(d: dict) -> str:
@@ -52,14 +43,11 @@ def _describe(d: dict) -> str:
 
 @verb("create", "deployment",
       "fireplace create deployment accounts/fireplace/models/smollm2-135m-instruct --deployment-id chat --wait\n"
-      "fireplace create deployment my-base --enable-addons --min-replica-count 0 --max-replica-count 2 "
-      "--scale-to-zero-window 10m")
+      "fireplace create deployment my-base --enable-addons --min-replica-count 0 --max-replica-count 2")
 def create_deployment(
     model: Annotated[str, typer.Argument(help="The base model to serve (ID or full name).")],
     deployment_id: Annotated[Optional[str], typer.Option("--deployment-id", help="Default: generated.")] = None,
-    min_replica_count: MinReplicas = None, max_replica_count: MaxReplicas = None,
-    scale_up_window: ScaleUp = None, scale_down_window: ScaleDown = None, scale_to_zero_window: ScaleToZero = None,
-    load_targets: LoadTargets = None, enable_addons: Addons = None,
+    min_replica_count: MinReplicas = None, max_replica_count: MaxReplicas = None, enable_addons: Addons = None,
     max_context_length: Annotated[Optional[int], typer.Option("--max-context-length", min=1)] = None,
     display_name: DisplayName = None, description: Description = None,
     validate_only: Annotated[bool, typer.Option("--validate-only", help="Check, create nothing.")] = False,
@@ -67,8 +55,8 @@ def create_deployment(
 ) -> None:
     """Create a deployment of a base model; with --wait, return once it is READY."""
     timeout = seconds(wait_timeout, "--wait-timeout")
-    fields = _fields(display_name, description, min_replica_count, max_replica_count, scale_up_window,
-                     scale_down_window, scale_to_zero_window, load_targets, enable_addons, max_context_length)
+    fields = _fields(display_name, description, min_replica_count, max_replica_count, enable_addons,
+                     max_context_length)
     s = current()
     deployment = s.client.deployments.create(model, fields, deployment_id=deployment_id, validate_only=validate_only)
     if wait and not validate_only:
@@ -86,16 +74,13 @@ list_command("deployment", in_account("deployments"), "deployments", DEPLOYMENT,
              query=lambda o: {"showDeleted": o["show_deleted"] or None})
 
 
-@verb("update", "deployment", "fireplace update deployment chat --max-replica-count 4 --scale-down-window 5m")
+@verb("update", "deployment", "fireplace update deployment chat --max-replica-count 4 --display-name Chat")
 def update_deployment(
     deployment: DeploymentRef, min_replica_count: MinReplicas = None, max_replica_count: MaxReplicas = None,
-    scale_up_window: ScaleUp = None, scale_down_window: ScaleDown = None, scale_to_zero_window: ScaleToZero = None,
-    load_targets: LoadTargets = None, enable_addons: Addons = None, display_name: DisplayName = None,
-    description: Description = None,
+    enable_addons: Addons = None, display_name: DisplayName = None, description: Description = None,
 ) -> None:
-    """Change a deployment's replica bounds, autoscaling windows, addons or names."""
-    fields = _fields(display_name, description, min_replica_count, max_replica_count, scale_up_window,
-                     scale_down_window, scale_to_zero_window, load_targets, enable_addons)
+    """Change a deployment's replica bounds, addons or names."""
+    fields = _fields(display_name, description, min_replica_count, max_replica_count, enable_addons)
     if not fields:
         raise typer.BadParameter("nothing to change: give at least one flag (see --help)")
     s = current()

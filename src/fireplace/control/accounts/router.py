@@ -8,6 +8,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
+import fireplace.api.paths  # noqa: F401  (the {x:accountref} convertor: an ID or accounts/<id>)
+from fireplace.ids import ID_PATTERN
+from fireplace.api.update_mask import UpdateMask
 from fireplace.api.auth import CallerDep, Principal, authenticate
 from fireplace.api.etags import EtagDep
 from fireplace.api.read_mask import ReadMask
@@ -18,6 +21,7 @@ from fireplace.control.accounts import deletion, service
 from fireplace.control.accounts.schemas import Account, AccountCreate, ListAccountsResponse
 
 router = APIRouter(tags=["accounts"])
+ACCOUNT_MASK = UpdateMask(["display_name"])
 OUT = {"response_model_exclude_none": True}
 
 
@@ -44,7 +48,7 @@ def list_accounts(caller: CallerDep, session: SessionDep, params: ListQuery) -> 
                          "the new admin's API key once, in `adminApiKey`.")
 def create_account(body: AccountCreate, request: Request, session: SessionDep, settings: SettingsDep,
                    caller: Annotated[Principal | None, Depends(optional_caller)],
-                   account_id: Annotated[str | None, Query(alias="accountId", max_length=63)] = None) -> Account:
+                   account_id: Annotated[str | None, Query(alias="accountId", max_length=63, pattern=ID_PATTERN)] = None) -> Account:
     client = request.client.host if request.client else ""
     row, key = service.create_account(session, caller, settings, body, account_id, client=client)
     out = Account.of(row)
@@ -52,20 +56,20 @@ def create_account(body: AccountCreate, request: Request, session: SessionDep, s
     return out
 
 
-@router.get("/v1/accounts/{account_id}", response_model=Account, **OUT, summary="Get an account")
+@router.get("/v1/accounts/{account_id:accountref}", response_model=Account, **OUT, summary="Get an account")
 def get_account(account_id: str, caller: CallerDep, session: SessionDep,
                 read_mask: ReadMask = None) -> Account:
     return Account.of(service.get_account(session, caller, account_id))
 
 
-@router.patch("/v1/accounts/{account_id}", response_model=Account, **OUT,
+@router.patch("/v1/accounts/{account_id:accountref}", response_model=Account, **OUT,
               summary="Rename an account: displayName only (account admin; Fireplace extension)")
 def update_account(account_id: str, body: DisplayNameUpdate, caller: CallerDep, session: SessionDep, etag: EtagDep,
-                   update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None) -> Account:
+                   update_mask: ACCOUNT_MASK = None) -> Account:
     return Account.of(service.rename_account(session, caller, account_id, body, update_mask, etag))
 
 
-@router.delete("/v1/accounts/{account_id}", response_model=Empty,
+@router.delete("/v1/accounts/{account_id:accountref}", response_model=Empty,
                summary="Delete an empty account with its users, keys and quotas (platform admin; Fireplace "
                        "extension): refused while it holds models, datasets, deployments, deployed models or jobs")
 def delete_account(account_id: str, caller: CallerDep, session: SessionDep, etag: EtagDep) -> Empty:

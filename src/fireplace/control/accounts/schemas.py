@@ -14,6 +14,7 @@ MAX_EMAIL = 320
 MAX_DISPLAY_NAME = 320
 # local@domain: no whitespace or control characters, one '@', a dot-free domain is fine (localhost).
 _EMAIL_RE = re.compile(r"^[^\s@\x00-\x1f\x7f]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253}[A-Za-z0-9])?$")
+EMAIL_PATTERN = _EMAIL_RE.pattern
 
 
 def normalize_email(value: str | None, what: str = "email") -> str:
@@ -60,7 +61,7 @@ Account.model_rebuild()
 class AccountCreate(Wire):
     """Body of `POST /v1/accounts` (our extension). The ID comes from the email, or, for an
     ENTERPRISE account, from `?accountId=`."""
-    email: str = Field(max_length=MAX_EMAIL, json_schema_extra={"pattern": _EMAIL_RE.pattern})
+    email: str = Field(max_length=MAX_EMAIL, json_schema_extra={"pattern": EMAIL_PATTERN})
     display_name: str = Field("", max_length=MAX_DISPLAY_NAME)
     # ACCOUNT_TYPE_UNSPECIFIED (the SDK's zero value) means DEVELOPER.
     account_type: Literal["DEVELOPER", "ENTERPRISE", "ACCOUNT_TYPE_UNSPECIFIED"] = "DEVELOPER"

@@ -14,6 +14,7 @@ from fireplace.api.listing import ListParams, paginate
 from fireplace.api.wire import DisplayNameUpdate
 from fireplace.config import Settings
 from fireplace.control.common import rename
+from fireplace.control.locks import serialize_account
 from fireplace.control.accounts.rate_limit import SIGNUPS
 from fireplace.control.accounts.schemas import AccountCreate, SignupKey, normalize_email
 from fireplace.control.api_keys.secrets import new_key, new_key_id
@@ -22,6 +23,7 @@ from fireplace.control.accounts.tables import AccountRow
 from fireplace.errors import AlreadyExists, InvalidArgument, PermissionDenied, Unauthenticated, not_found
 from fireplace.ids import account_id_from_email, validate_id
 
+RESERVED_ACCOUNT_ID = "accounts"
 FIELDS: FieldMap = {
     "name": name_field(AccountRow.account_id, "accounts/", AccountRow.account_id),
     "email": (AccountRow.email, as_str),
@@ -57,7 +59,8 @@ def rename_account(session: Session, caller: Principal, account_id: str, body: D
     email and type are fixed at create."""
     account_id = account_id_of(account_id)
     authorize(caller, account_id, Action.ADMIN, kind="account", name=f"accounts/{account_id}")
-    row = session.get(AccountRow, account_id, with_for_update=True)
+    serialize_account(session, account_id)   # the etag compare and the write, one writer at a time
+    row = session.get(AccountRow, account_id, populate_existing=True)
     if row is None:
         raise not_found("account", f"accounts/{account_id}")
     rename(row, body, update_mask, etag)
@@ -119,6 +122,9 @@ def create_account(session: Session, caller: Principal | None, settings: Setting
             raise InvalidArgument("accountId: only an ENTERPRISE account may choose its ID; "
                                   "a DEVELOPER account's ID is generated from its email")
         account_id = validate_id(requested_id, "accountId")
+        if account_id == RESERVED_ACCOUNT_ID:
+            raise InvalidArgument(f"accountId {account_id!r} is reserved: full names start with it "
+                                  "(accounts/<id>), so paths could not tell the two apart")
         if session.get(AccountRow, account_id) is not None:
             raise AlreadyExists(f"account 'accounts/{account_id}' already exists")
     else:

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
+import fireplace.api.paths  # noqa: F401  (the {x:ref} and {x:keyref} convertors)
+from fireplace.api.update_mask import UpdateMask
 from fireplace.api.auth import CallerDep
 from fireplace.api.deps import SessionDep
 from fireplace.api.etags import EtagDep
@@ -16,6 +17,7 @@ from fireplace.control.api_keys import service
 from fireplace.control.api_keys.schemas import ApiKey, ApiKeyCreate, ApiKeyDelete, ListApiKeysResponse
 
 router = APIRouter(tags=["apiKeys"])
+KEY_MASK = UpdateMask(["display_name"])
 OUT = {"response_model_exclude_none": True}
 BASE = "/v1/accounts/{account_id}/users/{user_id:ref}/apiKeys"
 
@@ -44,11 +46,11 @@ def list_api_keys(account_id: str, user_id: str, caller: CallerDep, session: Ses
                                next_page_token=token, total_size=total)
 
 
-@router.patch(BASE + "/{key_id}", response_model=ApiKey, **OUT,
+@router.patch(BASE + "/{key_id:keyref}", response_model=ApiKey, **OUT,
               summary="Rename an API key: displayName only (its owner or an admin; Fireplace extension)")
 def update_api_key(account_id: str, user_id: str, key_id: str, body: DisplayNameUpdate, caller: CallerDep,
                    session: SessionDep, etag: EtagDep,
-                   update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None) -> ApiKey:
+                   update_mask: KEY_MASK = None) -> ApiKey:
     row, user = service.rename_key(session, caller, account_id, user_id, key_id, body, update_mask, etag)
     return ApiKey.of(row, email=user.email)
 

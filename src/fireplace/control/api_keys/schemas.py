@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import Field
 
+from fireplace.api.paths import ApiKeyRef
 from fireplace.api.wire import Status, Wire, rfc3339
 from fireplace.control.api_keys.tables import ApiKeyRow
 
@@ -41,9 +42,12 @@ class ApiKeyCreate(Wire):
     api_key: ApiKeySpec = Field(default_factory=ApiKeySpec)
 
 
+KEY_REF_PATTERN = ApiKeyRef().openapi_pattern("apiKeys")
+
+
 class ApiKeyDelete(Wire):
     """`POST .../users/{u}/apiKeys:delete` body: {"keyId": "..."}."""
-    key_id: str = Field(max_length=300)
+    key_id: str = Field(max_length=300, json_schema_extra={"pattern": KEY_REF_PATTERN})   # key_id_of checks it
 
 
 class ListApiKeysResponse(Wire):

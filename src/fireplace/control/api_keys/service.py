@@ -98,13 +98,31 @@ def list_account_keys(session: Session, caller: Principal, account_id: str,
     return [(r, emails.get(r.user_id, "")) for r in rows], token, total
 
 
+def key_id_of(user: UserRow, ref: str) -> str:
+    """A key's ID, or its full name (accounts/a/users/u/apiKeys/k). The rule of every path
+    (control.common.path_id): a full name under another account or user answers like a
+    missing key."""
+    prefix = f"accounts/{user.account_id}/users/{user.user_id}/apiKeys/"
+    if not isinstance(ref, str) or "/" not in ref:
+        return validate_id(ref, "keyId")
+    parts = ref.split("/")
+    if len(parts) != 6 or parts[0] != "accounts" or parts[2] != "users" or parts[4] != "apiKeys":
+        raise InvalidArgument(f"invalid keyId {ref[:100]!r}: expected an ID or accounts/<a>/users/<u>/apiKeys/<id>")
+    for part, what in ((parts[1], "account id"), (parts[3], "user id"), (parts[5], "keyId")):
+        validate_id(part, what)
+    if not ref.startswith(prefix):
+        raise not_found("API key", ref)
+    return parts[5]
+
+
 def _active_key(session: Session, caller: Principal, account_id: str, user_id: str,
                 key_id: str) -> tuple[ApiKeyRow, UserRow]:
-    """A key of the user that still authenticates (its ID or full name), locked for the write."""
-    user = _key_owner(session, caller, account_id, user_id)
+    """A key of the user that still authenticates (its ID or full name), read under the
+    account lock (SQLite has no row locks: the etag compare and the write must not interleave)."""
+    user = fetch_user(session, caller, account_id, user_id, Action.ADMIN, allow_self=True, serialize=True)
     prefix = f"accounts/{user.account_id}/users/{user.user_id}/apiKeys/"
-    key_id = validate_id(key_id[len(prefix):] if key_id.startswith(prefix) else key_id, "keyId")
-    row = session.get(ApiKeyRow, (user.account_id, key_id), with_for_update=True)
+    key_id = key_id_of(user, key_id)
+    row = session.get(ApiKeyRow, (user.account_id, key_id), populate_existing=True)
     if row is None or row.user_id != user.user_id or row.revoked:
         raise not_found("API key", prefix + key_id)
     return row, user

@@ -18,6 +18,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
+from fireplace.control.datasets.schemas import DatasetFields
+from fireplace.api.update_mask import UpdateMask
 from fireplace.api.auth import CallerDep
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep, SettingsDep, get_blobs
@@ -31,6 +33,7 @@ from fireplace.errors import InvalidArgument, PayloadTooLarge
 from fireplace.storage import BlobStore
 
 router = APIRouter(tags=["datasets"])
+DATASET_MASK = UpdateMask({*DatasetFields.model_fields, *service.OUTPUT_ONLY})
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 BASE = "/v1/accounts/{account_id}/datasets"
 ITEM = BASE + "/{dataset_id:ref}"  # an ID or a full name
@@ -146,7 +149,7 @@ def get_dataset(account_id: str, dataset_id: str, caller: CallerDep, session: Se
               summary="Update a dataset (merges the fields present; content is fixed once READY)", **OUT)
 def update_dataset(account_id: str, dataset_id: str, body: DatasetUpdate, caller: CallerDep, session: SessionDep,
                    etag: EtagDep,
-                   update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None) -> Dataset:
+                   update_mask: DATASET_MASK = None) -> Dataset:
     return service.to_wire(service.update_dataset(session, caller, account_id, dataset_id, body, update_mask,
                                                   etag=body_or_header(body.etag, etag)))
 

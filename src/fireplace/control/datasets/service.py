@@ -118,7 +118,7 @@ def create_dataset(session: Session, blobs: BlobStore, caller: Principal, accoun
     fields = body.dataset
     _apply(row, {f: _wire_value(fields, f) for f in fields.model_fields_set if f in DatasetFields.model_fields})
     source, copied = None, None
-    if body.source_dataset_id:
+    if body.source_dataset_id is not None:   # "" is a bad name (400), as the spec's pattern says
         # Copy the source's bytes first, to a key of its own: no blob I/O under the write lock.
         source = _source_dataset(session, caller, row, body.source_dataset_id)
         copied = blob_key(COLLECTION, account_id, dataset_id, f"data-{secrets.token_hex(8)}.jsonl")

@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
+from fireplace.api.update_mask import UpdateMask
 from fireplace.api.auth import CallerDep
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep
@@ -18,6 +19,7 @@ from fireplace.control.deployed_models.schemas import (UNHONOURED, DeployedModel
                                                        deployed_model_out)
 
 router = APIRouter(tags=["deployed models"])
+DEPLOYED_MODEL_MASK = UpdateMask({*service.SETTABLE, "model", "deployment", "serverless"})
 COLLECTION = "/v1/accounts/{account_id}/deployedModels"
 ITEM = COLLECTION + "/{deployed_model_id:ref}"  # an ID or a full name
 OUT = {"response_model": DeployedModel, "response_model_exclude_none": True}
@@ -51,7 +53,7 @@ def get_deployed_model(account_id: str, deployed_model_id: str, caller: CallerDe
 @router.patch(ITEM, summary="Update a deployed model (displayName, description, public, default)", **OUT)
 def update_deployed_model(account_id: str, deployed_model_id: str, body: DeployedModelUpdate, caller: CallerDep,
                           session: SessionDep, etag: EtagDep,
-                          update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None):
+                          update_mask: DEPLOYED_MODEL_MASK = None):
     return deployed_model_out(service.update_row(session, caller, account_id, deployed_model_id, body, update_mask,
                                                  etag=body_or_header(body.etag, etag)))
 

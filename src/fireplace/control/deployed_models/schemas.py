@@ -5,7 +5,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fireplace.api.wire import Status, Str, Wire, refuse_unhonoured
+from fireplace.api.wire import Status, Str, Wire, documented, refuse_unhonoured
+from fireplace.ids import ref_pattern
 
 State = Literal["STATE_UNSPECIFIED", "UNDEPLOYING", "DEPLOYING", "DEPLOYED", "UPDATING"]
 
@@ -22,9 +23,13 @@ class DeployedModelFields(Wire):
         return refuse_unhonoured(data, UNHONOURED, "deployed model")
 
 
+MODEL_REF = documented(ref_pattern("models"))
+DEPLOYMENT_REF = documented(ref_pattern("deployments"))
+
+
 class DeployedModelLoad(DeployedModelFields):
-    model: str = Field(max_length=300)
-    deployment: str = Field(max_length=300)
+    model: str = Field(max_length=300, json_schema_extra=MODEL_REF)
+    deployment: str = Field(max_length=300, json_schema_extra=DEPLOYMENT_REF)
     default: bool | None = None
     display_name: Str | None = Field(default=None, max_length=256)
     description: Str | None = None
@@ -34,8 +39,8 @@ class DeployedModelLoad(DeployedModelFields):
 
 class DeployedModelUpdate(DeployedModelFields):
     # model and deployment are immutable: given, they must name the current ones.
-    model: str | None = Field(default=None, max_length=300)
-    deployment: str | None = Field(default=None, max_length=300)
+    model: str | None = Field(default=None, max_length=300, json_schema_extra=MODEL_REF)
+    deployment: str | None = Field(default=None, max_length=300, json_schema_extra=DEPLOYMENT_REF)
     default: bool | None = None
     display_name: Str | None = Field(default=None, max_length=256)
     description: Str | None = None

@@ -27,7 +27,7 @@ from fireplace.control.deployed_models.usage import count_loaded_addons
 from fireplace.control.locks import serialize_account
 from fireplace.control.models.service import require_publisher
 from fireplace.control.deployments.service import (ADDON_KIND, model_name, require_account,
-                                                   resolve_model)
+                                                   resolve_addon_base, resolve_model)
 from fireplace.control.deployments.tables import SOFT_DELETED, DeploymentRow
 from fireplace.control.quotas.definitions import enforce_quota
 from fireplace.errors import FailedPrecondition, InvalidArgument
@@ -113,6 +113,9 @@ def load(session: Session, caller: Principal, account_id: str, body: DeployedMod
         if model.kind != ADDON_KIND:
             raise InvalidArgument(f"model: {mname!r} is a {model.kind}; deployment {dep_name!r} serves "
                                   f"{deployment.base_model!r} and can load only LoRA addons of it")
+        # A public addon over a base this account cannot read answers like a missing model:
+        # no message below may name that base or its state.
+        resolve_addon_base(session, account_id, model, "model")
         if model.base_model != deployment.base_model:
             raise InvalidArgument(f"model: addon {mname!r} was trained on {model.base_model!r}, but deployment "
                                   f"{dep_name!r} serves {deployment.base_model!r}")

@@ -7,6 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query
 
 import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
+from fireplace.ids import ID_PATTERN
+from fireplace.control.deployments.schemas import DeploymentFields
+from fireplace.api.update_mask import UpdateMask
 from fireplace.api.auth import CallerDep
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep
@@ -18,6 +21,7 @@ from fireplace.control.deployments.schemas import (Deployment, DeploymentCreate,
                                                    ListDeploymentsResponse, ScaleRequest, deployment_out)
 
 router = APIRouter(tags=["deployments"])
+DEPLOYMENT_MASK = UpdateMask({*DeploymentFields.model_fields, "base_model"})
 COLLECTION = "/v1/accounts/{account_id}/deployments"
 ITEM = COLLECTION + "/{deployment_id:ref}"  # an ID or a full name
 OUT = {"response_model": Deployment, "response_model_exclude_none": True}
@@ -39,7 +43,7 @@ def scale_deployment(account_id: str, deployment_id: str, body: ScaleRequest, ca
 @router.post(COLLECTION, summary="Create a deployment (stays CREATING until a replica serves)", **OUT)
 def create_deployment(
     account_id: str, body: DeploymentCreate, caller: CallerDep, session: SessionDep,
-    deployment_id: Annotated[str | None, Query(alias="deploymentId", max_length=63)] = None,
+    deployment_id: Annotated[str | None, Query(alias="deploymentId", max_length=63, pattern=ID_PATTERN)] = None,
     validate_only: Annotated[bool, Query(alias="validateOnly")] = False,
 ):
     row = service.create_deployment(session, caller, account_id, body, deployment_id=deployment_id,
@@ -65,7 +69,7 @@ def get_deployment(account_id: str, deployment_id: str, caller: CallerDep, sessi
 @router.patch(ITEM, summary="Update a deployment (merges the fields present; updateMask also accepted)", **OUT)
 def update_deployment(account_id: str, deployment_id: str, body: DeploymentUpdate, caller: CallerDep,
                       session: SessionDep, etag: EtagDep,
-                      update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None):
+                      update_mask: DEPLOYMENT_MASK = None):
     row = service.update_deployment(session, caller, account_id, deployment_id, body, update_mask,
                                     etag=body_or_header(body.etag, etag))
     return deployment_out(row)

@@ -1,7 +1,8 @@
 """Deployment wire shapes (fireworks/types/deployment.py, deployment_create/update/scale_params.py).
 
-Replica counts, acceleratorCount and maxContextLength are int32 on the wire (JSON numbers);
-durations are proto Duration strings ("30s"); times RFC 3339.
+Replica counts and maxContextLength are int32 on the wire (JSON numbers); times RFC 3339.
+Every settable field is read by the controller (orchestration/deployments.py) or the quotas;
+Fireworks fields nothing reads are refused by name (UNHONOURED), never stored and echoed.
 """
 from __future__ import annotations
 
@@ -9,15 +10,12 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fireplace.api.wire import Status, Str, Wire, refuse_unhonoured
+from fireplace.api.wire import Status, Str, Wire, documented, refuse_unhonoured
+from fireplace.ids import ref_pattern
 
 MAX_REPLICAS = 100
 MAX_CONTEXT_LENGTH = 1 << 20
 
-AcceleratorType = Literal[
-    "ACCELERATOR_TYPE_UNSPECIFIED", "NVIDIA_A100_80GB", "NVIDIA_H100_80GB", "AMD_MI300X_192GB",
-    "NVIDIA_A10G_24GB", "NVIDIA_A100_40GB", "NVIDIA_L4_24GB", "NVIDIA_H200_141GB", "NVIDIA_B200_180GB",
-    "AMD_MI325X_256GB", "AMD_MI350X_288GB"]
 Precision = Literal[
     "PRECISION_UNSPECIFIED", "FP16", "FP8", "FP8_MM", "FP8_AR", "FP8_MM_KV_ATTN", "FP8_KV", "FP8_MM_V2",
     "FP8_V2", "FP8_MM_KV_ATTN_V2", "NF4", "FP4", "BF16", "FP4_BLOCKSCALED_MM", "FP4_MX_MOE",
@@ -25,13 +23,6 @@ Precision = Literal[
 State = Literal["STATE_UNSPECIFIED", "CREATING", "READY", "DELETING", "FAILED", "UPDATING", "DELETED"]
 
 ReplicaCount = Field(default=None, ge=0, le=MAX_REPLICAS)
-
-
-class AutoscalingPolicy(Wire):
-    scale_up_window: str | None = Field(default=None, max_length=32)       # default 30s, <= 1h
-    scale_down_window: str | None = Field(default=None, max_length=32)     # default 10m, <= 1h
-    scale_to_zero_window: str | None = Field(default=None, max_length=32)  # default 1h, >= 5m
-    load_targets: dict[str, float] | None = Field(default=None, max_length=16)
 
 
 class ReplicaStats(Wire):
@@ -54,6 +45,12 @@ UNHONOURED = {
     "hotLoadBucketType": "no hot load", "hotLoadBucketUrl": "no hot load",
     "maxWithRevocableReplicaCount": "no revocable replicas", "pricingPlanId": "no pricing plans",
     "disableDeploymentSizeValidation": "sizes are always validated",
+    # Read by nothing in the controller or the gateway (checked: orchestration/, gateway/):
+    "acceleratorType": "replicas run on this server's devices; no accelerator is chosen per deployment",
+    "acceleratorCount": "one device per replica", "deploymentShape": "no deployment shapes",
+    "enableSessionAffinity": "requests go to the least-loaded ready replica; no sticky routing",
+    "autoscalingPolicy": "no autoscaler: the controller runs the replicas :scale asks for, within "
+                         "minReplicaCount..maxReplicaCount",
 }
 
 
@@ -67,25 +64,20 @@ class DeploymentFields(Wire):
 
     display_name: Str | None = Field(default=None, max_length=256)
     description: Str | None = None
-    min_replica_count: int | None = ReplicaCount
-    max_replica_count: int | None = ReplicaCount
-    autoscaling_policy: AutoscalingPolicy | None = None
-    accelerator_type: AcceleratorType | None = None
-    accelerator_count: int | None = Field(default=None, ge=0, le=64)
-    precision: Precision | None = None
-    enable_addons: bool | None = None
-    max_context_length: int | None = Field(default=None, ge=0, le=MAX_CONTEXT_LENGTH)
-    deployment_shape: str | None = Field(default=None, max_length=300)
-    enable_session_affinity: bool | None = None
+    min_replica_count: int | None = ReplicaCount          # the controller never runs fewer ...
+    max_replica_count: int | None = ReplicaCount          # ... or more (and the replicas quota)
+    precision: Precision | None = None                    # the replicas' dtype and quantization
+    enable_addons: bool | None = None                     # replicas with LoRA slots; loads allowed
+    max_context_length: int | None = Field(default=None, ge=0, le=MAX_CONTEXT_LENGTH)  # --max-model-len
 
 
 class DeploymentCreate(DeploymentFields):
-    base_model: str = Field(max_length=300)
+    base_model: str = Field(max_length=300, json_schema_extra=documented(ref_pattern("models")))
 
 
 class DeploymentUpdate(DeploymentFields):
     # The SDK always sends baseModel on update; it must name the deployment's own base model.
-    base_model: str | None = Field(default=None, max_length=300)
+    base_model: str | None = Field(default=None, max_length=300, json_schema_extra=documented(ref_pattern("models")))
     etag: str | None = Field(default=None, max_length=64)   # AIP-154: a stale one is 409 ABORTED
 
 
@@ -111,14 +103,9 @@ class Deployment(Wire):
     replica_count: int
     desired_replica_count: int
     replica_stats: ReplicaStats
-    autoscaling_policy: AutoscalingPolicy
-    accelerator_type: AcceleratorType | None = None
-    accelerator_count: int | None = None
     precision: Precision | None = None
     enable_addons: bool
     max_context_length: int | None = None
-    deployment_shape: str | None = None
-    enable_session_affinity: bool | None = None
     etag: str | None = None
 
 
@@ -128,16 +115,11 @@ class ListDeploymentsResponse(Wire):
     total_size: int = 0
 
 
-DEFAULT_WINDOWS = {"scaleUpWindow": 30.0, "scaleDownWindow": 600.0, "scaleToZeroWindow": 3600.0}
-
-
 def deployment_out(row) -> Deployment:
     """DeploymentRow -> wire model."""
-    from fireplace.api.wire import duration, rfc3339
+    from fireplace.api.wire import rfc3339
 
     spec = row.spec or {}
-    policy = spec.get("autoscalingPolicy") or {}
-    windows = {k: duration(policy.get(k, v)) for k, v in DEFAULT_WINDOWS.items()}
     return Deployment(
         name=f"accounts/{row.account_id}/deployments/{row.deployment_id}",
         base_model=row.base_model, display_name=row.display_name, description=row.description,
@@ -148,8 +130,5 @@ def deployment_out(row) -> Deployment:
         min_replica_count=row.min_replica_count, max_replica_count=row.max_replica_count,
         replica_count=row.replica_count, desired_replica_count=row.desired_replica_count,
         replica_stats=ReplicaStats(**(spec.get("replicaStats") or {})),
-        autoscaling_policy=AutoscalingPolicy(**windows, load_targets=policy.get("loadTargets")),
-        accelerator_type=spec.get("acceleratorType"), accelerator_count=spec.get("acceleratorCount"),
         precision=spec.get("precision"), enable_addons=row.enable_addons,
-        max_context_length=spec.get("maxContextLength"), deployment_shape=spec.get("deploymentShape"),
-        enable_session_affinity=spec.get("enableSessionAffinity"), etag=str(row.etag))
+        max_context_length=spec.get("maxContextLength"), etag=str(row.etag))

@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 from fireplace.api.auth import PUBLIC_ACCOUNT_ID, Action, Principal, authorize
 from fireplace.api.filtering import FieldMap, name_field, as_bool, as_int, as_str, as_time
 from fireplace.api.listing import ListParams, paginate
-from fireplace.api.wire import parse_duration
 from fireplace.control.common import check_etag, fetch, path_id, resource_name, touch, update_mask_fields
 from fireplace.control.deployments import tables as t
 from fireplace.control.deployments.schemas import DeploymentCreate, DeploymentFields, DeploymentUpdate
@@ -50,8 +49,6 @@ FIELDS: FieldMap = {
     "create_time": (DeploymentRow.create_time, as_time),
     "update_time": (DeploymentRow.update_time, as_time),
 }
-# wire name -> seconds bounds for autoscalingPolicy windows
-WINDOW_BOUNDS = {"scaleUpWindow": (0, 3600), "scaleDownWindow": (0, 3600), "scaleToZeroWindow": (300, 86400)}
 
 
 # ---- references to models (shared with deployed_models and fine_tuning) ----
@@ -106,28 +103,7 @@ def _check_deployable(session: Session, account_id: str, model, enable_addons: b
 
 # ---- validation of the settable fields ----
 
-def _policy_spec(policy) -> dict:
-    out: dict = {}
-    for key, (low, high) in WINDOW_BOUNDS.items():
-        raw = getattr(policy, {"scaleUpWindow": "scale_up_window", "scaleDownWindow": "scale_down_window",
-                               "scaleToZeroWindow": "scale_to_zero_window"}[key])
-        seconds = parse_duration(raw, f"autoscalingPolicy.{key}")
-        if seconds is None:
-            continue
-        if not low <= seconds <= high:
-            raise InvalidArgument(f"autoscalingPolicy.{key} must be between {low}s and {high}s, got {raw!r}")
-        out[key] = seconds
-    if policy.load_targets:
-        for key, target in policy.load_targets.items():
-            if len(key) > 64 or not 0 < target <= 1e6:
-                raise InvalidArgument(f"autoscalingPolicy.loadTargets[{key[:64]!r}] must be a positive number")
-        out["loadTargets"] = dict(policy.load_targets)
-    return out
-
-
-SPEC_FIELDS = {"accelerator_type": "acceleratorType", "accelerator_count": "acceleratorCount",
-               "precision": "precision", "max_context_length": "maxContextLength",
-               "deployment_shape": "deploymentShape", "enable_session_affinity": "enableSessionAffinity"}
+SPEC_FIELDS = {"precision": "precision", "max_context_length": "maxContextLength"}
 
 
 FIELD_ORDER = list(DeploymentFields.model_fields)
@@ -146,8 +122,6 @@ def _apply(row: DeploymentRow, body: DeploymentFields, fields: set[str]) -> None
             row.min_replica_count = value or 0
         elif field == "max_replica_count":
             row.max_replica_count = value if value is not None else max(1, row.min_replica_count)
-        elif field == "autoscaling_policy":
-            spec["autoscalingPolicy"] = _policy_spec(value) if value is not None else {}
         elif field in SPEC_FIELDS:
             if field == "precision" and value is not None:  # 400 naming a value this server cannot serve
                 from fireplace.serving.precision import replica_precision, server_has_cuda
@@ -205,7 +179,7 @@ def create_deployment(session: Session, caller: Principal, account_id: str, body
                         enable_addons=False, spec={}, status_code="OK",
                         status_message="waiting for a serving replica", create_time=now, update_time=now, etag=1)
     fields = {"display_name", "description", "enable_addons", "min_replica_count", "max_replica_count",
-              "autoscaling_policy", *SPEC_FIELDS}
+              *SPEC_FIELDS}
     _apply(row, body, fields)
     row.desired_replica_count = row.min_replica_count
     _check_quotas(session, account_id, adding_deployments=1, replicas_before=0, replicas_after=row.max_replica_count)

@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Request
 
 import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
+from fireplace.ids import ID_PATTERN
+from fireplace.api.update_mask import UpdateMask
 from fireplace.api.auth import CallerDep
 from fireplace.api.etags import EtagDep, body_or_header
 from fireplace.api.read_mask import ReadMask
@@ -20,6 +22,7 @@ from fireplace.control.fine_tuning.schemas import (ListJobCheckpointsResponse, L
                                                    SftJobCreate, SupervisedFineTuningJob, job_out)
 
 router = APIRouter(tags=["supervised fine-tuning jobs"])
+JOB_MASK = UpdateMask(["display_name"])
 COLLECTION = "/v1/accounts/{account_id}/supervisedFineTuningJobs"
 ITEM = COLLECTION + "/{job_id:ref}"  # an ID or a full name
 OUT = {"response_model": SupervisedFineTuningJob, "response_model_exclude_none": True}
@@ -32,7 +35,9 @@ def cancel_job(account_id: str, job_id: str, caller: CallerDep, session: Session
                                       etag=body_or_header(body.etag if body else None, etag)))
 
 
-@router.post(ITEM + ":resume", summary="Resume a FAILED, CANCELLED or PAUSED job (back to PENDING)", **OUT)
+@router.post(ITEM + ":resume", summary="Resume a FAILED, CANCELLED or PAUSED job (back to PENDING, where it waits "
+                                        "for a worker slot and the concurrent-jobs quota) from its last checkpoint",
+             **OUT)
 def resume_job(account_id: str, job_id: str, caller: CallerDep, session: SessionDep, etag: EtagDep,
                body: Annotated[JobVerbRequest | None, Body()] = None):
     return job_out(service.resume_job(session, caller, account_id, job_id,
@@ -42,14 +47,22 @@ def resume_job(account_id: str, job_id: str, caller: CallerDep, session: Session
 @router.patch(ITEM, summary="Rename a job: displayName only (Fireplace extension; the training settings are "
                             "fixed at create)", **OUT)
 def update_job(account_id: str, job_id: str, body: DisplayNameUpdate, caller: CallerDep, session: SessionDep,
-               etag: EtagDep, update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None):
+               etag: EtagDep, update_mask: JOB_MASK = None):
     return job_out(service.rename_job(session, caller, account_id, job_id, body, update_mask, etag))
 
 
-@router.post(COLLECTION, summary="Create a supervised fine-tuning job (queued in JOB_STATE_PENDING)", **OUT)
+@router.post(COLLECTION, summary="Create a supervised fine-tuning job (returned in JOB_STATE_CREATING)",
+             description="The job is validated against the base model's tokenizer and chat template "
+                         "(JOB_STATE_VALIDATING), then waits in JOB_STATE_PENDING for a training worker slot and for "
+                         "the account's concurrent-fine-tuning-jobs quota: at most that many of the account's jobs "
+                         "hold a worker (RUNNING, WRITING_RESULTS, CANCELLING) at once; create and :resume are not "
+                         "refused for it, and status.message says what a PENDING job waits for. outputModel is "
+                         "reserved until the job finishes. A crashed worker is restarted from the last checkpoint up "
+                         "to 3 times; a deterministic failure (data, limits, out of memory) fails the job once.",
+             **OUT)
 def create_job(
     account_id: str, body: SftJobCreate, caller: CallerDep, session: SessionDep,
-    job_id: Annotated[str | None, Query(alias="supervisedFineTuningJobId", max_length=63)] = None,
+    job_id: Annotated[str | None, Query(alias="supervisedFineTuningJobId", max_length=63, pattern=ID_PATTERN)] = None,
 ):
     return job_out(service.create_job(session, caller, account_id, body, job_id))
 
@@ -63,7 +76,7 @@ def list_jobs(account_id: str, params: ListQuery, caller: CallerDep, session: Se
                                total_size=total)
 
 
-@router.get(COLLECTION + "/{job_id}/metrics", response_model=ListJobMetricsResponse, response_model_exclude_none=True,
+@router.get(ITEM + "/metrics", response_model=ListJobMetricsResponse, response_model_exclude_none=True,
             summary="Per-step training metrics of a job (Fireplace extension): train loss, learning rate, grad norm, "
                     "tokens and tokens/s per step, eval loss at each epoch's last step; oldest first; "
                     "filter fields: step, epoch")
@@ -71,14 +84,14 @@ def list_job_metrics(account_id: str, job_id: str, params: ListQuery, caller: Ca
     return history.list_metrics(session, caller, account_id, job_id, params)
 
 
-@router.get(COLLECTION + "/{job_id}/events", response_model=ListJobEventsResponse, response_model_exclude_none=True,
+@router.get(ITEM + "/events", response_model=ListJobEventsResponse, response_model_exclude_none=True,
             summary="Events of a job (Fireplace extension): state changes, validation warnings (e.g. truncated "
                     "examples), checkpoints, restarts and resumes; oldest first; filter fields: level, type")
 def list_job_events(account_id: str, job_id: str, params: ListQuery, caller: CallerDep, session: SessionDep):
     return history.list_events(session, caller, account_id, job_id, params)
 
 
-@router.get(COLLECTION + "/{job_id}/checkpoints", response_model=ListJobCheckpointsResponse,
+@router.get(ITEM + "/checkpoints", response_model=ListJobCheckpointsResponse,
             response_model_exclude_none=True,
             summary="Checkpoints of a job (Fireplace extension), with step and metrics; oldest first")
 def list_job_checkpoints(account_id: str, job_id: str, params: ListQuery, caller: CallerDep, session: SessionDep):

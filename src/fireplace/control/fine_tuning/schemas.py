@@ -1,6 +1,8 @@
 """Supervised fine-tuning job wire shapes (fireworks/types/supervised_fine_tuning_job*.py).
 
-Defaults (Fireworks docs): epochs 1, learningRate 1e-4, loraRank 8, maxContextLength 8192.
+Defaults (Fireworks docs): epochs 1, learningRate 1e-4, loraRank 8, maxContextLength 8192; the
+rest are training.hyperparams' (the descriptions below are the OpenAPI spec's, and the README's
+"Fine-tuning" section says the same).
 """
 from __future__ import annotations
 
@@ -52,23 +54,54 @@ class WandbConfig(Wire):
 
 class Hyperparameters(Wire):
     """Training settings: stored in SftJobRow.spec under their wire names."""
-    epochs: int | None = Field(default=None, ge=1, le=100)
-    learning_rate: float | None = Field(default=None, gt=0, le=1)
-    lora_rank: int | None = Field(default=None, ge=4, le=64)
-    max_context_length: int | None = Field(default=None, ge=16, le=1 << 20)
-    batch_size: int | None = Field(default=None, ge=1, le=1 << 24)           # tokens per batch
-    batch_size_samples: int | None = Field(default=None, ge=1, le=65536)
-    gradient_accumulation_steps: int | None = Field(default=None, ge=1, le=1024)
-    learning_rate_warmup_steps: int | None = Field(default=None, ge=0, le=1_000_000)
-    optimizer_weight_decay: float | None = Field(default=None, ge=0, le=1)
-    eval_auto_carveout: bool | None = None
-    early_stop: bool | None = None
-    jinja_template: str | None = Field(default=None, max_length=MAX_TEMPLATE_CHARS)
+    epochs: int | None = Field(default=None, ge=1, le=100, description="Passes over the dataset. Default 1.")
+    learning_rate: float | None = Field(
+        default=None, gt=0, le=1, description="AdamW's peak learning rate (after the warmup, then linear decay to 0 "
+                                              "at the last step; gradients clipped at norm 1.0). Default 1e-4.")
+    lora_rank: int | None = Field(
+        default=None, ge=4, le=64,
+        description="LoRA rank r, on every linear projection of the decoder (never the embeddings or the LM head), "
+                    "with alpha = 2 x r and dropout 0.05. Default 8. With warmStartFrom: the addon's own rank "
+                    "(shown here; another value is refused).")
+    max_context_length: int | None = Field(
+        default=None, ge=16, le=1 << 20,
+        description="Tokens per example, capped at the base model's max_position_embeddings. Longer examples are "
+                    "truncated (a WARNING event counts them); if every example is longer, the job fails naming "
+                    "the limit and the shortest example's length. Default 8192.")
+    batch_size: int | None = Field(
+        default=None, ge=1, le=1 << 24,
+        description="Tokens per micro-batch: examples are packed without padding (attention kept within each "
+                    "example) until the next one would pass this; an example longer than it gets a micro-batch "
+                    "of its own. Default 4096.")
+    batch_size_samples: int | None = Field(default=None, ge=1, le=65536,
+                                           description="At most this many examples per micro-batch. Default: no limit.")
+    gradient_accumulation_steps: int | None = Field(
+        default=None, ge=1, le=1024, description="Micro-batches per optimizer step; the loss is the mean over all "
+                                                 "their trained tokens. Default 1.")
+    learning_rate_warmup_steps: int | None = Field(
+        default=None, ge=0, le=1_000_000, description="Optimizer steps of linear warmup (step s at learningRate x "
+                                                      "(s+1)/(W+1)), then linear decay to 0. Default 0.")
+    optimizer_weight_decay: float | None = Field(default=None, ge=0, le=1, description="AdamW weight decay. Default 0.")
+    eval_auto_carveout: bool | None = Field(
+        default=None, description="Without evaluationDataset: hold out 10% of the examples (at least 1, at most "
+                                  "1000, chosen by seed) and report their loss after each epoch (evalLoss).")
+    early_stop: bool | None = Field(
+        default=None, description="Stop after the first epoch whose eval loss is not below the best before it "
+                                  "(JOB_STATE_EARLY_STOPPED; the output is registered). Needs evaluationDataset or "
+                                  "evalAutoCarveout.")
+    jinja_template: str | None = Field(default=None, max_length=MAX_TEMPLATE_CHARS,
+                                       description="A chat template used instead of the base model's.")
     # Fireplace extensions: the RNG seed (same seed + data -> same adapter on CPU) and the
     # checkpoint cadence (default: about 10 checkpoints per job).
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    checkpoint_interval_steps: int | None = Field(default=None, ge=1, le=1_000_000)
-    nodes: int | None = Field(default=None, ge=1, le=1)   # a job trains on one node
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1,
+                             description="Fireplace extension: the RNG seed (LoRA init, data order, dropout, "
+                                         "carve-out); the same seed and data give the same adapter bits on CPU. "
+                                         "Default 42.")
+    checkpoint_interval_steps: int | None = Field(
+        default=None, ge=1, le=1_000_000,
+        description="Fireplace extension: a checkpoint every N optimizer steps (a crashed worker's successor "
+                    "resumes from the last one). Default: about 10 per job (ceil(total steps / 10), at most 500).")
+    nodes: int | None = Field(default=None, ge=1, le=1, description="A job trains on one node.")
 
 
 class SftJobCreate(Hyperparameters):
@@ -77,11 +110,19 @@ class SftJobCreate(Hyperparameters):
     def _refuse_unhonoured(cls, data):
         return refuse_unhonoured(data, UNHONOURED, "supervised fine-tuning job")
 
-    dataset: str = Field(max_length=300)
-    base_model: str | None = Field(default=None, max_length=300)
-    warm_start_from: str | None = Field(default=None, max_length=300)
-    output_model: str | None = Field(default=None, max_length=300)
-    evaluation_dataset: str | None = Field(default=None, max_length=300)
+    dataset: str = Field(max_length=300, description="A READY dataset of the job's account (name or ID).")
+    base_model: str | None = Field(default=None, max_length=300,
+                                   description="A READY HF_BASE_MODEL to train a new LoRA on. Exactly one of "
+                                               "baseModel and warmStartFrom.")
+    warm_start_from: str | None = Field(default=None, max_length=300,
+                                        description="A READY HF_PEFT_ADDON whose weights training continues from "
+                                                    "(at its rank, alpha, dropout and target modules).")
+    output_model: str | None = Field(
+        default=None, max_length=300,
+        description="The model ID (in the job's account) the addon is registered as; default the job ID. Reserved "
+                    "while the job is unfinished: creating a model of that name is 409 ALREADY_EXISTS.")
+    evaluation_dataset: str | None = Field(default=None, max_length=300,
+                                           description="A READY dataset whose loss is reported after each epoch.")
     display_name: Str | None = Field(default=None, max_length=256)
 
 
@@ -91,15 +132,17 @@ class JobVerbRequest(Wire):
 
 
 class JobProgress(Wire):
-    percent: int = 0
-    epoch: int = 0
-    input_tokens: int | None = None          # tokens trained on so far (no padding exists)
+    """Updated by the worker every 2 seconds while it trains."""
+    percent: int = Field(default=0, description="Optimizer steps done, as a percentage of all.")
+    epoch: int = Field(default=0, description="The epoch in progress (0-based).")
+    input_tokens: int | None = Field(default=None, description="Tokens trained on so far (there is no padding).")
     output_tokens: int | None = None
     # Fireplace extensions
-    step: int | None = None
-    total_steps: int | None = None
-    total_input_tokens: int | None = None    # epochs x dataset tokens
-    eta_seconds: int | None = None
+    step: int | None = Field(default=None, description="Fireplace extension: optimizer steps done.")
+    total_steps: int | None = Field(default=None, description="Fireplace extension: optimizer steps in the job.")
+    total_input_tokens: int | None = Field(default=None, description="Fireplace extension: epochs x dataset tokens.")
+    eta_seconds: int | None = Field(default=None, description="Fireplace extension: estimated seconds to the last "
+                                                              "step, at this run's pace so far.")
 
 
 class CheckpointRef(Wire):
@@ -113,19 +156,25 @@ class CheckpointRef(Wire):
 class SupervisedFineTuningJob(Hyperparameters):
     name: str
     display_name: str | None = None
-    state: State
-    status: Status
+    state: State = Field(description="CREATING -> VALIDATING -> PENDING -> RUNNING -> WRITING_RESULTS -> COMPLETED "
+                                     "(or EARLY_STOPPED); FAILED, CANCELLING -> CANCELLED; RE_QUEUEING after a "
+                                     "worker crash.")
+    status: Status = Field(description="In PENDING: what the job waits for (a worker slot or the "
+                                       "concurrent-fine-tuning-jobs quota); in FAILED: what went wrong and what to "
+                                       "change (the example's line, the limit).")
     dataset: str
     evaluation_dataset: str | None = None
     base_model: str | None = None
     warm_start_from: str | None = None
-    output_model: str
+    output_model: str = Field(description="The full name of the addon the job registers (reserved until it "
+                                          "finishes).")
     create_time: str | None = None
     update_time: str | None = None
     completed_time: str | None = None
     created_by: str | None = None
     job_progress: JobProgress
-    checkpoints: list[CheckpointRef] = Field(default_factory=list)   # Fireplace extension
+    checkpoints: list[CheckpointRef] = Field(default_factory=list, description="Fireplace extension: the job's "
+                                             "checkpoints with their step and metrics, oldest first.")
     wandb_config: WandbConfig | None = None
     # AIP-154: changes with every state change (the controller's too) and every user verb;
     # a stale one on :cancel, :resume or delete is 409 ABORTED.

@@ -61,6 +61,8 @@ def read_json(blobs: BlobStore, key: str, filename: str) -> dict:
         data = json.loads(blobs.read_bytes(key))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"{filename}: not valid JSON ({exc})") from None
+    except RecursionError:   # the decoder recurses per level: a deeply nested value exhausts the stack
+        raise InvalidArgument(f"{filename}: nested too deeply to be a model's configuration") from None
     if not isinstance(data, dict):
         raise InvalidArgument(f"{filename}: expected a JSON object")
     return data
@@ -85,8 +87,9 @@ def safetensors_header(blobs: BlobStore, key: str, filename: str) -> dict[str, d
             raw += chunk
     try:
         header = json.loads(bytes(raw))
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument(f"{filename}: not a safetensors file (header is not JSON)") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidArgument(f"{filename}: not a safetensors file (header is not JSON, or nested too "
+                              "deeply)") from None
     if not isinstance(header, dict):
         raise InvalidArgument(f"{filename}: not a safetensors file (header is not a JSON object)")
     header.pop("__metadata__", None)

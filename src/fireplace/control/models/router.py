@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
+from fireplace.api.update_mask import UpdateMask
 from fireplace.api.auth import CallerDep
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep, SettingsDep, get_blobs
@@ -27,6 +28,7 @@ from fireplace.control.models.schemas import (Model, ModelCreate, ModelList, Mod
 from fireplace.storage import BlobStore
 
 router = APIRouter(tags=["models"])
+MODEL_MASK = UpdateMask(service.MUTABLE_FIELDS, nested=True)
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 PREFIX = "/v1/accounts/{account_id}/models"
 OUT = {"response_model_exclude_none": True}
@@ -103,7 +105,7 @@ def get_model(account_id: str, model_ref: str, caller: CallerDep, session: Sessi
               summary="Update a model (merges the fields present; updateMask also accepted)", **OUT)
 def update_model(account_id: str, model_ref: str, body: ModelUpdate, caller: CallerDep, session: SessionDep,
                  etag: EtagDep,
-                 update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None):
+                 update_mask: MODEL_MASK = None):
     account_id, model_id = service.parse_model_ref(account_id, model_ref)
     return service.update_model(session, caller, account_id, model_id, body, update_mask,
                                 etag=body_or_header(body.etag, etag))

@@ -109,6 +109,10 @@ def create_model(session: Session, caller: Principal, account_id: str, body: Mod
         _set_peft(session, caller, row, spec.peft_details)
     else:
         _set_base_details(row, spec)
+    from fireplace.control.fine_tuning.usage import require_unclaimed
+    from fireplace.control.locks import serialize_account
+    serialize_account(session, account_id)  # job create checks this name's absence under the same lock
+    require_unclaimed(session, name)        # an unfinished job's outputModel
     add_unique(session, row, f"model {name!r}")
     session.commit()
     return row
@@ -180,7 +184,8 @@ def deployed_model_refs(session: Session, caller: Principal, name: str) -> list[
                              public=bool(getattr(r, "public", False))) for r in rows]
 
 
-def to_wire(row: ModelRow, refs: list[DeployedModelRef] | None = None) -> Model:
+def to_wire(row: ModelRow, refs: list[DeployedModelRef] | None = None, *, hide_base: bool = False) -> Model:
+    """The model on the wire; hide_base: peftDetails.baseModel empty (see caller_view)."""
     spec = row.spec or {}
     fields = {key: spec[key] for key in SPEC_FIELDS if spec.get(key) is not None}
     peft = spec.get("peft_details")
@@ -189,7 +194,8 @@ def to_wire(row: ModelRow, refs: list[DeployedModelRef] | None = None) -> Model:
         name=row.name, display_name=row.display_name, kind=row.kind, state=row.state,
         status=spec.get("status") or status(), public=row.public,
         create_time=rfc3339(row.create_time), update_time=rfc3339(row.update_time),
-        peft_details=PeftDetails(base_model=row.base_model, **{k: v for k, v in peft.items() if v is not None})
+        peft_details=PeftDetails(base_model="" if hide_base else row.base_model,
+                                 **{k: v for k, v in peft.items() if v is not None})
         if row.kind == KIND_ADDON and peft is not None else None,
         base_model_details=details if row.kind != KIND_ADDON and details is not None else None,
         deployed_model_refs=refs, fine_tuning_job=spec.get("fine_tuning_job"),
@@ -197,9 +203,32 @@ def to_wire(row: ModelRow, refs: list[DeployedModelRef] | None = None) -> Model:
         tunable=row.kind == KIND_BASE and row.state == STATE_READY or None, etag=str(row.etag), **fields)
 
 
+def can_read_model(session: Session, caller: Principal, name: str) -> bool:
+    """Whether `caller` may read the model of this full name (own account, the public catalog,
+    or a model marked public)."""
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "accounts" or parts[2] != "models":
+        return False
+    try:
+        load_model(session, caller, parts[1], parts[3])
+    except (NotFound, PermissionDenied, InvalidArgument):
+        return False
+    return True
+
+
+def caller_view(session: Session, caller: Principal, row: ModelRow,
+                refs: list[DeployedModelRef] | None = None) -> Model:
+    """The model as `caller` may see it: an addon whose base the caller cannot read (a public
+    addon trained on its owner's private base) names no base (peftDetails.baseModel ""), so
+    neither the base's name nor, through it, its state leaks; loading or warm-starting from such
+    an addon answers exactly like a missing model (deployments.service.resolve_addon_base)."""
+    hide = row.kind == KIND_ADDON and bool(row.base_model) and not can_read_model(session, caller, row.base_model)
+    return to_wire(row, refs, hide_base=hide)
+
+
 def get_model(session: Session, caller: Principal, account_id: str, model_id: str) -> Model:
     row = load_model(session, caller, account_id, model_id)
-    out = to_wire(row, deployed_model_refs(session, caller, row.name))
+    out = caller_view(session, caller, row, deployed_model_refs(session, caller, row.name))
     if row.public and (caller.account_id == row.account_id or caller.is_platform_admin):
         out.foreign_dependent_count = foreign_dependents(session, row)
     return out
@@ -224,7 +253,7 @@ def list_models(session: Session, caller: Principal, account_id: str, params: Li
     stmt = select(ModelRow).where(ModelRow.account_id == account_id)
     rows, token, total = paginate(session, stmt, params, LIST_FIELDS, [ModelRow.model_id],
                                   scope=f"models:{account_id}")
-    return [to_wire(r) for r in rows], token, total
+    return [caller_view(session, caller, r) for r in rows], token, total
 
 
 # ---- update ---------------------------------------------------------------------------------
@@ -261,7 +290,7 @@ def update_model(session: Session, caller: Principal, account_id: str, model_id:
     row.spec = spec
     touch(row)
     session.commit()
-    return to_wire(row, deployed_model_refs(session, caller, row.name))
+    return caller_view(session, caller, row, deployed_model_refs(session, caller, row.name))
 
 
 def _require_file_details_unchanged(row: ModelRow, body: ModelUpdate) -> None:
@@ -278,7 +307,9 @@ def _require_file_details_unchanged(row: ModelRow, body: ModelUpdate) -> None:
         now = getattr(current, field)
         now = now.model_dump() if now is not None else {}
         for key, value in given.model_dump(exclude_unset=True).items():
-            if key == "base_model" and value and "/" not in value:
+            if key == "base_model" and not value:
+                continue    # sent back as a caller_view shows it (a base the caller cannot read)
+            if key == "base_model" and "/" not in value:
                 value = model_name(row.account_id, value)   # an ID names the model's own account
             if value != now.get(key):
                 raise InvalidArgument(f"{to_camel(field)}.{to_camel(key)} cannot be changed: it describes the "

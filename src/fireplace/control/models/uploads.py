@@ -29,8 +29,9 @@ from fireplace.control.models.files import CheckResult, check_addon, check_base_
 from fireplace.control.models.service import load_model
 from fireplace.control.models.tables import KIND_ADDON, STATE_READY, STATE_UPLOADING, ModelFileRow, ModelRow
 from fireplace.control.signed_urls import instance_binding, sign, verify
-from fireplace.errors import (FailedPrecondition, InvalidArgument, NotFound, PayloadTooLarge, PermissionDenied,
-                              not_found)
+from fireplace.control.locks import serialize_account
+from fireplace.errors import (Aborted, FailedPrecondition, InvalidArgument, NotFound, PayloadTooLarge,
+                              PermissionDenied, not_found)
 from fireplace.ids import is_valid_id, validate_id
 from fireplace.storage import BlobStore, blob_key, safe_filename
 
@@ -55,10 +56,10 @@ def staging_prefix(account_id: str, model_id: str) -> str:
     return blob_key("uploads", "models", account_id, model_id)
 
 
-def _file_rows(session: Session, account_id: str, model_id: str) -> list[ModelFileRow]:
+def _file_rows(session: Session, account_id: str, model_id: str, *, refresh: bool = False) -> list[ModelFileRow]:
     return list(session.scalars(select(ModelFileRow).where(
         ModelFileRow.account_id == account_id, ModelFileRow.model_id == model_id)
-        .order_by(ModelFileRow.filename)))
+        .order_by(ModelFileRow.filename).execution_options(populate_existing=refresh)))
 
 
 # ---- :getUploadEndpoint ---------------------------------------------------------------------
@@ -213,39 +214,89 @@ def current_key(blobs: BlobStore, file: ModelFileRow) -> str:
 
 def validate_upload(session: Session, blobs: BlobStore, caller: Principal, account_id: str,
                     model_id: str) -> list[str]:
-    row = load_model(session, caller, account_id, model_id, action=Action.WRITE, for_update=True)
+    """Check the files and mark the model READY, in three steps so that neither blob I/O runs
+    under the write lock nor a concurrent write is lost:
+      1. read the row and its files, check the blobs they name (no lock);
+      2. move the checked staged blobs to their final keys (the model is still UPLOADING, so
+         nothing reads them there yet);
+      3. under the account lock, read the row and files again: if a PUT or :getUploadEndpoint
+         changed a file meanwhile, 409 ABORTED (validate again); if a concurrent
+         :validateUpload won, nothing to do; else record what the check found on the row as it
+         is now (a PATCH that landed meanwhile is kept) and mark it READY."""
+    row = load_model(session, caller, account_id, model_id, action=Action.WRITE)
     if row.state == STATE_READY:
         return []
+    name = row.name
     files = _file_rows(session, account_id, model_id)
     missing = [f.filename for f in files if f.size is None]
     if missing:
         raise InvalidArgument(f"{missing[0]}: declared in :getUploadEndpoint but not uploaded"
                               + (f" (also missing: {', '.join(missing[1:10])})" if len(missing) > 1 else ""))
     if not files:
-        raise InvalidArgument(f"model {row.name!r} has no files: call :getUploadEndpoint and PUT them first")
-    warnings = finalize(session, blobs, row, {f.filename: current_key(blobs, f) for f in files})
+        raise InvalidArgument(f"model {name!r} has no files: call :getUploadEndpoint and PUT them first")
+    checked = _file_states(files)
+    result = check_files(blobs, row, {f.filename: current_key(blobs, f) for f in files})
+    moves = [(f.staged_key, final_key(account_id, model_id, f.filename)) for f in files
+             if f.staged_key and f.staged_key != final_key(account_id, model_id, f.filename)]
+    session.rollback()   # end the read transaction before the moves and the lock
+    for staged, final in moves:
+        _publish(blobs, staged, final)
+    serialize_account(session, account_id)
+    row = session.get(ModelRow, (account_id, model_id), populate_existing=True)
+    if row is None:
+        raise not_found("model", name)
+    if row.state == STATE_READY:
+        return []          # a concurrent :validateUpload of the same files won
+    files = _file_rows(session, account_id, model_id, refresh=True)
+    if _file_states(files) != checked:
+        session.rollback()
+        raise Aborted(f"model {name!r}: its files changed while they were being validated; "
+                      "call :validateUpload again")
+    warnings = record_check(row, result)
     for f in files:
-        if f.staged_key:
-            if f.staged_key != final_key(account_id, model_id, f.filename) and blobs.exists(f.staged_key):
-                blobs.move(f.staged_key, final_key(account_id, model_id, f.filename))
-            f.staged_key = ""
+        f.staged_key = ""
     session.commit()
     return warnings
 
 
+def _file_states(files: list[ModelFileRow]) -> dict[str, tuple]:
+    return {f.filename: (f.staged_key, f.sha256, f.size, f.declared_size) for f in files}
+
+
+def _publish(blobs: BlobStore, staged: str, final: str) -> None:
+    """Move a checked staged blob to its final key; a concurrent :validateUpload may have moved it first."""
+    if not blobs.exists(staged):
+        return
+    try:
+        blobs.move(staged, final)
+    except FileNotFoundError:
+        if not blobs.exists(final):
+            raise
+
+
 def finalize(session: Session, blobs: BlobStore, row: ModelRow, keys: dict[str, str]) -> list[str]:
     """Check the files (filename -> blob key), fill the details they reveal, mark READY.
-    The caller commits."""
+    The caller commits (and holds the row: registering a job's output model)."""
+    return record_check(row, check_files(blobs, row, keys))
+
+
+def check_files(blobs: BlobStore, row: ModelRow, keys: dict[str, str]) -> CheckResult:
+    """What the files (filename -> blob key) reveal, or the 400 naming what is wrong with them."""
+    if row.kind == KIND_ADDON:
+        peft = (row.spec or {}).get("peft_details") or {}
+        return check_addon(blobs, keys, peft_r=peft.get("r"), peft_target_modules=peft.get("target_modules") or [])
+    return check_base_model(blobs, keys)
+
+
+def record_check(row: ModelRow, result: CheckResult) -> list[str]:
+    """Store what the check found on the row (its current spec), mark it READY; the warnings."""
     spec = dict(row.spec or {})
     if row.kind == KIND_ADDON:
         peft = dict(spec.get("peft_details") or {})
-        result: CheckResult = check_addon(blobs, keys, peft_r=peft.get("r"),
-                                          peft_target_modules=peft.get("target_modules") or [])
         peft["r"] = result.lora_rank
         peft["target_modules"] = peft.get("target_modules") or result.target_modules
         spec["peft_details"] = peft
     else:
-        result = check_base_model(blobs, keys)
         details = dict(spec.get("base_model_details") or {})
         details.update(checkpoint_format="HUGGINGFACE", parameter_count=result.parameter_count,
                        model_type=result.model_type)

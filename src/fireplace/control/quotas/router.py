@@ -7,14 +7,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
+import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
+from fireplace.api.update_mask import UpdateMask
 from fireplace.api.auth import CallerDep
 from fireplace.api.deps import SessionDep
+from fireplace.api.etags import EtagDep
 from fireplace.control.quotas import service
 from fireplace.control.quotas.schemas import ListQuotasResponse, ModelUsage, Quota, QuotaUpdate, Usage
 from fireplace.control.usage.service import DATE_PATTERN, day_range, model_usage
 
 log = logging.getLogger("fireplace.metering")
 router = APIRouter(tags=["quotas"])
+QUOTA_MASK = UpdateMask(["max_value"])
 OUT = {"response_model_exclude_none": True}
 
 
@@ -26,17 +30,20 @@ def list_quotas(account_id: str, caller: CallerDep, session: SessionDep) -> List
     return ListQuotasResponse(quotas=quotas, total_size=len(quotas))
 
 
-@router.get("/v1/accounts/{account_id}/quotas/{quota_id}", response_model=Quota, **OUT, summary="Get a quota")
+@router.get("/v1/accounts/{account_id}/quotas/{quota_id:ref}", response_model=Quota, **OUT,
+            summary="Get a quota (its ID or full name)")
 def get_quota(account_id: str, quota_id: str, caller: CallerDep, session: SessionDep) -> Quota:
     account_id, view = service.get_quota(session, caller, account_id, quota_id)
     return Quota.of(account_id, *view)
 
 
-@router.patch("/v1/accounts/{account_id}/quotas/{quota_id}", response_model=Quota, **OUT,
-              summary="Change a quota's maxValue (platform admin only)")
+@router.patch("/v1/accounts/{account_id}/quotas/{quota_id:ref}", response_model=Quota, **OUT,
+              summary="Change a quota's maxValue (platform admin only); a stale etag (body or If-Match) is "
+                      "409 ABORTED")
 def update_quota(account_id: str, quota_id: str, body: QuotaUpdate, caller: CallerDep, session: SessionDep,
-                 update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None) -> Quota:
-    account_id, view = service.update_quota(session, caller, account_id, quota_id, body, update_mask)
+                 etag: EtagDep,
+                 update_mask: QUOTA_MASK = None) -> Quota:
+    account_id, view = service.update_quota(session, caller, account_id, quota_id, body, update_mask, etag)
     return Quota.of(account_id, *view)
 
 

@@ -25,14 +25,16 @@ class Quota(Wire):
     usage: Int64
     status: Status = Field(default_factory=Status)
     update_time: str | None = None
+    # AIP-154: "0" while the quota has its default; a PATCH carrying a stale one is 409 ABORTED
+    etag: str
 
     @classmethod
     def of(cls, account_id: str, definition: QuotaDefinition, max_value: int, usage: int,
-           update_time=None) -> "Quota":
+           update_time=None, etag: int = 0) -> "Quota":
         return cls(name=f"accounts/{account_id}/quotas/{definition.quota_id}", quota_id=definition.quota_id,
                    description=definition.description, unit=definition.unit,
                    enforced_by=definition.enforced_by, max_value=max_value, default_value=definition.default,
-                   usage=usage, update_time=rfc3339(update_time))
+                   usage=usage, update_time=rfc3339(update_time), etag=str(etag))
 
 
 def _non_negative(value: int) -> int:
@@ -42,9 +44,10 @@ def _non_negative(value: int) -> int:
 
 
 class QuotaUpdate(Wire):
-    """PATCH body: only maxValue is writable (platform admin)."""
+    """PATCH body: only maxValue is writable (platform admin); `etag` (or If-Match) must be current."""
     max_value: Annotated[Int64, AfterValidator(_non_negative),
                          WithJsonSchema({"type": "integer", "minimum": 0, "maximum": JSON_SAFE_INT64_MAX})] | None = None
+    etag: str | None = Field(default=None, max_length=64)
 
 
 class ListQuotasResponse(Wire):

@@ -6,6 +6,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 import fireplace.api.paths  # noqa: F401  (the {x:ref} convertor)
+from fireplace.ids import ID_PATTERN
+from fireplace.api.update_mask import UpdateMask
 from fireplace.api.auth import CallerDep
 from fireplace.api.read_mask import ReadMask
 from fireplace.api.deps import SessionDep
@@ -15,12 +17,13 @@ from fireplace.control.users import service
 from fireplace.control.users.schemas import ListUsersResponse, User, UserCreate, UserUpdate
 
 router = APIRouter(tags=["users"])
+USER_MASK = UpdateMask(service.UPDATABLE)
 OUT = {"response_model_exclude_none": True}
 
 
 @router.post("/v1/accounts/{account_id}/users", response_model=User, **OUT, summary="Create a user (admin)")
 def create_user(account_id: str, body: UserCreate, caller: CallerDep, session: SessionDep,
-                user_id: Annotated[str | None, Query(alias="userId", max_length=63)] = None) -> User:
+                user_id: Annotated[str | None, Query(alias="userId", max_length=63, pattern=ID_PATTERN)] = None) -> User:
     return User.of(service.create_user(session, caller, account_id, body, user_id))
 
 
@@ -40,7 +43,7 @@ def get_user(account_id: str, user_id: str, caller: CallerDep, session: SessionD
               summary="Update a user's role or display name (admin; anyone may rename themself)")
 def update_user(account_id: str, user_id: str, body: UserUpdate, caller: CallerDep, session: SessionDep,
                 etag: EtagDep,
-                update_mask: Annotated[str | None, Query(alias="updateMask", max_length=1024)] = None) -> User:
+                update_mask: USER_MASK = None) -> User:
     return User.of(service.update_user(session, caller, account_id, user_id, body, update_mask,
                                        etag=body_or_header(body.etag, etag)))
 

@@ -1,10 +1,12 @@
 """Wire shapes of users (fireworks.types.User)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from fireplace.api.wire import Status, Wire, rfc3339
-from fireplace.control.accounts.schemas import MAX_DISPLAY_NAME, MAX_EMAIL
+from fireplace.control.accounts.schemas import EMAIL_PATTERN, MAX_DISPLAY_NAME, MAX_EMAIL
 from fireplace.control.users.tables import UserRow
 
 
@@ -28,10 +30,14 @@ class User(Wire):
                    etag=str(row.etag))
 
 
+Role = Literal["admin", "user", "contributor", "inference-user"]   # users.tables.ROLES
+EMAIL = {"pattern": EMAIL_PATTERN}   # normalize_email checks it, with its own message
+
+
 class UserCreate(Wire):
     """`POST .../users?userId=`: role is required (admin | user | contributor | inference-user)."""
-    role: str = Field(max_length=32)
-    email: str | None = Field(None, max_length=MAX_EMAIL)
+    role: Role
+    email: str | None = Field(None, max_length=MAX_EMAIL, json_schema_extra=EMAIL)
     display_name: str | None = Field(None, max_length=MAX_DISPLAY_NAME)
     service_account: bool = False
 
@@ -39,9 +45,9 @@ class UserCreate(Wire):
 class UserUpdate(Wire):
     """PATCH merges the fields present. email and serviceAccount are accepted only unchanged
     (the SDK may echo them); owner, state and platform-admin status never change here."""
-    role: str | None = Field(None, max_length=32)
+    role: Role | None = None
     display_name: str | None = Field(None, max_length=MAX_DISPLAY_NAME)
-    email: str | None = Field(None, max_length=MAX_EMAIL)
+    email: str | None = Field(None, max_length=MAX_EMAIL, json_schema_extra=EMAIL)
     service_account: bool | None = None
     etag: str | None = Field(None, max_length=64)   # AIP-154: a stale one is 409 ABORTED
 
