@@ -31,9 +31,11 @@ def test_synthetic_chat_lengths_spread_evenly_over_32_to_1024(tmp_path):
     # the shortest chat this template allows (SmolLM2's: 23 tokens; this byte-level one's: more)
     floor = measure({"prompt": "Year?", "completion": "Day."})
     targets = [round(32 + (1024 - 32) * i / (n - 1)) for i in range(n)]
-    assert lengths[-1] == 1024 and lengths[0] <= max(32, floor + 2)
-    assert all(t - 3 <= got <= t for t, got in zip(targets, lengths) if t >= floor + 3), (targets, lengths)
+    slack = 8   # one word is several tokens of this small vocabulary (SmolLM2's lengths hit the targets)
+    assert 1024 - slack <= lengths[-1] <= 1024 and lengths[0] <= max(32, floor + slack)
+    assert all(t - slack <= got <= t for t, got in zip(targets, lengths) if t >= floor + slack), (targets, lengths)
     assert all(c["prompt"] and c["completion"] for c in chats)
     assert bench.synth_chats(measure, n, seed=0) == chats and bench.synth_chats(measure, n, seed=1) != chats
     stats = bench.length_stats(lengths)
-    assert (stats["min"], stats["max"], stats["total"]) == (32, 1024, sum(lengths))
+    assert (stats["min"], stats["max"], stats["total"]) == (lengths[0], lengths[-1], sum(lengths))
+    assert stats["deciles"] == sorted(stats["deciles"]) and len(stats["deciles"]) == 9

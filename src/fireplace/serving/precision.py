@@ -60,9 +60,21 @@ def replica_precision(precision: str | None, cuda: bool) -> ReplicaPrecision:
             raise InvalidArgument("precision FP16 needs a CUDA device, and this server has none; "
                                   "use BF16, FP32, INT8 or INT4 on the CPU")
         return ReplicaPrecision(_DTYPES[value], "cuda" if cuda else "cpu")
-    served = "BF16, FP16, FP32" if cuda else "BF16, FP32, INT8, INT4"
     raise InvalidArgument(f"precision {value} is not supported by this server (served here: "
-                          f"PRECISION_UNSPECIFIED, {served})")
+                          f"{', '.join(served_precisions(cuda))})")
+
+
+def served_precisions(cuda: bool) -> list[str]:
+    """The precision values replica_precision accepts on such a server."""
+    return ["PRECISION_UNSPECIFIED", *(("BF16", "FP16", "FP32") if cuda else ("BF16", "FP32", "INT8", "INT4"))]
+
+
+def document_served(schema: dict) -> None:
+    """json_schema_extra of a request's `precision`: the spec lists what this server serves
+    (a value Fireworks knows but this server refuses is a 400 naming it)."""
+    for branch in [schema, *schema.get("anyOf", [])]:
+        if "enum" in branch:
+            branch["enum"] = served_precisions(server_has_cuda())
 
 
 def server_has_cuda() -> bool:

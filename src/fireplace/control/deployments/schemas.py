@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from fireplace.api.wire import Status, Str, Wire, documented, refuse_unhonoured
 from fireplace.ids import ref_pattern
+from fireplace.serving.precision import document_served
 
 MAX_REPLICAS = 100
 MAX_CONTEXT_LENGTH = 1 << 20
@@ -66,7 +67,7 @@ class DeploymentFields(Wire):
     description: Str | None = None
     min_replica_count: int | None = ReplicaCount          # the controller never runs fewer ...
     max_replica_count: int | None = ReplicaCount          # ... or more (and the replicas quota)
-    precision: Precision | None = None                    # the replicas' dtype and quantization
+    precision: Precision | None = Field(default=None, json_schema_extra=document_served)  # replicas' dtype, quantization
     enable_addons: bool | None = None                     # replicas with LoRA slots; loads allowed
     max_context_length: int | None = Field(default=None, ge=0, le=MAX_CONTEXT_LENGTH)  # --max-model-len
 
